@@ -1,0 +1,460 @@
+"""``smmf bench`` / ``python -m smmf.bench``: optimizer step time and memory, side by side, on real model shapes.
+
+Every optimizer runs in its own fresh subprocess, so that one optimizer's compile caches, allocator
+pools and RSS high-water mark cannot leak into another's numbers; the parent only collects the JSON
+each worker writes and renders a markdown table, a JSON file and a PNG chart. Parameter sets are
+built from shapes alone (models on the meta device), so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as dt
+import gc
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["PARAM_SETS", "OPTIMIZERS", "register", "run", "main"]
+
+Shape = tuple[int, ...]
+
+
+# ----------------------------------------------------------------------------- parameter sets
+
+
+def _tiny() -> list[Shape]:
+    """A few small tensors covering the kernel paths (square, wide, prime, 1-D); for smoke tests."""
+    return [(64, 32), (32,), (16, 3, 3, 3), (16,), (10, 64), (10,), (97,)]
+
+
+def _torchvision(name: str) -> Callable[[], list[Shape]]:
+    def shapes() -> list[Shape]:
+        import torchvision.models
+
+        with torch.device("meta"):
+            model = getattr(torchvision.models, name)(num_classes=100)
+        return [tuple(p.shape) for p in model.parameters()]
+
+    return shapes
+
+
+def _gpt2() -> list[Shape]:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    with torch.device("meta"):
+        model = transformers.GPT2Model(transformers.GPT2Config())
+    return [tuple(p.shape) for p in model.parameters()]
+
+
+PARAM_SETS: dict[str, Callable[[], list[Shape]]] = {
+    "tiny": _tiny,
+    "resnet50": _torchvision("resnet50"),
+    "mobilenet_v2": _torchvision("mobilenet_v2"),
+    "gpt2": _gpt2,
+}
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+_LR = 1e-3
+
+
+def _reference_path() -> Path | None:
+    """benchmarks/reference_smmf.py of the checkout this package runs from, or of the working directory."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        path = root / "benchmarks" / "reference_smmf.py"
+        if path.is_file():
+            return path
+    return None
+
+
+def _reference(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    path = _reference_path()
+    if path is None:
+        raise RuntimeError("benchmarks/reference_smmf.py not found (run from a checkout)")
+    spec = importlib.util.spec_from_file_location("reference_smmf", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ReferenceSMMF(params, lr=_LR)
+
+
+def _smmf(**kwargs: Any) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
+    def build(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        from smmf import SMMF
+
+        return SMMF(params, lr=_LR, **kwargs)
+
+    return build
+
+
+def _pytorch_optimizer(name: str) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
+    def build(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        import pytorch_optimizer
+
+        return getattr(pytorch_optimizer, name)(params, lr=_LR)
+
+    return build
+
+
+# name -> (label, builder). Labels say what runs; names are what --optimizers takes.
+OPTIMIZERS: dict[str, tuple[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]]] = {
+    "smmf": ("SMMF 1-bit (fused)", _smmf(fused=True)),
+    "smmf8": ("SMMF 8-bit (fused)", _smmf(fused=True, sign_bits=8)),
+    "smmf-eager": ("SMMF 1-bit (eager)", _smmf(fused=False)),
+    "reference": ("reference SMMF (eager)", _reference),
+    "adam": ("torch Adam (foreach)", lambda ps: torch.optim.Adam(ps, lr=_LR, foreach=True)),
+    "adamw": ("torch AdamW (foreach)", lambda ps: torch.optim.AdamW(ps, lr=_LR, foreach=True)),
+    "adamw-fused": ("torch AdamW (fused)", lambda ps: torch.optim.AdamW(ps, lr=_LR, fused=True)),
+    "adafactor": ("torch Adafactor (foreach)", lambda ps: torch.optim.Adafactor(ps, lr=_LR, foreach=True)),
+    "came": ("CAME (pytorch-optimizer)", _pytorch_optimizer("CAME")),
+    "sm3": ("SM3 (pytorch-optimizer)", _pytorch_optimizer("SM3")),
+}
+
+DEFAULT_OPTIMIZERS = ("smmf", "smmf8", "smmf-eager", "reference", "adam", "adamw", "adafactor", "came", "sm3")
+_BASELINE = "adam"
+
+
+# ----------------------------------------------------------------------------- CPU memory probes
+
+
+def _proc_status_kib(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"{field} not in /proc/self/status")
+    return int(match.group(1))
+
+
+def _release_heap() -> None:
+    """Make freed memory leave the RSS, so that a step's temporaries show up in the high-water mark.
+
+    glibc keeps freed blocks below its (adaptive, up to 32 MiB) mmap threshold in the heap, where a
+    later step reuses them without raising the RSS, which would hide them. A fixed 64 KiB threshold
+    sends every sizeable block to mmap (returned on free) and malloc_trim hands back what is cached.
+    """
+    gc.collect()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 64 * 1024)
+    libc.malloc_trim(0)
+
+
+def _reset_rss_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: writing 5 to clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+# ----------------------------------------------------------------------------- worker (one optimizer, fresh process)
+
+
+def _measure(name: str, set_name: str, device: str, steps: int, warmup: int) -> dict[str, Any]:
+    """Time ``steps`` steps after ``warmup`` and the extra memory of one more step, in this process."""
+    from smmf import optimizer_state_bytes
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    torch.manual_seed(0)
+    shapes = PARAM_SETS[set_name]()
+    params = [torch.randn(s, device=dev).requires_grad_() for s in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = OPTIMIZERS[name][1](params)
+
+    warmup_s = []
+    for _ in range(warmup):
+        t0 = time.perf_counter()
+        opt.step()
+        sync()
+        warmup_s.append(time.perf_counter() - t0)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        opt.step()
+        sync()
+        times.append(time.perf_counter() - t0)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+        opt.step()
+        sync()
+        peak_extra = torch.cuda.max_memory_allocated(dev) - before
+    else:
+        _release_heap()
+        _reset_rss_peak()
+        before = _proc_status_kib("VmRSS")
+        opt.step()
+        peak_extra = max(0, _proc_status_kib("VmHWM") - before) * 1024
+    if not all(torch.isfinite(p).all() for p in params):
+        raise RuntimeError("non-finite parameters after the benchmark steps")
+    return {
+        "step_s": times,
+        "warmup_s": warmup_s,
+        "state_bytes": optimizer_state_bytes(opt),
+        "peak_extra_bytes": peak_extra,
+    }
+
+
+def _worker_cli() -> None:
+    """Entry of a worker subprocess: argv = [spec JSON, output path]."""
+    spec = json.loads(sys.argv[1])
+    result = _measure(spec["name"], spec["set"], spec["device"], spec["steps"], spec["warmup"])
+    Path(sys.argv[2]).write_text(json.dumps(result))
+
+
+def _run_worker(name: str, set_name: str, device: str, steps: int, warmup: int) -> dict[str, Any]:
+    """Run one optimizer in a fresh interpreter; returns its measurements or ``{"error": ...}``."""
+    spec = json.dumps({"name": name, "set": set_name, "device": device, "steps": steps, "warmup": warmup})
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1])  # the import root of this smmf, so the child imports the same one
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        code = "from smmf.bench import _worker_cli; _worker_cli()"
+        proc = subprocess.run(
+            [sys.executable, "-c", code, spec, str(out)], env=env, capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0 or not out.exists():
+            lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
+            return {"error": lines[-1] if lines else f"worker exited with {proc.returncode}"}
+        return json.loads(out.read_text())
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))}, host {_cpu_model()} ({os.cpu_count()} CPUs)"
+    return f"{_cpu_model()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    mib = 1024**2
+    lines = [
+        f"### `{meta['set']}` on {meta['device']}",
+        "",
+        f"{meta['tensors']} tensors, {meta['params'] / 1e6:.1f}M parameters, largest {meta['largest_shape']} "
+        f"= {meta['largest_bytes'] / mib:.1f} MiB. Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}.",
+        f"Median of {meta['steps']} steps after {meta['warmup']} warm-up steps; each optimizer in a fresh process.",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        "| optimizer | step ms (median) | x Adam | state B/param | state MiB | peak extra MiB | peak extra / largest param | warm-up s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['label']} | skipped: {r['error']} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['label']} | {_fmt(r['step_ms'], 1)} | {_fmt(r['ratio_to_adam'], 2)} | {_fmt(r['state_bytes_per_param'], 3)} "
+            f"| {_fmt(r['state_bytes'] / mib, 1)} | {_fmt(r['peak_extra_bytes'] / mib, 1)} "
+            f"| {_fmt(r['peak_extra_over_largest'], 3)} | {_fmt(sum(r['warmup_s']), 1)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _chart(meta: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if "error" not in r]
+    labels = [r["label"] for r in ok]
+    panels = [
+        ("step time / Adam(foreach)", [r["ratio_to_adam"] for r in ok], 1.0, False),
+        ("state bytes / param", [r["state_bytes_per_param"] for r in ok], None, True),
+        ("peak extra / largest param", [r["peak_extra_over_largest"] for r in ok], 0.25, False),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(ok) + 1.6), sharey=True)
+    for ax, (title, values, line, log) in zip(axes, panels):
+        clean = [v if v is not None and not math.isnan(v) else 0.0 for v in values]
+        colors = ["tab:blue" if label.startswith("SMMF") else "tab:gray" for label in labels]
+        ax.barh(labels, clean, color=colors)
+        for y, v in enumerate(clean):
+            ax.text(v, y, f" {v:.3g}", va="center", fontsize=8)
+        if line is not None:
+            ax.axvline(line, color="tab:red", linestyle="--", linewidth=1)
+        if log:
+            ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{meta['set']} on {meta['device']} ({meta['machine']}), {meta['date']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", default="resnet50", help=f"parameter set: {', '.join(PARAM_SETS)} (default resnet50)")
+    parser.add_argument(
+        "--optimizers",
+        default=None,
+        help=f"comma-separated names from: {', '.join(OPTIMIZERS)} "
+        f"(default: {','.join(DEFAULT_OPTIMIZERS)}, plus adamw-fused on CUDA)",
+    )
+    parser.add_argument("--steps", type=int, default=15, help="timed steps; the median is reported (default 15)")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps first, which include compilation (default 3)"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
+    parser.add_argument("--out", default=None, help="output folder (default runs/bench-<set>-<device>)")
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="optimizer step time and memory side by side on a model's parameter shapes",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"smmf bench: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Benchmark the chosen optimizers on the chosen set; writes bench.md, bench.json and bench.png."""
+    if args.set not in PARAM_SETS:
+        return _fail(f"unknown parameter set {args.set!r} (valid: {', '.join(PARAM_SETS)})")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return _fail(f"unknown device {device!r} (valid: cpu, cuda, cuda:N, auto)")
+    if dev.type not in ("cpu", "cuda"):
+        return _fail(f"unsupported device {device!r} (valid: cpu, cuda, cuda:N, auto)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return _fail("CUDA is not available here (use --device cpu)")
+    if args.optimizers is None:
+        names = list(DEFAULT_OPTIMIZERS) + (["adamw-fused"] if dev.type == "cuda" else [])
+    else:
+        names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
+    unknown = [n for n in names if n not in OPTIMIZERS]
+    if unknown or not names:
+        return _fail(f"unknown optimizer {', '.join(map(repr, unknown)) or '(none)'} (valid: {', '.join(OPTIMIZERS)})")
+    if args.steps < 1 or args.warmup < 0:
+        return _fail("--steps must be >= 1 and --warmup >= 0")
+
+    shapes = PARAM_SETS[args.set]()
+    numels = [math.prod(s) for s in shapes]
+    n_params = sum(numels)
+    largest = max(range(len(shapes)), key=lambda i: numels[i])
+    largest_bytes = numels[largest] * 4  # float32 parameters
+    out = Path(args.out or f"runs/bench-{args.set}-{dev.type}")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "set": args.set,
+        "device": device,
+        "machine": _machine(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": dt.date.today().isoformat(),
+        "command": " ".join(["smmf bench", *_argv_for(args, names, device)]),
+        "tensors": len(shapes),
+        "params": n_params,
+        "largest_shape": list(shapes[largest]),
+        "largest_bytes": largest_bytes,
+        "steps": args.steps,
+        "warmup": args.warmup,
+    }
+
+    rows: list[dict[str, Any]] = []
+    for i, name in enumerate(names, 1):
+        label = OPTIMIZERS[name][0]
+        if name == "reference" and _reference_path() is None:
+            result: dict[str, Any] = {"error": "benchmarks/reference_smmf.py not found (run from a checkout)"}
+        else:
+            t0 = time.perf_counter()
+            result = _run_worker(name, args.set, device, args.steps, args.warmup)
+            result["wall_s"] = time.perf_counter() - t0
+        row = {"name": name, "label": label, **result}
+        if "error" not in row:
+            row["step_ms"] = statistics.median(row["step_s"]) * 1e3
+            row["state_bytes_per_param"] = row["state_bytes"] / n_params
+            row["peak_extra_over_largest"] = row["peak_extra_bytes"] / largest_bytes
+            status = f"{row['step_ms']:.1f} ms/step, peak extra {row['peak_extra_bytes'] / 2**20:.1f} MiB"
+        else:
+            status = f"skipped: {row['error']}"
+        print(f"[{i}/{len(names)}] {name}: {status}", file=sys.stderr, flush=True)
+        rows.append(row)
+    adam_ms = next((r["step_ms"] for r in rows if r["name"] == _BASELINE and "error" not in r), None)
+    for r in rows:
+        if "error" not in r:
+            r["ratio_to_adam"] = r["step_ms"] / adam_ms if adam_ms else None
+
+    report = _markdown(meta, rows)
+    (out / "bench.md").write_text(report)
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    _chart(meta, rows, out / "bench.png")
+    print(report)
+    print(f"wrote {out}/bench.md, bench.json, bench.png", file=sys.stderr)
+    return 0
+
+
+def _argv_for(args: argparse.Namespace, names: Sequence[str], device: str) -> list[str]:
+    """The arguments that reproduce this run, defaults spelled out."""
+    argv = ["--set", args.set, "--device", device, "--optimizers", ",".join(names)]
+    argv += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    return argv + (["--out", str(args.out)] if args.out else [])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m smmf.bench``: the same options as ``smmf bench``."""
+    parser = argparse.ArgumentParser(prog="python -m smmf.bench", description=__doc__.splitlines()[0])
+    _add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
