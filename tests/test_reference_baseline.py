@@ -1,0 +1,78 @@
+"""The benchmark's baseline (benchmarks/reference_smmf.py) replays the recorded reference trajectories.
+
+A baseline that computed something else would make the speed comparison meaningless, so it is held
+to the same float64 golden data as the optimizer itself: final parameters within 1e-9 and the same
+state (factors and bool signs) after every case.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT.parent / "shared" / "golden" / "official_trajectories.npz"
+
+
+def _load_reference() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("reference_smmf", ROOT / "benchmarks" / "reference_smmf.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recorded() -> tuple[Any, dict[str, Any]]:
+    if not GOLDEN.exists():
+        pytest.skip(f"reference trajectories not found at {GOLDEN}")
+    data = np.load(GOLDEN)
+    return data, json.loads(str(data["manifest"]))
+
+
+def _case_names() -> list[str]:
+    if not GOLDEN.exists():
+        return []
+    return [c["name"] for c in json.loads(str(np.load(GOLDEN)["manifest"]))["cases"]]
+
+
+@pytest.mark.parametrize("name", _case_names())
+def test_reference_baseline_replays_golden(recorded: tuple[Any, dict[str, Any]], name: str) -> None:
+    data, manifest = recorded
+    case = next(c for c in manifest["cases"] if c["name"] == name)
+    reference = _load_reference()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the reference allocates factors in the default dtype
+    try:
+        params = [torch.nn.Parameter(torch.from_numpy(data[f"{name}/p{i}/init"]).clone()) for i in range(len(case["shapes"]))]
+        opt = reference.ReferenceSMMF(params, **case["hyperparameters"])
+        for t in range(manifest["steps"]):
+            for i, p in enumerate(params):
+                grad = data[f"{name}/p{i}/grad{t}"]
+                p.grad = None if grad.size == 0 and p.numel() != 0 else torch.from_numpy(np.array(grad)).reshape(p.shape)
+            for group in opt.param_groups:
+                group["lr"] = case["lr_per_step"][t]
+            opt.step()
+    finally:
+        torch.set_default_dtype(previous)
+
+    for i, p in enumerate(params):
+        key = f"{name}/p{i}"
+        np.testing.assert_allclose(p.detach().numpy(), data[f"{key}/final"], rtol=0, atol=1e-9, err_msg=key)
+        if f"{key}/v_row" not in data.files:
+            continue
+        state = opt.state[p]
+        assert tuple(state["effective_shape"]) == tuple(data[f"{key}/effective_shape"])
+        np.testing.assert_allclose(state["momentum_v"][0].numpy(), data[f"{key}/v_row"], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(state["momentum_v"][1].numpy(), data[f"{key}/v_col"], rtol=1e-9, atol=1e-12)
+        if f"{key}/sign" in data.files:
+            np.testing.assert_allclose(state["momentum_m"][0].numpy(), data[f"{key}/m_row"], rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(state["momentum_m"][1].numpy(), data[f"{key}/m_col"], rtol=1e-9, atol=1e-12)
+            np.testing.assert_array_equal(state["sign"].numpy(), data[f"{key}/sign"])
