@@ -53,6 +53,12 @@ def schedules(hp: Tensor, steps: Tensor) -> Tensor:
     return torch.stack([beta1, beta2], dim=-1)
 
 
+def _ratio(numerator: Tensor, denom: Tensor) -> Tensor:
+    """numerator / denom, with 0 where denom is 0 (only possible with eps=0 and an all-zero history,
+    where the numerator is 0 too), so that eps=0 gives 0 rather than NaN for zero gradients."""
+    return torch.where(denom > 0, numerator / denom, torch.zeros_like(numerator))
+
+
 def _prepare(p: Tensor, g: Tensor, hp: Tensor) -> tuple[Tensor, Tensor]:
     """Gradient and parameter in the factor dtype, with maximize and both weight-decay modes applied.
 
@@ -101,11 +107,11 @@ def factored_block_step(
     denom = torch.sqrt(v) + hp[HP_EPS]
     col_sum_m = None
     if sign is None or row_m is None or col_m is None:
-        update = g32 / denom
+        update = _ratio(g32, denom)
     else:
         m_hat = _signs(sign, rows, cols, hp.dtype) * (row_m[:, None] * col_m[None, :])
         m = beta1 * m_hat + (1 - beta1) * g32
-        update = m / denom
+        update = _ratio(m, denom)
         new_positive = m > 0  # exact zeros count as negative, as in the reference
         sign.copy_(pack_signs(new_positive) if sign.dtype == torch.uint8 else new_positive.view(-1))
         m_abs = m.abs()
@@ -159,11 +165,11 @@ def dense_step(
     exp_avg_sq.copy_(v)
     denom = torch.sqrt(v) + hp[HP_EPS]
     if exp_avg is None:
-        update = g32 / denom
+        update = _ratio(g32, denom)
     else:
         m = beta1 * exp_avg + (1 - beta1) * g32
         exp_avg.copy_(m)
-        update = m / denom
+        update = _ratio(m, denom)
     p.copy_((p32 - hp[HP_LR] * update).to(p.dtype))
 
 

@@ -1,0 +1,98 @@
+"""The fused (torch.compile) step against the eager one, row blocking, and graph capture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from smmf import SMMF, kernels
+from smmf.matricization import square_matricize
+from smmf.signpack import packed_numel
+
+SHAPES = [(), (1,), (7,), (97,), (6, 5), (33, 12), (4, 1, 3), (256, 300), (512, 2, 64)]
+
+
+def _run(shapes, steps=4, dtype=torch.float32, **kwargs):
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(s, dtype=torch.float32).to(dtype)) for s in shapes]
+    opt = SMMF(params, lr=0.01, **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+        opt.step()
+    return params, opt
+
+
+def _assert_same(fused, eager, rtol=1e-5, atol=1e-6):
+    (pf, of), (pe, oe) = fused, eager
+    for a, b in zip(pf, pe):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+        sa, sb = of.state[a], oe.state[b]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            if key == "sign":  # a sign may flip where M is within rounding of 0
+                mismatch = (sa[key] != sb[key]).float().mean().item()
+                assert mismatch < 0.01, (key, mismatch)
+            else:
+                torch.testing.assert_close(sa[key], sb[key], rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"weight_decay": 0.1, "weight_decay_mode": "adam"},
+        {"weight_decay": 0.1, "maximize": True, "decay_rate": -0.8},
+        {"beta": None, "growth_rate": None},
+        {"vector_reshape": False},
+        {"sign_bits": 8},
+    ],
+    ids=["defaults", "coupled-wd", "maximize", "no-momentum", "dense-vectors", "8-bit"],
+)
+def test_fused_matches_eager(kwargs):
+    _assert_same(_run(SHAPES, fused=True, **kwargs), _run(SHAPES, fused=False, **kwargs))
+
+
+def test_fused_matches_eager_bf16():
+    _assert_same(_run([(64, 48), (10,)], dtype=torch.bfloat16, fused=True), _run([(64, 48), (10,)], dtype=torch.bfloat16, fused=False), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+@pytest.mark.parametrize("shape", [(400, 300), (97, 13), (1021,)], ids=str)
+def test_row_blocks_equal_one_block(shape, fused):
+    whole = _run([shape], fused=fused)
+    blocked = _run([shape], fused=fused, block_size=8 * square_matricize(torch.Size(shape).numel())[1])
+    _assert_same(blocked, whole)
+
+
+def test_fullgraph_compile_accepts_the_update_functions():
+    n, m = 16, 24
+    p, g = torch.randn(n, m), torch.randn(n, m)
+    sign = torch.zeros(packed_numel(n * m), dtype=torch.uint8)
+    row_m, col_m, row_v, col_v = torch.zeros(n), torch.zeros(m), torch.zeros(n), torch.zeros(m)
+    hp = torch.tensor([1e-3, 0.9, 0.999, -0.5, 1e-8, 0.0, 0.0, 1.0])
+    sched = kernels.schedules(hp, torch.tensor([1.0]))[0]
+    graph = torch.compile(kernels.factored_step, fullgraph=True, backend="eager")
+    ref = [t.clone() for t in (p, sign, row_m, col_m, row_v, col_v)]
+    graph(p, g, sign, row_m, col_m, row_v, col_v, hp, sched)
+    kernels.factored_step(ref[0], g, ref[1], ref[2], ref[3], ref[4], ref[5], hp, sched)
+    for a, b in zip((p, sign, row_m, col_m, row_v, col_v), ref):
+        torch.testing.assert_close(a, b)
+    dense = torch.compile(kernels.dense_step, fullgraph=True, backend="eager")
+    dense(torch.randn(5), torch.randn(5), torch.zeros(5), torch.zeros(5), hp, sched)
+
+
+def test_changing_lr_does_not_recompile():
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(300, 400))
+    opt = SMMF([p], fused=True)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    torch._dynamo.utils.counters.clear()
+    for lr in (1e-3, 5e-4, 1e-4):
+        opt.param_groups[0]["lr"] = lr
+        p.grad = torch.randn_like(p)
+        opt.step()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
