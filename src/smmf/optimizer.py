@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import kernels
+from . import kernels, sharding
 from .matricization import is_factored, square_matricize
 from .signpack import pack_signs, packed_numel, unpack_signs
 
@@ -155,38 +155,38 @@ class SMMF(Optimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         fd = factor_dtype(p)
-        state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+        state["step"] = torch.zeros((), dtype=torch.float32, device=sharding.local(p).device)
         if is_factored(p.shape, group["vector_reshape"]):
-            n, m = square_matricize(p.numel())
-            state["row_v"] = torch.zeros(n, dtype=fd, device=p.device)
-            state["col_v"] = torch.zeros(m, dtype=fd, device=p.device)
+            lengths = sharding.state_lengths(p, group["sign_bits"])
+            state["row_v"] = sharding.zeros_like_state(p, lengths["row_v"], fd)
+            state["col_v"] = sharding.zeros_like_state(p, lengths["col_v"], fd)
         else:
-            state["exp_avg_sq"] = torch.zeros(p.shape, dtype=fd, device=p.device)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=fd)
 
     def _ensure_momentum(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """Create or convert first-moment state to match the group (beta or sign_bits may have changed)."""
         if group["beta"] is None:
             return
-        fd = factor_dtype(p)
         if "row_v" not in state:
             if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros(p.shape, dtype=fd, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, dtype=factor_dtype(p))
             return
-        numel = p.numel()
         if "sign" not in state:
-            n, m = square_matricize(numel)
-            state["row_m"] = torch.zeros(n, dtype=fd, device=p.device)
-            state["col_m"] = torch.zeros(m, dtype=fd, device=p.device)
-            state["sign"] = (
-                torch.zeros(packed_numel(numel), dtype=torch.uint8, device=p.device)
-                if group["sign_bits"] == 1
-                else torch.zeros(numel, dtype=torch.bool, device=p.device)
-            )
+            lengths = sharding.state_lengths(p, group["sign_bits"])
+            state["row_m"] = sharding.zeros_like_state(p, lengths["row_m"], factor_dtype(p))
+            state["col_m"] = sharding.zeros_like_state(p, lengths["col_m"], factor_dtype(p))
+            sign_dtype = torch.uint8 if group["sign_bits"] == 1 else torch.bool
+            state["sign"] = sharding.zeros_like_state(p, lengths["sign"], sign_dtype)
         sign = state["sign"]
-        n, m = square_matricize(numel)
-        if group["sign_bits"] == 1 and sign.dtype != torch.uint8:
+        wanted = torch.uint8 if group["sign_bits"] == 1 else torch.bool
+        if sign.dtype == wanted:
+            return
+        if sharding.is_dtensor(sign):
+            raise ValueError("SMMF cannot change sign_bits of a sharded (DTensor) parameter's existing state")
+        n, m = square_matricize(p.numel())
+        if wanted == torch.uint8:
             state["sign"] = pack_signs(sign.view(n, m))
-        elif group["sign_bits"] == 8 and sign.dtype != torch.bool:
+        else:
             state["sign"] = unpack_signs(sign, n, m).view(-1)
 
     # ------------------------------------------------------------------ step
@@ -230,10 +230,25 @@ class SMMF(Optimizer):
                 if not state:
                     self._init_state(p, group, state)
                 self._ensure_momentum(p, group, state)
-                buckets.setdefault((p.device, factor_dtype(p)), []).append((p, grad, state))
+                p_local = sharding.local(p)
+                items = buckets.setdefault((p_local.device, factor_dtype(p)), [])
+                items.append((p_local, sharding.local_grad(p, grad), self._local_state(p_local, state)))
             for (device, dtype), items in buckets.items():
                 self._step_bucket(group, device, dtype, items)
         return loss
+
+    @staticmethod
+    def _local_state(p_local: Tensor, state: dict[str, Any]) -> dict[str, Any]:
+        """The state as this rank's plain tensors: DTensor vectors unwrapped and cut to this shard's length."""
+        if not any(sharding.is_dtensor(v) for v in state.values()):
+            return state
+        sign = state.get("sign")
+        lengths = sharding.factored_lengths(p_local.numel(), 1 if sign is None or sign.dtype == torch.uint8 else 8)
+        out = {}
+        for key, value in state.items():
+            value = sharding.local(value)
+            out[key] = value[: lengths[key]] if key in lengths else value
+        return out
 
     def _step_bucket(
         self,
@@ -357,6 +372,7 @@ class SMMF(Optimizer):
         for state in self.state.values():
             for key, value in state.items():
                 if isinstance(value, Tensor):
+                    value = sharding.local(value)
                     out[kind.get(key, "dense")] += value.numel() * value.element_size()
         out["total"] = sum(out.values())
         return out
