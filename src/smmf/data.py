@@ -1,0 +1,243 @@
+"""Datasets for the command line: offline ones that ship inside installed packages, CIFAR, text files.
+
+Offline data: scikit-learn's bundled handwritten digits, and the Python standard library's own source
+files as a byte-level text corpus (no tokenizer to download). Every split and order is a pure function
+of a seed, so that all optimizers in a comparison see the same data in the same order, and a resumed
+training run sees exactly the batches the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DataError",
+    "Digits",
+    "load_digits",
+    "stdlib_corpus",
+    "read_text_files",
+    "TextWindows",
+    "CIFAR_STATS",
+    "cifar_datasets",
+    "EpochBatches",
+    "SeededDataset",
+]
+
+
+class DataError(RuntimeError):
+    """A dataset is missing or unreadable; the message says what to do (the CLI prints it, no traceback)."""
+
+
+@dataclass
+class Digits:
+    """scikit-learn's 8x8 digits, scaled to [0, 1], split into train and held-out test tensors."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+
+def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Digits:
+    """The 1797 bundled digits (no download), a stratified split fixed by ``seed``."""
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk_load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    idx_train, idx_test = train_test_split(
+        list(range(len(y))), test_size=test_fraction, random_state=seed, stratify=bunch.target
+    )
+    return Digits(x[idx_train], y[idx_train], x[idx_test], y[idx_test])
+
+
+def _stdlib_files() -> list[Path]:
+    """The standard library's .py files outside tests and site-packages, in a fixed (sorted) order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
+        files.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py"))
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def stdlib_corpus(train_bytes: int, val_bytes: int, val_every: int = 10) -> tuple[Tensor, Tensor]:
+    """Byte tensors (uint8) of Python standard-library source: every ``val_every``-th file is held out.
+
+    Holding out whole files means perplexity is measured on code the model never saw. The text differs
+    a little between Python versions, so figures are comparable within one interpreter.
+    """
+    train: list[bytes] = []
+    val: list[bytes] = []
+    n_train = n_val = 0
+    for i, path in enumerate(_stdlib_files()):
+        if n_train >= train_bytes and n_val >= val_bytes:
+            break
+        to_val = i % val_every == val_every - 1
+        if (to_val and n_val >= val_bytes) or (not to_val and n_train >= train_bytes):
+            continue
+        data = path.read_bytes()
+        if to_val:
+            val.append(data)
+            n_val += len(data)
+        else:
+            train.append(data)
+            n_train += len(data)
+    if n_train < train_bytes or n_val < val_bytes:
+        raise DataError(f"the standard library at {sysconfig.get_paths()['stdlib']} has too little source text")
+    as_tensor = lambda chunks, n: torch.frombuffer(bytearray(b"".join(chunks)[:n]), dtype=torch.uint8)  # noqa: E731
+    return as_tensor(train, train_bytes), as_tensor(val, val_bytes)
+
+
+def read_text_files(paths: Sequence[str | os.PathLike[str]]) -> Tensor:
+    """The bytes of these files, concatenated, as a uint8 tensor; DataError names an unreadable one."""
+    chunks = []
+    for path in paths:
+        try:
+            chunks.append(Path(path).read_bytes())
+        except OSError as exc:
+            raise DataError(f"--text: cannot read {path}: {exc.strerror or exc}") from None
+    data = b"".join(chunks)
+    if not data:
+        raise DataError("--text: the given files are empty")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+class TextWindows(Dataset):
+    """Non-overlapping windows of ``seq_len + 1`` bytes (input and shifted target) over a byte tensor."""
+
+    def __init__(self, data: Tensor, seq_len: int) -> None:
+        if data.numel() < seq_len + 1:
+            raise DataError(f"text of {data.numel()} bytes is shorter than one window of {seq_len + 1}")
+        self.data = data
+        self.seq_len = seq_len
+
+    def __len__(self) -> int:
+        return (self.data.numel() - 1) // self.seq_len
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        start = index * self.seq_len
+        window = self.data[start : start + self.seq_len + 1].long()
+        return window[:-1], window[1:]
+
+
+# ---------------------------------------------------------------------------------------- CIFAR
+
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def _trusting(cls: type) -> type:
+    """A torchvision CIFAR class that trusts an already extracted copy (checks the files exist).
+
+    torchvision verifies the MD5 of every extracted file on each load; the archive's MD5 is still checked
+    when it downloads. Trusting the extracted files lets a user's existing copy, or a small file in the
+    same pickle format written by a test, load without the official checksums.
+    """
+    return type(
+        cls.__name__,
+        (cls,),
+        {
+            "train_list": [[name, None] for name, _ in cls.train_list],
+            "test_list": [[name, None] for name, _ in cls.test_list],
+            "meta": {**cls.meta, "md5": None},
+        },
+    )
+
+
+def cifar_datasets(name: str, data_dir: str | os.PathLike[str], image_size: int, download: bool) -> tuple[Any, Any]:
+    """(train, test) torchvision CIFAR datasets with the paper's augmentation (resize, flip, 15° rotation).
+
+    ``download``: fetch into ``data_dir`` when missing. A dataset that is missing and cannot be fetched
+    raises DataError saying where it was looked for.
+    """
+    import torchvision
+    from torchvision import transforms as T
+
+    base = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+    cls = _trusting(base)
+    mean, std = CIFAR_STATS[name]
+    resize = [T.Resize(image_size)] if image_size != 32 else []
+    train_tf = T.Compose([*resize, T.RandomHorizontalFlip(), T.RandomRotation(15), T.ToTensor(), T.Normalize(mean, std)])
+    test_tf = T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
+    folder = Path(data_dir) / base.base_folder
+    try:
+        train = cls(str(data_dir), train=True, transform=train_tf, download=download)
+        test = cls(str(data_dir), train=False, transform=test_tf, download=False)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        hint = "" if download else " (downloading is off)"
+        raise DataError(
+            f"{name}: no dataset in {folder}{hint}; pass --data-dir with a folder holding "
+            f"{base.base_folder}/ (the extracted python version), or run online to download it"
+        ) from exc
+    except OSError as exc:  # download failed: offline, DNS, HTTP error
+        raise DataError(
+            f"{name}: not found in {folder} and the download failed ({exc}); pass --data-dir with an existing copy"
+        ) from None
+    return train, test
+
+
+# ---------------------------------------------------------------------------------------- order
+
+
+class EpochBatches:
+    """Batches of (index, sample seed) for one epoch: a permutation fixed by (seed, epoch), minus a prefix.
+
+    The order depends on nothing but the seed and the epoch, and ``skip`` drops already consumed batches
+    without loading them, which is what lets a resumed run continue exactly where a killed one stopped.
+    Each sample carries its own seed for random augmentation (see :class:`SeededDataset`).
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True, skip: int = 0,
+        limit: int | None = None, drop_last: bool = False,
+    ) -> None:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        self.order = torch.randperm(size, generator=gen).tolist() if shuffle else list(range(size))
+        self.sample_seeds = torch.randint(0, 2**62, (size,), generator=gen).tolist()
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        n = len(self.order) // batch_size if drop_last else -(-len(self.order) // batch_size)
+        self.total = n if limit is None else min(n, limit)
+        self.skip = skip
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.skip)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for b in range(self.skip, self.total):
+            idx = self.order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [(i, self.sample_seeds[pos]) for pos, i in enumerate(idx, start=b * self.batch_size)]
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so that item (index, seed) is produced under its own RNG seed.
+
+    Random transforms then depend only on the sample's seed, not on how many samples came before, on
+    which worker loaded it, or on whether the run was resumed; the caller's global RNG is untouched.
+    """
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.base[index]

@@ -1,0 +1,177 @@
+"""Model builders for the command line: trainable models and shape-only (meta-device) architectures.
+
+Everything is built from a configuration in code, never from downloaded weights, so every command
+works offline: torchvision models from scratch, GPT-2/BERT/Llama from explicit transformers configs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .optimizers import UnknownNameError
+
+__all__ = [
+    "DigitsCNN",
+    "gpt2_config",
+    "build_gpt2",
+    "IMAGE_MODELS",
+    "TEXT_MODELS",
+    "TRAIN_MODELS",
+    "build_image_model",
+    "TRANSFORMER_NAMES",
+    "LLAMA_PRESETS",
+    "build_meta_model",
+]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the Hub; fail fast if code tries
+
+IMAGE_MODELS = ("resnet50", "mobilenet_v2")
+# name -> (n_embd, n_layer, n_head); byte-level vocabulary (256) because no tokenizer can be downloaded.
+TEXT_MODELS: dict[str, tuple[int, int, int]] = {"gpt2-small": (768, 12, 12), "gpt2-tiny": (128, 4, 4)}
+TRAIN_MODELS = IMAGE_MODELS + tuple(TEXT_MODELS)
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for 8x8 grey digits: two 3x3 conv layers, a pooling step and two linear layers."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def gpt2_config(
+    n_embd: int, n_layer: int, n_head: int, *, vocab_size: int = 256, n_positions: int = 256, dropout: float = 0.0
+):
+    """A GPT2Config built in code (no Hub access); dropout defaults to 0 for short deterministic runs."""
+    from transformers import GPT2Config
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # it warns about unset loss_type on every forward of a fresh config
+    return GPT2Config(
+        bos_token_id=vocab_size - 1,
+        eos_token_id=vocab_size - 1,
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+    )
+
+
+def build_gpt2(name: str, *, n_positions: int, vocab_size: int = 256, dropout: float = 0.0) -> nn.Module:
+    """A randomly initialised GPT-2 language model of a named size (see ``TEXT_MODELS``)."""
+    from transformers import GPT2LMHeadModel
+
+    n_embd, n_layer, n_head = TEXT_MODELS[name]
+    config = gpt2_config(n_embd, n_layer, n_head, vocab_size=vocab_size, n_positions=n_positions, dropout=dropout)
+    return GPT2LMHeadModel(config)
+
+
+def build_image_model(name: str, num_classes: int) -> nn.Module:
+    """A torchvision classifier from scratch (no weights)."""
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+# ---------------------------------------------------------------------------------------- memory
+
+TRANSFORMER_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "bert-base-uncased", "bert-large-uncased")
+# name -> (hidden, layers, heads, kv heads, intermediate, vocab), from the published model configs.
+LLAMA_PRESETS: dict[str, tuple[int, int, int, int, int, int]] = {
+    "llama-1b": (2048, 16, 32, 8, 8192, 128256),
+    "llama-3b": (3072, 28, 24, 8, 8192, 128256),
+    "llama-7b": (4096, 32, 32, 32, 11008, 32000),
+    "llama-8b": (4096, 32, 32, 8, 14336, 128256),
+    "llama-13b": (5120, 40, 40, 40, 13824, 32000),
+    "llama-70b": (8192, 80, 64, 8, 28672, 128256),
+}
+_GPT2_SIZES = {"gpt2": (768, 12, 12), "gpt2-medium": (1024, 24, 16), "gpt2-large": (1280, 36, 20), "gpt2-xl": (1600, 48, 25)}
+_LLAMA_CUSTOM = re.compile(r"^llama-h(\d+)-l(\d+)$")
+
+
+def _llama(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate,
+        vocab_size=vocab,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _transformer_builder(name: str, num_classes: int | None) -> Callable[[], nn.Module] | None:
+    if name in _GPT2_SIZES:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        n_embd, n_layer, n_head = _GPT2_SIZES[name]
+        return lambda: GPT2LMHeadModel(GPT2Config(n_embd=n_embd, n_layer=n_layer, n_head=n_head))
+    if name.startswith("bert-"):
+        from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+        config = BertConfig() if name == "bert-base-uncased" else BertConfig(
+            hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+        )
+        if num_classes is not None:
+            config.num_labels = num_classes
+            return lambda: BertForSequenceClassification(config)
+        return lambda: BertForMaskedLM(config)
+    if name in LLAMA_PRESETS:
+        return lambda: _llama(*LLAMA_PRESETS[name])
+    match = _LLAMA_CUSTOM.match(name)
+    if match:
+        hidden, layers = int(match.group(1)), int(match.group(2))
+        if hidden % 128:
+            raise UnknownNameError(f"llama hidden size must be a multiple of 128 (heads of 128), got {hidden}")
+        heads = hidden // 128
+        intermediate = (8 * hidden // 3 + 255) // 256 * 256  # SwiGLU width, rounded as Llama does
+        return lambda: _llama(hidden, layers, heads, heads, intermediate, 32000)
+    return None
+
+
+def build_meta_model(name: str, num_classes: int | None = None) -> nn.Module:
+    """Build architecture ``name`` on the meta device: parameter shapes only, no memory, no download.
+
+    ``num_classes`` sets a torchvision classifier's head (default 1000) or a BERT classification head.
+    Raises UnknownNameError with the valid names for an unknown one.
+    """
+    import torchvision
+
+    builder = _transformer_builder(name, num_classes)
+    if builder is None:
+        if name not in torchvision.models.list_models():
+            raise UnknownNameError(
+                f"unknown model {name!r}; valid: torchvision names (e.g. resnet50, mobilenet_v2, vit_b_16), "
+                f"{', '.join(TRANSFORMER_NAMES)}, {', '.join(LLAMA_PRESETS)}, llama-h<HIDDEN>-l<LAYERS>"
+            )
+        kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        builder = lambda: torchvision.models.get_model(name, weights=None, **kwargs)  # noqa: E731
+    with torch.device("meta"):
+        return builder()
