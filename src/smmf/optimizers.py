@@ -26,13 +26,14 @@ class UnknownNameError(ValueError):
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """How to build one optimizer: its typical learning rate and a constructor taking resolved values."""
+    """How to build one optimizer: its typical lr and weight decay, and a constructor taking resolved values."""
 
     name: str
     label: str
     lr: float
     make: Callable[..., torch.optim.Optimizer]
     description: str
+    weight_decay: float = 0.0
 
 
 def _adam(params: Any, lr: float, weight_decay: float, **_: Any) -> torch.optim.Optimizer:
@@ -83,7 +84,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in (
         OptimizerSpec("adam", "Adam", 1e-3, _adam, "torch.optim.Adam (betas 0.9, 0.999)"),
-        OptimizerSpec("adamw", "AdamW", 1e-3, _adamw, "torch.optim.AdamW (decoupled weight decay)"),
+        OptimizerSpec("adamw", "AdamW", 1e-3, _adamw, "torch.optim.AdamW (decoupled weight decay 0.01)", 0.01),
         OptimizerSpec(
             "adafactor", "Adafactor", 1e-2, _adafactor, "torch.optim.Adafactor (factored 2nd moment, no momentum)"
         ),
@@ -113,12 +114,12 @@ def build(
     params: Iterable[Tensor] | Iterable[dict[str, Any]],
     *,
     lr: float | None = None,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     decay_rate: float = -0.5,
     growth_rate: float = 0.999,
     fused: bool | None = None,
 ) -> torch.optim.Optimizer:
-    """Construct optimizer ``name`` (see ``NAMES``); ``lr=None`` takes that optimizer's typical lr.
+    """Construct optimizer ``name`` (see ``NAMES``); ``lr``/``weight_decay`` None take its typical values.
 
     ``decay_rate``, ``growth_rate`` and ``fused`` only concern SMMF (decay_rate -0.5 for CNNs, -0.8 for
     transformers, as the paper recommends; fused=None compiles the step where supported).
@@ -126,6 +127,7 @@ def build(
     (name,) = check_names([name], NAMES, "optimizer")
     spec = OPTIMIZERS[name]
     lr = spec.lr if lr is None else lr
+    weight_decay = spec.weight_decay if weight_decay is None else weight_decay
     if name.startswith("smmf"):
         return spec.make(params, lr, weight_decay, decay_rate=decay_rate, growth_rate=growth_rate, fused=fused)
     return spec.make(params, lr, weight_decay)
