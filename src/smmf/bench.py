@@ -9,7 +9,6 @@ built from shapes alone (models on the meta device), so nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
 import gc
 import importlib.util
@@ -141,107 +140,117 @@ def _proc_status_kib(field: str) -> int:
     return int(match.group(1))
 
 
-def _release_heap() -> None:
-    """Make freed memory leave the RSS, so that a step's temporaries show up in the high-water mark.
-
-    glibc keeps freed blocks below its (adaptive, up to 32 MiB) mmap threshold in the heap, where a
-    later step reuses them without raising the RSS, which would hide them. A fixed 64 KiB threshold
-    sends every sizeable block to mmap (returned on free) and malloc_trim hands back what is cached.
-    """
-    gc.collect()
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_mmap_threshold = -3
-    libc.mallopt(m_mmap_threshold, 64 * 1024)
-    libc.malloc_trim(0)
-
-
 def _reset_rss_peak() -> None:
     """Reset VmHWM to the current RSS (Linux >= 4.0: writing 5 to clear_refs)."""
     Path("/proc/self/clear_refs").write_text("5")
 
 
+# Set in the memory worker's environment before it starts: glibc then serves every block over 64 KiB
+# with its own mmap and unmaps it on free. With the default adaptive threshold (up to 32 MiB) freed
+# temporaries stay in the heap, and whether a step's temporaries raise the RSS depends on the holes
+# earlier steps left there; measured here, the same reference step read anywhere from 20 to 190 MiB.
+# Timing runs in a separate process with the default allocator, so that no optimizer pays for page
+# faults it would not see in training.
+_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
+_MEMORY_STEPS = 3  # the median of a few steps, against page-reclaim noise
+
+
 # ----------------------------------------------------------------------------- worker (one optimizer, fresh process)
 
 
-def _measure(name: str, set_name: str, device: str, steps: int, warmup: int) -> dict[str, Any]:
-    """Time ``steps`` steps after ``warmup`` and the extra memory of one more step, in this process."""
+def _setup(name: str, set_name: str, device: torch.device) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    params = [torch.randn(s, device=device).requires_grad_() for s in PARAM_SETS[set_name]()]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    return params, OPTIMIZERS[name][1](params)
+
+
+def _measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """In this (fresh) process: step times after warm-up (mode "time") or one step's extra memory ("memory").
+
+    On CUDA both come from the timing process: max_memory_allocated is exact whatever ran before.
+    """
     from smmf import optimizer_state_bytes
 
-    dev = torch.device(device)
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    dev = torch.device(spec["device"])
     cuda = dev.type == "cuda"
 
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize(dev)
 
-    torch.manual_seed(0)
-    shapes = PARAM_SETS[set_name]()
-    params = [torch.randn(s, device=dev).requires_grad_() for s in shapes]
-    for p in params:
-        p.grad = torch.randn_like(p)
-    opt = OPTIMIZERS[name][1](params)
-
+    params, opt = _setup(spec["name"], spec["set"], dev)
     warmup_s = []
-    for _ in range(warmup):
+    for _ in range(spec["warmup"]):
         t0 = time.perf_counter()
         opt.step()
         sync()
         warmup_s.append(time.perf_counter() - t0)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        opt.step()
-        sync()
-        times.append(time.perf_counter() - t0)
-
+    result: dict[str, Any] = {"warmup_s": warmup_s, "state_bytes": optimizer_state_bytes(opt)}
+    if spec["mode"] == "time":
+        times = []
+        for _ in range(spec["steps"]):
+            t0 = time.perf_counter()
+            opt.step()
+            sync()
+            times.append(time.perf_counter() - t0)
+        result["step_s"] = times
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
         before = torch.cuda.memory_allocated(dev)
         opt.step()
         sync()
-        peak_extra = torch.cuda.max_memory_allocated(dev) - before
-    else:
-        _release_heap()
-        _reset_rss_peak()
-        before = _proc_status_kib("VmRSS")
-        opt.step()
-        peak_extra = max(0, _proc_status_kib("VmHWM") - before) * 1024
-    if not all(torch.isfinite(p).all() for p in params):
+        result["peak_extra_bytes"] = torch.cuda.max_memory_allocated(dev) - before
+    elif spec["mode"] == "memory":
+        peaks = []
+        for _ in range(_MEMORY_STEPS):
+            gc.collect()
+            _reset_rss_peak()
+            before = _proc_status_kib("VmRSS")
+            opt.step()
+            peaks.append(max(0, _proc_status_kib("VmHWM") - before) * 1024)
+        result["peak_extra_bytes_all"] = peaks
+        result["peak_extra_bytes"] = statistics.median(peaks)
+    if not all(bool(torch.isfinite(p).all()) for p in params):
         raise RuntimeError("non-finite parameters after the benchmark steps")
-    return {
-        "step_s": times,
-        "warmup_s": warmup_s,
-        "state_bytes": optimizer_state_bytes(opt),
-        "peak_extra_bytes": peak_extra,
-    }
+    return result
 
 
 def _worker_cli() -> None:
     """Entry of a worker subprocess: argv = [spec JSON, output path]."""
-    spec = json.loads(sys.argv[1])
-    result = _measure(spec["name"], spec["set"], spec["device"], spec["steps"], spec["warmup"])
-    Path(sys.argv[2]).write_text(json.dumps(result))
+    Path(sys.argv[2]).write_text(json.dumps(_measure(json.loads(sys.argv[1]))))
 
 
-def _run_worker(name: str, set_name: str, device: str, steps: int, warmup: int) -> dict[str, Any]:
-    """Run one optimizer in a fresh interpreter; returns its measurements or ``{"error": ...}``."""
-    spec = json.dumps({"name": name, "set": set_name, "device": device, "steps": steps, "warmup": warmup})
-    env = dict(os.environ)
+def _run_worker(spec: dict[str, Any], extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter; returns its result or ``{"error": ...}``."""
+    env = {**os.environ, **(extra_env or {})}
     src = str(Path(__file__).resolve().parents[1])  # the import root of this smmf, so the child imports the same one
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         code = "from smmf.bench import _worker_cli; _worker_cli()"
         proc = subprocess.run(
-            [sys.executable, "-c", code, spec, str(out)], env=env, capture_output=True, text=True, check=False
+            [sys.executable, "-c", code, json.dumps(spec), str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode != 0 or not out.exists():
             lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
             return {"error": lines[-1] if lines else f"worker exited with {proc.returncode}"}
         return json.loads(out.read_text())
+
+
+def _memory(spec: dict[str, Any]) -> dict[str, Any]:
+    """Peak extra RSS of one step, in a fresh process of its own with mmap-backed allocations (CPU)."""
+    memory = _run_worker({**spec, "mode": "memory", "warmup": max(1, spec["warmup"])}, _MEMORY_ENV)
+    if "error" in memory:
+        return {"error": f"memory run: {memory['error']}"}
+    return {k: memory[k] for k in ("peak_extra_bytes", "peak_extra_bytes_all")}
 
 
 # ----------------------------------------------------------------------------- report
@@ -257,10 +266,10 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _machine(device: str) -> str:
+def _machine(device: str, threads: int | None) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(torch.device(device))}, host {_cpu_model()} ({os.cpu_count()} CPUs)"
-    return f"{_cpu_model()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
+    return f"{_cpu_model()}, {os.cpu_count()} CPUs, {threads or torch.get_num_threads()} torch threads"
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -274,21 +283,26 @@ def _markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "",
         f"{meta['tensors']} tensors, {meta['params'] / 1e6:.1f}M parameters, largest {meta['largest_shape']} "
         f"= {meta['largest_bytes'] / mib:.1f} MiB. Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}.",
-        f"Median of {meta['steps']} steps after {meta['warmup']} warm-up steps; each optimizer in a fresh process.",
+        f"Step time: median of {meta['rounds']} x {meta['steps']} steps after {meta['warmup']} warm-up steps "
+        f"(per process, compilation included), each optimizer in fresh processes. Load average at start / end: "
+        f"{meta['load_average_start'][0]:.2f} / {meta['load_average_end'][0]:.2f}.",
         "",
         f"Command: `{meta['command']}`",
         "",
-        "| optimizer | step ms (median) | x Adam | state B/param | state MiB | peak extra MiB | peak extra / largest param | warm-up s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| optimizer | step ms (median) | p25-p75 ms | x Adam | state B/param | state MiB | peak extra MiB "
+        "| peak extra / largest param | warm-up s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['label']} | skipped: {r['error']} | | | | | | |")
+            lines.append(f"| {r['label']} | failed: {r['error']} | | | | | | | |")
             continue
+        low, high = r["step_ms_iqr"]
         lines.append(
-            f"| {r['label']} | {_fmt(r['step_ms'], 1)} | {_fmt(r['ratio_to_adam'], 2)} | {_fmt(r['state_bytes_per_param'], 3)} "
-            f"| {_fmt(r['state_bytes'] / mib, 1)} | {_fmt(r['peak_extra_bytes'] / mib, 1)} "
-            f"| {_fmt(r['peak_extra_over_largest'], 3)} | {_fmt(sum(r['warmup_s']), 1)} |"
+            f"| {r['label']} | {_fmt(r['step_ms'], 1)} | {low:.1f}-{high:.1f} | {_fmt(r['ratio_to_adam'], 2)} "
+            f"| {_fmt(r['state_bytes_per_param'], 3)} | {_fmt(r['state_bytes'] / mib, 1)} "
+            f"| {_fmt(r['peak_extra_bytes'] / mib, 1)} | {_fmt(r['peak_extra_over_largest'], 3)} "
+            f"| {_fmt(sum(r['warmup_s']), 1)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -340,6 +354,15 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warmup", type=int, default=3, help="untimed steps first, which include compilation (default 3)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the timing runs round-robin over the optimizers and pool the steps (default 1)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads in each worker (default: torch's choice)"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
     parser.add_argument("--out", default=None, help="output folder (default runs/bench-<set>-<device>)")
 
@@ -373,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError:
         return _fail(f"unknown device {device!r} (valid: cpu, cuda, cuda:N, auto)")
     if dev.type not in ("cpu", "cuda"):
-        return _fail(f"unsupported device {device!r} (valid: cpu, cuda, cuda:N, auto)")
+        return _fail(f"unknown device {device!r} (valid: cpu, cuda, cuda:N, auto)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         return _fail("CUDA is not available here (use --device cpu)")
     if args.optimizers is None:
@@ -383,8 +406,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown or not names:
         return _fail(f"unknown optimizer {', '.join(map(repr, unknown)) or '(none)'} (valid: {', '.join(OPTIMIZERS)})")
-    if args.steps < 1 or args.warmup < 0:
-        return _fail("--steps must be >= 1 and --warmup >= 0")
+    if min(args.steps, args.rounds, args.threads or 1) < 1 or args.warmup < 0:
+        return _fail("--steps, --rounds and --threads must be >= 1, --warmup >= 0")
 
     shapes = PARAM_SETS[args.set]()
     numels = [math.prod(s) for s in shapes]
@@ -396,7 +419,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "set": args.set,
         "device": device,
-        "machine": _machine(device),
+        "machine": _machine(device, args.threads),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": dt.date.today().isoformat(),
@@ -407,27 +430,47 @@ def run(args: argparse.Namespace) -> int:
         "largest_bytes": largest_bytes,
         "steps": args.steps,
         "warmup": args.warmup,
+        "rounds": args.rounds,
+        "load_average_start": list(os.getloadavg()),
     }
 
-    rows: list[dict[str, Any]] = []
-    for i, name in enumerate(names, 1):
-        label = OPTIMIZERS[name][0]
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
         if name == "reference" and _reference_path() is None:
-            result: dict[str, Any] = {"error": "benchmarks/reference_smmf.py not found (run from a checkout)"}
-        else:
+            results[name] = {"error": "benchmarks/reference_smmf.py not found (run from a checkout)"}
+    # Round-robin over optimizers, so that a burst of load from elsewhere hits all of them alike.
+    for round_ in range(args.rounds):
+        for i, name in enumerate(names, 1):
+            if "error" in results.get(name, {}):
+                continue
+            spec = {"name": name, "set": args.set, "device": device, "steps": args.steps, "warmup": args.warmup}
+            spec.update(threads=args.threads, mode="time")
             t0 = time.perf_counter()
-            result = _run_worker(name, args.set, device, args.steps, args.warmup)
-            result["wall_s"] = time.perf_counter() - t0
-        row = {"name": name, "label": label, **result}
+            result = _run_worker(spec)
+            if "error" not in result and round_ == 0 and not device.startswith("cuda"):
+                result.update(_memory(spec))
+            wall = time.perf_counter() - t0
+            if "error" in result:
+                results[name] = result
+                status = f"failed: {result['error']}"
+            else:
+                row = results.setdefault(name, {**result, "step_s": [], "wall_s": 0.0})
+                row["step_s"] += result["step_s"]
+                row["wall_s"] += wall
+                status = f"{statistics.median(result['step_s']) * 1e3:.1f} ms/step ({wall:.0f} s)"
+            print(f"[round {round_ + 1}/{args.rounds}, {i}/{len(names)}] {name}: {status}", file=sys.stderr, flush=True)
+
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        row = {"name": name, "label": OPTIMIZERS[name][0], **results[name]}
         if "error" not in row:
+            quartiles = statistics.quantiles(row["step_s"], n=4) if len(row["step_s"]) > 1 else row["step_s"] * 3
             row["step_ms"] = statistics.median(row["step_s"]) * 1e3
+            row["step_ms_iqr"] = [quartiles[0] * 1e3, quartiles[2] * 1e3]
             row["state_bytes_per_param"] = row["state_bytes"] / n_params
             row["peak_extra_over_largest"] = row["peak_extra_bytes"] / largest_bytes
-            status = f"{row['step_ms']:.1f} ms/step, peak extra {row['peak_extra_bytes'] / 2**20:.1f} MiB"
-        else:
-            status = f"skipped: {row['error']}"
-        print(f"[{i}/{len(names)}] {name}: {status}", file=sys.stderr, flush=True)
         rows.append(row)
+    meta["load_average_end"] = list(os.getloadavg())
     adam_ms = next((r["step_ms"] for r in rows if r["name"] == _BASELINE and "error" not in r), None)
     for r in rows:
         if "error" not in r:
@@ -445,7 +488,8 @@ def run(args: argparse.Namespace) -> int:
 def _argv_for(args: argparse.Namespace, names: Sequence[str], device: str) -> list[str]:
     """The arguments that reproduce this run, defaults spelled out."""
     argv = ["--set", args.set, "--device", device, "--optimizers", ",".join(names)]
-    argv += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    argv += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--rounds", str(args.rounds)]
+    argv += ["--threads", str(args.threads)] if args.threads else []
     return argv + (["--out", str(args.out)] if args.out else [])
 
 

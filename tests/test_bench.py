@@ -1,0 +1,61 @@
+"""``smmf bench``: a run end to end on a tiny set, one-line errors, and the parameter sets' shapes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from smmf import bench
+
+
+def test_tiny_run_writes_table_json_and_chart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--set", "tiny", "--device", "cpu", "--optimizers", "smmf-eager,adam,reference"]
+    rc = bench.main([*argv, "--steps", "2", "--warmup", "1", "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    assert {"bench.md", "bench.json", "bench.png"} <= {p.name for p in tmp_path.iterdir()}
+    report = json.loads((tmp_path / "bench.json").read_text())
+    rows = {r["name"]: r for r in report["results"]}
+    assert set(rows) == {"smmf-eager", "adam", "reference"}
+    assert all("error" not in r for r in rows.values()), rows
+    assert rows["adam"]["ratio_to_adam"] == 1.0
+    assert all(len(r["step_s"]) == 2 and r["peak_extra_bytes"] >= 0 for r in rows.values())
+    # packed 1-bit sign + factors < bool sign + factors < two dense fp32 moments
+    per_param = {k: r["state_bytes_per_param"] for k, r in rows.items()}
+    assert per_param["smmf-eager"] < per_param["reference"] < per_param["adam"]
+    assert "| torch Adam (foreach) |" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--set", "resnet5"], "unknown parameter set 'resnet5' (valid: tiny, resnet50"),
+        (["--set", "tiny", "--optimizers", "adam,lion"], "unknown optimizer 'lion' (valid: smmf,"),
+        (["--set", "tiny", "--device", "tpu"], "unknown device 'tpu'"),
+        (["--set", "tiny", "--steps", "0"], "--steps, --rounds and --threads must be >= 1"),
+    ],
+)
+def test_bad_arguments_give_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_register_adds_the_bench_subcommand() -> None:
+    parser = argparse.ArgumentParser(prog="smmf")
+    bench.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--set", "gpt2", "--steps", "12"])
+    assert args.func is bench.run and args.set == "gpt2" and args.steps == 12
+
+
+@pytest.mark.parametrize(
+    ("name", "tensors", "params"),
+    [("resnet50", 161, 23_712_932), ("mobilenet_v2", 158, 2_351_972), ("gpt2", 148, 124_439_808)],
+)
+def test_parameter_sets_have_the_models_shapes(name: str, tensors: int, params: int) -> None:
+    pytest.importorskip("transformers" if name == "gpt2" else "torchvision")
+    shapes = bench.PARAM_SETS[name]()
+    assert (len(shapes), sum(math.prod(s) for s in shapes)) == (tensors, params)
