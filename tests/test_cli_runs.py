@@ -1,0 +1,45 @@
+"""Tiny end-to-end runs: ``smmf compare`` (both tasks) and ``smmf train`` on a text file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from smmf.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_compare_writes_table_json_and_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cmp"
+    argv = ["compare", "--optimizers", "adam,sm3,smmf", "--steps", "12", "--smmf-eager", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| SMMF (1-bit) |" in printed and "held-out perplexity" in printed and "held-out accuracy (%)" in printed
+    payload = json.loads((out / "results.json").read_text())
+    assert set(payload["tasks"]) == {"digits", "text"}
+    for task in payload["tasks"].values():
+        runs = {r["optimizer"]: r for r in task["results"]}
+        assert list(runs) == ["adam", "sm3", "smmf"]
+        assert all(len(r["losses"]) == 12 and r["state_bytes"] > 0 and r["step_ms"] > 0 for r in runs.values())
+        assert runs["smmf"]["state_bytes"] < runs["sm3"]["state_bytes"] < runs["adam"]["state_bytes"]
+        assert runs["adam"]["losses"][0] == runs["smmf"]["losses"][0]  # same init, same first batch
+    assert (out / "compare.png").stat().st_size > 10_000
+    assert "| Adam |" in (out / "compare.md").read_text()
+
+
+def test_train_gpt2_tiny_on_text(tmp_path: Path) -> None:
+    text = tmp_path / "corpus.txt"
+    text.write_bytes(Path(json.__file__).read_bytes() * 2)
+    out = tmp_path / "run"
+    argv = ["train", "--model", "gpt2-tiny", "--text", str(text), "--seq-len", "32", "--batch-size", "4",
+            "--max-steps", "3", "--eval-batches", "2", "--optimizer", "adamw", "--device", "cpu",
+            "--num-workers", "0", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["final_eval"]["perplexity"] > 1
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "kind,step,epoch,batch,loss,lr,accuracy,perplexity,seconds"
+    assert [r.split(",")[0] for r in rows[1:]] == ["train", "train", "train", "eval"]
