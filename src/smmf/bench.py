@@ -158,9 +158,9 @@ _MEMORY_STEPS = 3  # the median of a few steps, against page-reclaim noise
 # ----------------------------------------------------------------------------- worker (one optimizer, fresh process)
 
 
-def _setup(name: str, set_name: str, device: torch.device) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
+def _setup(name: str, shapes: Sequence[Sequence[int]], device: torch.device) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
     torch.manual_seed(0)
-    params = [torch.randn(s, device=device).requires_grad_() for s in PARAM_SETS[set_name]()]
+    params = [torch.randn(tuple(s), device=device).requires_grad_() for s in shapes]
     for p in params:
         p.grad = torch.randn_like(p)
     return params, OPTIMIZERS[name][1](params)
@@ -182,14 +182,14 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
         if cuda:
             torch.cuda.synchronize(dev)
 
-    params, opt = _setup(spec["name"], spec["set"], dev)
+    params, opt = _setup(spec["name"], spec["shapes"], dev)
     warmup_s = []
     for _ in range(spec["warmup"]):
         t0 = time.perf_counter()
         opt.step()
         sync()
         warmup_s.append(time.perf_counter() - t0)
-    result: dict[str, Any] = {"warmup_s": warmup_s, "state_bytes": optimizer_state_bytes(opt)}
+    result: dict[str, Any] = {"warmup_s": warmup_s}
     if spec["mode"] == "time":
         times = []
         for _ in range(spec["steps"]):
@@ -216,6 +216,7 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
         result["peak_extra_bytes"] = statistics.median(peaks)
     if not all(bool(torch.isfinite(p).all()) for p in params):
         raise RuntimeError("non-finite parameters after the benchmark steps")
+    result["state_bytes"] = optimizer_state_bytes(opt)
     return result
 
 
@@ -247,7 +248,7 @@ def _run_worker(spec: dict[str, Any], extra_env: dict[str, str] | None = None) -
 
 def _memory(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak extra RSS of one step, in a fresh process of its own with mmap-backed allocations (CPU)."""
-    memory = _run_worker({**spec, "mode": "memory", "warmup": max(1, spec["warmup"])}, _MEMORY_ENV)
+    memory = _run_worker({**spec, "mode": "memory", "warmup": min(2, max(1, spec["warmup"]))}, _MEMORY_ENV)
     if "error" in memory:
         return {"error": f"memory run: {memory['error']}"}
     return {k: memory[k] for k in ("peak_extra_bytes", "peak_extra_bytes_all")}
@@ -443,7 +444,7 @@ def run(args: argparse.Namespace) -> int:
         for i, name in enumerate(names, 1):
             if "error" in results.get(name, {}):
                 continue
-            spec = {"name": name, "set": args.set, "device": device, "steps": args.steps, "warmup": args.warmup}
+            spec = {"name": name, "shapes": shapes, "device": device, "steps": args.steps, "warmup": args.warmup}
             spec.update(threads=args.threads, mode="time")
             t0 = time.perf_counter()
             result = _run_worker(spec)
