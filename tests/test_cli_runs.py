@@ -43,3 +43,19 @@ def test_train_gpt2_tiny_on_text(tmp_path: Path) -> None:
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0] == "kind,step,epoch,batch,loss,lr,accuracy,perplexity,seconds"
     assert [r.split(",")[0] for r in rows[1:]] == ["train", "train", "train", "eval"]
+
+
+def test_ctrl_c_exits_130_without_traceback(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "smmf", "compare", "--tasks", "digits", "--optimizers", "adam", "--steps", "1000000",
+            "--no-progress", "--out", str(tmp_path / "cmp")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stdout is not None and proc.stdout.readline().startswith("smmf compare:")  # training has begun
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "smmf: interrupted" and "Traceback" not in err
