@@ -365,7 +365,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="compare optimizers on offline tasks (digits CNN, stdlib GPT-2)",
         description=(
             "Train the same model, same seed and data order, with each optimizer; print per task the final "
-            "train loss, held-out metric, optimizer state memory (bytes, %% of Adam) and step time relative "
+            "train loss, held-out metric, optimizer state memory (bytes, % of Adam) and step time relative "
             "to Adam; write results.json, compare.md and compare.png into --out. Runs offline."
         ),
     )
