@@ -36,20 +36,20 @@ class OptimizerSpec:
     weight_decay: float = 0.0
 
 
-def _adam(params: Any, lr: float, weight_decay: float, **_: Any) -> torch.optim.Optimizer:
+def _adam(params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-def _adamw(params: Any, lr: float, weight_decay: float, **_: Any) -> torch.optim.Optimizer:
+def _adamw(params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def _adafactor(params: Any, lr: float, weight_decay: float, **_: Any) -> torch.optim.Optimizer:
+def _adafactor(params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     # torch's Adafactor uses a relative step size: lr caps rho_t = min(lr, 1/sqrt(t)), scaled by RMS(p).
     return torch.optim.Adafactor(params, lr=lr, weight_decay=weight_decay)
 
 
-def _sm3(params: Any, lr: float, weight_decay: float, **_: Any) -> torch.optim.Optimizer:
+def _sm3(params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     import pytorch_optimizer
 
     if weight_decay:
@@ -57,7 +57,7 @@ def _sm3(params: Any, lr: float, weight_decay: float, **_: Any) -> torch.optim.O
     return pytorch_optimizer.SM3(params, lr=lr, momentum=0.9)
 
 
-def _came(params: Any, lr: float, weight_decay: float, **_: Any) -> torch.optim.Optimizer:
+def _came(params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     import pytorch_optimizer
 
     return pytorch_optimizer.CAME(params, lr=lr, weight_decay=weight_decay)
