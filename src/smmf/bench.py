@@ -317,13 +317,15 @@ def _chart(meta: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> None
     ok = [r for r in rows if "error" not in r]
     labels = [r["label"] for r in ok]
     panels = [
-        ("step time / Adam(foreach)", [r["ratio_to_adam"] for r in ok], 1.0, False),
+        ("step time / Adam(foreach)", [r["ratio_to_adam"] for r in ok], 1.0, True),
         ("state bytes / param", [r["state_bytes_per_param"] for r in ok], None, True),
         ("peak extra / largest param", [r["peak_extra_over_largest"] for r in ok], 0.25, False),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(ok) + 1.6), sharey=True)
     for ax, (title, values, line, log) in zip(axes, panels):
         clean = [v if v is not None and not math.isnan(v) else 0.0 for v in values]
+        if log:  # a zero bar has no place on a log axis
+            clean = [max(v, 1e-3) for v in clean]
         colors = ["tab:blue" if label.startswith("SMMF") else "tab:gray" for label in labels]
         ax.barh(labels, clean, color=colors)
         for y, v in enumerate(clean):
