@@ -199,18 +199,29 @@ class EpochBatches:
     The order depends on nothing but the seed and the epoch, and ``skip`` drops already consumed batches
     without loading them, which is what lets a resumed run continue exactly where a killed one stopped.
     Each sample carries its own seed for random augmentation (see :class:`SeededDataset`).
+
+    Distributed (``world`` > 1): every rank builds the same global batches and takes the strided slice
+    ``[rank::world]`` of each, so ranks see disjoint samples with the same per-sample seeds as a single
+    process would. A batch is cut to a multiple of ``world`` (only an epoch's last batch can be short),
+    and a last batch with fewer samples than ranks is dropped, so every rank runs the same number of
+    equally sized batches (which DDP's gradient mean and FSDP's collectives need).
     """
 
     def __init__(
         self, size: int, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True, skip: int = 0,
-        limit: int | None = None, drop_last: bool = False,
+        limit: int | None = None, drop_last: bool = False, rank: int = 0, world: int = 1,
     ) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside a world of {world}")
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         self.order = torch.randperm(size, generator=gen).tolist() if shuffle else list(range(size))
         self.sample_seeds = torch.randint(0, 2**62, (size,), generator=gen).tolist()
         self.batch_size = batch_size
         self.drop_last = drop_last
+        self.rank, self.world = rank, world
         n = len(self.order) // batch_size if drop_last else -(-len(self.order) // batch_size)
+        if n and len(self.order) - (n - 1) * batch_size < world:  # last batch too small to give each rank one
+            n -= 1
         self.total = n if limit is None else min(n, limit)
         self.skip = skip
 
@@ -219,8 +230,10 @@ class EpochBatches:
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for b in range(self.skip, self.total):
-            idx = self.order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield [(i, self.sample_seeds[pos]) for pos, i in enumerate(idx, start=b * self.batch_size)]
+            start = b * self.batch_size
+            idx = self.order[start : start + self.batch_size]
+            keep = len(idx) - len(idx) % self.world
+            yield [(idx[j], self.sample_seeds[start + j]) for j in range(self.rank, keep, self.world)]
 
 
 class SeededDataset(Dataset):

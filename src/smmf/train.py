@@ -10,6 +10,12 @@ own seed (:class:`smmf.data.EpochBatches`, :class:`smmf.data.SeededDataset`); a 
 optimizer, scheduler, grad-scaler and RNG states plus the epoch and the batches consumed in it, and is
 written to a temporary file then renamed. So a run killed at any point and continued with ``--resume``
 takes exactly the path of an uninterrupted one (bit-identical parameters on CPU).
+
+Distributed (``--distributed ddp|fsdp`` under torchrun): ``--batch-size`` is the global batch, split
+evenly across ranks (:class:`smmf.data.EpochBatches` with ``rank``/``world``); only rank 0 prints and
+logs, and logged losses and evaluation results are all-reduced over the ranks. DDP keeps the single-file
+checkpoint (written by rank 0); FSDP2 writes a ``torch.distributed.checkpoint`` folder, swapped in
+atomically by rank 0 once every rank has written its shard. Both resume exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -40,14 +47,19 @@ from .data import EpochBatches, SeededDataset, TextWindows, cifar_datasets, read
 from .memory import optimizer_state_bytes
 from .models import IMAGE_MODELS, TEXT_MODELS, TRAIN_MODELS, build_gpt2, build_image_model
 
-__all__ = ["register", "run", "save_checkpoint", "CHECKPOINT", "LOG_FIELDS"]
+__all__ = ["register", "run", "save_checkpoint", "CHECKPOINT", "CHECKPOINT_DIR", "FINAL_MODEL", "LOG_FIELDS"]
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_DIR = "checkpoint"  # --distributed fsdp: a torch.distributed.checkpoint folder
+TRAIN_STATE = "train_state.pt"  # inside CHECKPOINT_DIR: everything but model and optimizer tensors
+FINAL_MODEL = "model_final.pt"  # --distributed: the full (unsharded) model state dict at the end
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 LOG_FIELDS = ("kind", "step", "epoch", "batch", "loss", "lr", "accuracy", "perplexity", "seconds")
 # Arguments that define a run: a resumed run must use the same values.
 _RUN_DEFINING = (
     "model", "dataset", "text", "optimizer", "lr", "weight_decay", "decay_rate", "growth_rate", "batch_size",
     "epochs", "warmup_steps", "num_cycles", "seed", "image_size", "seq_len", "max_steps", "limit_batches",
+    "distributed", "world_size",
 )
 
 
@@ -65,19 +77,46 @@ def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _rng_state() -> dict[str, Any]:
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job; ``mode`` None (world 1) for a single-process run."""
+
+    mode: str | None = None
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _rng_state(ctx: Dist, device: torch.device) -> Any:
+    """Every RNG's state; distributed: a list with one entry per rank (rank 0 saves them all).
+
+    A rank records only its own GPU's CUDA state: asking for all devices would make every rank open a
+    context on every GPU.
+    """
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    if ctx.mode is None:
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+    if device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
+    states: list[Any] = [None] * ctx.world
+    torch.distributed.all_gather_object(states, state)
+    return states
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(saved: Any, ctx: Dist, device: torch.device) -> None:
+    state = saved if ctx.mode is None else saved[ctx.rank]
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda_device" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_device"], device)
 
 
 def _peak_memory(device: torch.device) -> dict[str, int]:
@@ -91,9 +130,13 @@ def _peak_memory(device: torch.device) -> dict[str, int]:
 class MetricLog:
     """Per-step and per-epoch metrics as JSON lines and CSV, truncatable to a checkpoint's row count."""
 
-    def __init__(self, out: Path, keep_rows: int | None) -> None:
+    def __init__(self, out: Path, keep_rows: int | None, active: bool = True) -> None:
+        """``active`` False (ranks other than 0): count rows, so checkpoints agree, but write nothing."""
         self.jsonl, self.csv = out / "metrics.jsonl", out / "metrics.csv"
-        if keep_rows is None:
+        self.active = active
+        if not active:
+            self.rows = keep_rows or 0
+        elif keep_rows is None:
             self.jsonl.write_text("")
             self.csv.write_text(",".join(LOG_FIELDS) + "\n")
             self.rows = 0
@@ -107,12 +150,14 @@ class MetricLog:
             self.rows = len(lines)
 
     def write(self, row: dict[str, Any]) -> None:
+        self.rows += 1
+        if not self.active:
+            return
         row = {k: row.get(k) for k in LOG_FIELDS}
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
         with open(self.csv, "a", newline="") as f:
             csv.DictWriter(f, LOG_FIELDS).writerow(row)
-        self.rows += 1
 
 
 @dataclass
@@ -162,9 +207,20 @@ def _amp(args: argparse.Namespace, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def _all_sum(values: list[float], ctx: Dist, device: torch.device) -> list[float]:
+    """The sums of these numbers over all ranks (unchanged in a single process)."""
+    if ctx.mode is None:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, text: bool, amp: torch.dtype | None) -> dict[str, float]:
-    """Held-out loss plus accuracy (images, %) or perplexity (text) over ``loader``."""
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, text: bool, amp: torch.dtype | None, ctx: Dist = Dist()
+) -> dict[str, float]:
+    """Held-out loss plus accuracy (images, %) or perplexity (text) over ``loader``, summed over ranks."""
     model.eval()
     total = correct = 0.0
     count = 0
@@ -177,6 +233,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, text: b
         correct += hits.item()
         count += n
     model.train()
+    total, correct, count = _all_sum([total, correct, count], ctx, device)
     mean = total / max(count, 1)
     return {"loss": mean, "perplexity": math.exp(mean)} if text else {"loss": mean, "accuracy": 100.0 * correct / max(count, 1)}
 
@@ -200,72 +257,200 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--lr: expected a positive learning rate, got {args.lr}")
 
 
+def _init_distributed(args: argparse.Namespace) -> tuple[Dist, torch.device]:
+    """Join the torchrun job named by the environment: nccl on cuda:LOCAL_RANK, gloo on CPU.
+
+    Without --distributed, a process started by torchrun with several ranks is refused: each would
+    train the whole model alone and all would write the same --out.
+    """
+    device = resolve_device(args.device)
+    if args.distributed is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError(f"started by torchrun with WORLD_SIZE={os.environ['WORLD_SIZE']}; pass --distributed ddp or fsdp")
+        return Dist(), device
+    missing = [k for k in _TORCHRUN_ENV if k not in os.environ]
+    if missing:
+        raise UsageError(
+            f"--distributed {args.distributed}: run under torchrun, e.g. 'torchrun --nproc-per-node 2 -m smmf train "
+            f"--distributed {args.distributed} ...' ({', '.join(missing)} not set)"
+        )
+    ctx = Dist(args.distributed, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+    if args.batch_size % ctx.world:
+        raise UsageError(f"--batch-size {args.batch_size} is the global batch; it must be divisible by the {ctx.world} ranks")
+    if device.type == "cuda":
+        if device.index is not None:
+            raise UsageError(f"--device {args.device}: with --distributed each rank uses cuda:LOCAL_RANK; pass --device cuda or auto")
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return ctx, device
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks that FSDP2 shards as units: GPT-2 transformer blocks, ResNet bottlenecks,
+    MobileNetV2 feature stages. Each is gathered just before it runs and freed after, so a rank holds
+    at most one block's full parameters besides its shards."""
+    if hasattr(model, "transformer"):
+        return list(model.transformer.h)
+    if hasattr(model, "layer1"):
+        return [block for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for block in layer]
+    return list(model.features)
+
+
+def _wrap(model: nn.Module, ctx: Dist, device: torch.device) -> nn.Module:
+    """DDP: replicate with averaged gradients. FSDP2: fully_shard each block, then the root (the rest:
+    embeddings, tied head, stem, classifier); parameters become DTensors and SMMF updates the shards."""
+    if ctx.mode == "ddp":
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if ctx.mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in _blocks(model):
+            fully_shard(block)
+        fully_shard(model)
+    return model
+
+
+def _sync_buffers(model: nn.Module, ctx: Dist) -> None:
+    """FSDP2 leaves buffers (BatchNorm running statistics) per rank; broadcast rank 0's after each step,
+    as DDP does, so evaluation and the checkpoint (which stores one copy) agree on every rank."""
+    if ctx.mode != "fsdp":
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for buffer in module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace folder ``final`` by the complete folder ``tmp`` (rank 0, after every rank wrote to it).
+
+    Folders cannot be renamed over one another, so the previous checkpoint is first moved aside to
+    ``.<name>.old``, which a resume falls back on if the process dies between the two renames.
+    """
+    old = final.with_name(f".{final.name}.old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _existing_checkpoint(out: Path, ctx: Dist) -> Path | None:
+    """The checkpoint a resume reads: checkpoint.pt, or for FSDP the DCP folder (or its moved-aside copy)."""
+    if ctx.mode != "fsdp":
+        return out / CHECKPOINT if (out / CHECKPOINT).exists() else None
+    for folder in (out / CHECKPOINT_DIR, out / f".{CHECKPOINT_DIR}.old"):
+        if (folder / TRAIN_STATE).exists():
+            return folder
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    """Train (or resume) one run; writes metrics.jsonl/csv, checkpoint.pt and summary.json into --out."""
+    """Train (or resume) one run; writes metrics.jsonl/csv, checkpoint(s) and summary.json into --out."""
+    _validate(args)
+    ctx, device = _init_distributed(args)
+    try:
+        return _train(args, ctx, device)
+    finally:
+        if ctx.mode is not None and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, ctx: Dist, device: torch.device) -> int:
     from tqdm.auto import tqdm
     from transformers import get_cosine_with_hard_restarts_schedule_with_warmup
 
-    _validate(args)
-    device = resolve_device(args.device)
     target = args.dataset if args.model in IMAGE_MODELS else "text"
     out = writable_dir(args.out or Path("runs") / f"{args.model}-{target}-{args.optimizer}", "--out")
-    ckpt_path = out / CHECKPOINT
     config = {k: (list(map(str, v)) if k == "text" and v else v) for k, v in vars(args).items() if k in _RUN_DEFINING}
+    if ctx.mode is not None:
+        config["world_size"] = ctx.world
+    found = _existing_checkpoint(out, ctx)
     checkpoint = None
     if args.resume:
-        if not ckpt_path.exists():
-            raise UsageError(f"--resume: no checkpoint in {out}")
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file: RNG states
+        if found is None:
+            raise UsageError(f"--resume: no {'--distributed fsdp ' if ctx.mode == 'fsdp' else ''}checkpoint in {out}")
+        state_file = found / TRAIN_STATE if ctx.mode == "fsdp" else found
+        checkpoint = torch.load(state_file, map_location="cpu", weights_only=False)  # our own file: RNG states
         changed = {k: (checkpoint["config"].get(k), v) for k, v in config.items() if checkpoint["config"].get(k) != v}
         if changed:
             diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
             raise UsageError(f"--resume: arguments differ from the checkpoint's ({diff})")
-    elif ckpt_path.exists():
+    elif found is not None or (out / CHECKPOINT).exists() or (out / CHECKPOINT_DIR).exists():
         raise UsageError(f"--out: {out} already holds a checkpoint; pass --resume to continue it, or another --out")
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     random.seed(args.seed)
     np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same on every rank: FSDP2 does not broadcast the initial weights
 
     text = args.model in TEXT_MODELS
     train_set, test_set = _datasets(args)
-    model = _model(args).to(device)
+    module = _model(args).to(device)
+    if ctx.mode == "ddp" and checkpoint is not None:
+        module.load_state_dict(checkpoint["model"])
+    model = _wrap(module, ctx, device)
     opt = optimizers.build(
         args.optimizer, model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
         decay_rate=args.decay_rate, growth_rate=args.growth_rate, fused=False if args.eager else None,
     )
-    probe = EpochBatches(len(train_set), args.batch_size, seed=args.seed, epoch=0, limit=args.limit_batches)
+    shard = {"rank": ctx.rank, "world": ctx.world}
+    probe = EpochBatches(len(train_set), args.batch_size, seed=args.seed, epoch=0, limit=args.limit_batches, **shard)
     steps_per_epoch = probe.total
     total_steps = args.epochs * steps_per_epoch if args.max_steps is None else min(args.max_steps, args.epochs * steps_per_epoch)
+    stop_at = total_steps if args.stop_at_step is None else min(args.stop_at_step, total_steps)
     sched = get_cosine_with_hard_restarts_schedule_with_warmup(opt, args.warmup_steps, total_steps, args.num_cycles)
     amp = _amp(args, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
     progress = Progress()
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        opt.load_state_dict(checkpoint["optimizer"])
+        if ctx.mode == "fsdp":
+            from torch.distributed import checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+            model_sd, optim_sd = get_state_dict(model, opt)
+            tensors = {"model": model_sd, "optim": optim_sd}
+            dcp.load(tensors, checkpoint_id=found)
+            set_state_dict(model, opt, model_state_dict=tensors["model"], optim_state_dict=tensors["optim"])
+        elif ctx.mode is None:
+            model.load_state_dict(checkpoint["model"])
+        if ctx.mode != "fsdp":
+            opt.load_state_dict(checkpoint["optimizer"])
         sched.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
-        _set_rng_state(checkpoint["rng"])
+        _set_rng_state(checkpoint["rng"], ctx, device)
         progress = Progress(**checkpoint["progress"])
-    log = MetricLog(out, None if checkpoint is None else checkpoint["log_rows"])
+    log = MetricLog(out, None if checkpoint is None else checkpoint["log_rows"], active=ctx.main)
 
     def save() -> None:
-        save_checkpoint(
-            {
-                "config": config,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": _rng_state(),
-                "progress": vars(progress).copy(),
-                "log_rows": log.rows,
-            },
-            ckpt_path,
-        )
+        """All ranks call this (it gathers RNG states; FSDP ranks each write their shard)."""
+        state = {
+            "config": config,
+            "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": _rng_state(ctx, device),
+            "progress": vars(progress).copy(),
+            "log_rows": log.rows,
+        }
+        if ctx.mode == "fsdp":
+            from torch.distributed import checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            tmp = out / f".{CHECKPOINT_DIR}.tmp"
+            if ctx.main:
+                shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+            torch.distributed.barrier()
+            model_sd, optim_sd = get_state_dict(model, opt)
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+            if ctx.main:
+                save_checkpoint(state, tmp / TRAIN_STATE)
+            torch.distributed.barrier()  # every shard is on disk before the folder becomes the checkpoint
+            if ctx.main:
+                _swap_in(tmp, out / CHECKPOINT_DIR)
+        elif ctx.main:
+            save_checkpoint({**state, "model": module.state_dict(), "optimizer": opt.state_dict()}, out / CHECKPOINT)
 
     loader_args: dict[str, Any] = {
         "num_workers": args.num_workers,
@@ -273,22 +458,28 @@ def run(args: argparse.Namespace) -> int:
         # its own generator: creating a loader iterator must not draw from the global RNG
         "generator": torch.Generator().manual_seed(args.seed),
     }
-    test_batches = EpochBatches(len(test_set), args.batch_size, seed=args.seed, epoch=0, shuffle=False, limit=args.eval_batches)
-    print(
-        f"smmf train: {args.model} on {target}, {args.optimizer}, {device}"
-        f"{f' ({amp})' if amp else ''}; {steps_per_epoch} steps/epoch, {total_steps} steps; "
-        f"{'resuming at step ' + str(progress.step) if checkpoint else 'output'} in {out}",
-        flush=True,
+    test_batches = EpochBatches(
+        len(test_set), args.batch_size, seed=args.seed, epoch=0, shuffle=False, limit=args.eval_batches, **shard
     )
+    if ctx.main:
+        where = f"{device}" if ctx.mode is None else f"{ctx.mode} on {ctx.world} rank{'s' if ctx.world > 1 else ''} ({device.type})"
+        print(
+            f"smmf train: {args.model} on {target}, {args.optimizer}, {where}"
+            f"{f' ({amp})' if amp else ''}; {steps_per_epoch} steps/epoch, {total_steps} steps; "
+            f"{'resuming at step ' + str(progress.step) if checkpoint else 'output'} in {out}",
+            flush=True,
+        )
     model.train()
     last_eval: dict[str, float] = {}
-    while progress.step < total_steps:
+    while progress.step < stop_at:
         batches = EpochBatches(
-            len(train_set), args.batch_size, seed=args.seed, epoch=progress.epoch, skip=progress.batch, limit=args.limit_batches
+            len(train_set), args.batch_size, seed=args.seed, epoch=progress.epoch, skip=progress.batch,
+            limit=args.limit_batches, **shard,
         )
         bar = tqdm(
             _batches(loader_args, train_set, batches), total=batches.total, initial=progress.batch,
-            desc=f"epoch {progress.epoch + 1}/{args.epochs}", disable=True if args.no_progress else None, dynamic_ncols=True,
+            desc=f"epoch {progress.epoch + 1}/{args.epochs}",
+            disable=True if args.no_progress or not ctx.main else None, dynamic_ncols=True,
         )
         for x, y in bar:
             start = time.perf_counter()
@@ -299,33 +490,38 @@ def run(args: argparse.Namespace) -> int:
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            _sync_buffers(model, ctx)
             lr = sched.get_last_lr()[0]
             sched.step()
             progress.step += 1
             progress.batch += 1
+            # every rank holds as many samples, so the mean over ranks of their means is the batch mean
+            loss_sum, hits_sum = _all_sum([loss.item(), float(hits.item())], ctx, device)
             row = {"kind": "train", "step": progress.step, "epoch": progress.epoch, "batch": progress.batch,
-                   "loss": loss.item(), "lr": lr, "seconds": time.perf_counter() - start}
+                   "loss": loss_sum / ctx.world, "lr": lr, "seconds": time.perf_counter() - start}
             if not text:
-                row["accuracy"] = 100.0 * hits.item() / y.numel()
+                row["accuracy"] = 100.0 * hits_sum / (y.numel() * ctx.world)
             log.write(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
             if progress.step % args.checkpoint_every == 0:
                 save()
-            if progress.step >= total_steps:
+            if progress.step >= stop_at:
                 break
         bar.close()
         epoch_done = progress.batch >= batches.total
         if epoch_done or progress.step >= total_steps:
-            last_eval = evaluate(model, DataLoader(SeededDataset(test_set), batch_sampler=test_batches, **loader_args), device, text, amp)
+            test_loader = DataLoader(SeededDataset(test_set), batch_sampler=test_batches, **loader_args)
+            last_eval = evaluate(model, test_loader, device, text, amp, ctx)
             log.write({"kind": "eval", "step": progress.step, "epoch": progress.epoch, **last_eval})
             metric = f"accuracy {last_eval['accuracy']:.2f}%" if not text else f"perplexity {last_eval['perplexity']:.3f}"
-            print(f"epoch {progress.epoch + 1}: step {progress.step}, eval loss {last_eval['loss']:.4f}, {metric}", flush=True)
+            if ctx.main:
+                print(f"epoch {progress.epoch + 1}: step {progress.step}, eval loss {last_eval['loss']:.4f}, {metric}", flush=True)
         if epoch_done:
             progress.epoch += 1
             progress.batch = 0
         save()
 
-    summary = {
+    summary: dict[str, Any] = {
         "config": config,
         "steps": progress.step,
         "epochs_completed": progress.epoch,
@@ -333,10 +529,31 @@ def run(args: argparse.Namespace) -> int:
         "optimizer_state_bytes": optimizer_state_bytes(opt),
         **_peak_memory(device),
     }
+    if ctx.mode is not None:
+        per_rank: list[Any] = [None] * ctx.world
+        torch.distributed.all_gather_object(per_rank, summary["optimizer_state_bytes"])
+        summary["optimizer_state_bytes_per_rank"] = per_rank
+        _save_final_model(model, module, ctx, out / FINAL_MODEL)
+    if not ctx.main:
+        return 0
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     mem = ", ".join(f"{k.replace('_bytes', '')} {v / 2**20:.1f} MiB" for k, v in summary.items() if k.endswith("_bytes"))
+    if progress.step < total_steps:
+        print(f"stopped at step {progress.step} of {total_steps} (--stop-at-step); continue with --resume", flush=True)
     print(f"done: {progress.step} steps; {mem}; summary in {out / 'summary.json'}", flush=True)
     return 0
+
+
+def _save_final_model(model: nn.Module, module: nn.Module, ctx: Dist, path: Path) -> None:
+    """Rank 0 writes the full, unsharded model state dict, loadable without torch.distributed."""
+    if ctx.mode == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        full = {k: v.cpu() for k, v in module.state_dict().items()}
+    if ctx.main:
+        save_checkpoint(full, path)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -379,6 +596,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints, besides each epoch's end (default: %(default)s)")
     r.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     r.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimizer steps")
+    r.add_argument("--stop-at-step", type=positive_int, default=None,
+                   help="checkpoint and exit after this many steps in all, without shortening the schedule (--max-steps "
+                        "does); continue with --resume, e.g. across job time limits")
+    r.add_argument("--distributed", choices=("ddp", "fsdp"), default=None,
+                   help="under torchrun: DistributedDataParallel or FSDP2 fully_shard; --batch-size is the global "
+                        "batch, split across ranks; rank 0 logs; fsdp checkpoints are a DCP folder")
     r.add_argument("--limit-batches", type=positive_int, default=None, help="train batches per epoch at most")
     r.add_argument("--eval-batches", type=positive_int, default=None, help="evaluation batches at most")
     r.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")

@@ -1,0 +1,101 @@
+"""``smmf train --distributed {ddp,fsdp}`` under torchrun: 2 ranks, gloo on CPU, a tiny GPT-2 on a text file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from smmf.cli import main
+
+needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+
+STEPS = 6  # one epoch of --limit-batches 6
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_bytes(Path(json.__file__).read_bytes() * 2)
+    return path
+
+
+def _args(corpus: Path, out: Path, mode: str) -> list[str]:
+    return [
+        "train", "--distributed", mode, "--model", "gpt2-tiny", "--text", str(corpus), "--seq-len", "32",
+        "--batch-size", "4", "--epochs", "1", "--limit-batches", str(STEPS), "--eval-batches", "2",
+        "--warmup-steps", "2", "--checkpoint-every", "2", "--eager", "--device", "cpu", "--num-workers", "0",
+        "--no-progress", "--out", str(out),
+    ]
+
+
+def _torchrun(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "smmf", *argv]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def _rows(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("seconds")
+    return rows
+
+
+@pytest.mark.slow
+@needs_gloo
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_train_and_rank0_logs(corpus: Path, tmp_path: Path, mode: str) -> None:
+    out = tmp_path / mode
+    proc = _torchrun(_args(corpus, out, mode))
+    assert proc.stdout.count(f"smmf train: gpt2-tiny on text, smmf, {mode} on 2 ranks (cpu)") == 1  # rank 0 only
+    assert [r["kind"] for r in _rows(out)] == ["train"] * STEPS + ["eval"]
+    assert len((out / "metrics.csv").read_text().splitlines()) == STEPS + 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["final_eval"]["perplexity"] > 1
+    assert summary["config"]["world_size"] == 2 and len(summary["optimizer_state_bytes_per_rank"]) == 2
+    final = torch.load(out / "model_final.pt")
+    assert final["transformer.wte.weight"].shape == (256, 128)  # full, unsharded tensors
+    assert (out / ("checkpoint" if mode == "fsdp" else "checkpoint.pt")).exists()
+
+
+@pytest.mark.slow
+@needs_gloo
+def test_fsdp_stop_and_resume_matches_uninterrupted(corpus: Path, tmp_path: Path) -> None:
+    full, split = tmp_path / "full", tmp_path / "split"
+    _torchrun(_args(corpus, full, "fsdp"))
+    proc = _torchrun([*_args(corpus, split, "fsdp"), "--stop-at-step", "3"])
+    assert "stopped at step 3 of 6" in proc.stdout
+    assert sorted(p.name for p in (split / "checkpoint").iterdir()) == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp", "train_state.pt"
+    ]
+    assert not (split / ".checkpoint.tmp").exists() and not (split / ".checkpoint.old").exists()
+    proc = _torchrun([*_args(corpus, split, "fsdp"), "--resume"])
+    assert "resuming at step 3" in proc.stdout
+    reference, resumed = torch.load(full / "model_final.pt"), torch.load(split / "model_final.pt")
+    assert reference.keys() == resumed.keys()
+    for name, tensor in reference.items():
+        assert torch.equal(tensor, resumed[name]), name
+    assert _rows(split) == _rows(full)
+
+
+def test_distributed_without_torchrun_is_one_line_error(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    assert main(_args(corpus, tmp_path / "o", "fsdp")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smmf train: error: --distributed fsdp: run under torchrun, e.g. 'torchrun --nproc-per-node 2")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
