@@ -313,6 +313,7 @@ def _chart(meta: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     ok = [r for r in rows if "error" not in r]
     labels = [r["label"] for r in ok]
@@ -334,6 +335,8 @@ def _chart(meta: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> None
             ax.axvline(line, color="tab:red", linestyle="--", linewidth=1)
         if log:
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_title(title, fontsize=10)
     axes[0].invert_yaxis()
     fig.suptitle(f"{meta['set']} on {meta['device']} ({meta['machine']}), {meta['date']}", fontsize=10)
