@@ -1,8 +1,9 @@
 """``smmf bench`` / ``python -m smmf.bench``: optimizer step time and memory, side by side, on real model shapes.
 
-Every optimizer runs in its own fresh subprocess, so that one optimizer's compile caches, allocator
-pools and RSS high-water mark cannot leak into another's numbers; the parent only collects the JSON
-each worker writes and renders a markdown table, a JSON file and a PNG chart. Parameter sets are
+Every optimizer runs in fresh subprocesses of its own (one for timing and, on CPU, one for memory), so
+that one optimizer's compile caches, allocator pools and RSS high-water mark cannot leak into another's
+numbers; the parent only collects the JSON each worker writes and renders a markdown table, a JSON file
+and a PNG chart. Parameter sets are
 built from shapes alone (models on the meta device), so nothing is downloaded.
 """
 
