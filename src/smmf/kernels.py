@@ -75,8 +75,8 @@ def _signs(sign: Tensor, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
     """The block's stored signs as +1/-1 in ``dtype``, from packed bits (uint8) or from bools."""
     if sign.dtype == torch.uint8:
         positive = unpack_bits(sign, rows, cols).to(dtype)
-    else:
-        positive = sign.view(rows, cols).to(dtype)
+    else:  # bools read as bytes: inductor's CPU code for bool loads is ~20x slower than for uint8
+        positive = sign.view(torch.uint8).view(rows, cols).to(dtype)
     return positive * 2 - 1
 
 
@@ -112,8 +112,12 @@ def factored_block_step(
         m_hat = _signs(sign, rows, cols, hp.dtype) * (row_m[:, None] * col_m[None, :])
         m = beta1 * m_hat + (1 - beta1) * g32
         update = _ratio(m, denom)
-        new_positive = m > 0  # exact zeros count as negative, as in the reference
-        sign.copy_(pack_signs(new_positive) if sign.dtype == torch.uint8 else new_positive.view(-1))
+        # exact zeros count as negative, as in the reference; 0/1 bytes store far faster than bools
+        new_positive = torch.where(m > 0, 1, 0).to(torch.uint8)
+        if sign.dtype == torch.uint8:
+            sign.copy_(pack_signs(new_positive))
+        else:
+            sign.view(torch.uint8).copy_(new_positive.view(-1))
         m_abs = m.abs()
         row_m.copy_(m_abs.sum(dim=1))
         col_sum_m = m_abs.sum(dim=0)
