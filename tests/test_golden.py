@@ -7,12 +7,11 @@ import warnings
 import numpy as np
 import pytest
 
-from golden_replay import max_relative_error, replay
+from golden_replay import CASES, max_relative_error, replay
 from smmf import SMMF
 from smmf.signpack import unpack_signs
 
 TOL = 1e-9
-CASES = ["defaults", "transformer_decay", "decoupled_wd", "no_first_moment", "no_vector_reshape", "fast_growth", "sparse_rows"]
 
 
 def _make(fused: bool):

@@ -8,7 +8,6 @@ state (factors and bool signs) after every case.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from golden_replay import CASES, replay
+
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT.parent / "shared" / "golden" / "official_trajectories.npz"
 
 
 def _load_reference() -> ModuleType:
@@ -29,37 +29,15 @@ def _load_reference() -> ModuleType:
     return module
 
 
-@pytest.fixture(scope="module")
-def recorded() -> tuple[Any, dict[str, Any]]:
-    if not GOLDEN.exists():
-        pytest.skip(f"reference trajectories not found at {GOLDEN}")
-    data = np.load(GOLDEN)
-    return data, json.loads(str(data["manifest"]))
-
-
-def _case_names() -> list[str]:
-    if not GOLDEN.exists():
-        return []
-    return [c["name"] for c in json.loads(str(np.load(GOLDEN)["manifest"]))["cases"]]
-
-
-@pytest.mark.parametrize("name", _case_names())
-def test_reference_baseline_replays_golden(recorded: tuple[Any, dict[str, Any]], name: str) -> None:
-    data, manifest = recorded
+@pytest.mark.parametrize("name", CASES)
+def test_reference_baseline_replays_golden(golden: tuple[Any, dict[str, Any]], name: str) -> None:
+    data, manifest = golden
     case = next(c for c in manifest["cases"] if c["name"] == name)
     reference = _load_reference()
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # the reference allocates factors in the default dtype
     try:
-        params = [torch.nn.Parameter(torch.from_numpy(data[f"{name}/p{i}/init"]).clone()) for i in range(len(case["shapes"]))]
-        opt = reference.ReferenceSMMF(params, **case["hyperparameters"])
-        for t in range(manifest["steps"]):
-            for i, p in enumerate(params):
-                grad = data[f"{name}/p{i}/grad{t}"]
-                p.grad = None if grad.size == 0 and p.numel() != 0 else torch.from_numpy(np.array(grad)).reshape(p.shape)
-            for group in opt.param_groups:
-                group["lr"] = case["lr_per_step"][t]
-            opt.step()
+        params, opt = replay(data, manifest, case, reference.ReferenceSMMF)
     finally:
         torch.set_default_dtype(previous)
 
