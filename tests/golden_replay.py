@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import torch
 
-
 CASES = ["defaults", "transformer_decay", "decoupled_wd", "no_first_moment", "no_vector_reshape", "fast_growth", "sparse_rows"]
 
 

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
 from golden_replay import CASES, replay
 
 ROOT = Path(__file__).resolve().parents[1]
