@@ -2,7 +2,7 @@
 
 Run: python benchmarks/fsdp_memory.py   (CPU, gloo; about a minute)
 """
-import json, os, sys, tempfile, warnings
+import json, tempfile, warnings
 import torch, torch.distributed as dist, torch.multiprocessing as mp
 
 def worker(rank, world, rdzv, out):

@@ -184,21 +184,19 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.synchronize(dev)
 
     params, opt = _setup(spec["name"], spec["shapes"], dev)
-    warmup_s = []
-    for _ in range(spec["warmup"]):
-        t0 = time.perf_counter()
-        opt.step()
-        sync()
-        warmup_s.append(time.perf_counter() - t0)
-    result: dict[str, Any] = {"warmup_s": warmup_s}
-    if spec["mode"] == "time":
-        times = []
-        for _ in range(spec["steps"]):
+
+    def timed_steps(count: int) -> list[float]:
+        seconds = []
+        for _ in range(count):
             t0 = time.perf_counter()
             opt.step()
             sync()
-            times.append(time.perf_counter() - t0)
-        result["step_s"] = times
+            seconds.append(time.perf_counter() - t0)
+        return seconds
+
+    result: dict[str, Any] = {"warmup_s": timed_steps(spec["warmup"])}
+    if spec["mode"] == "time":
+        result["step_s"] = timed_steps(spec["steps"])
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
         before = torch.cuda.memory_allocated(dev)

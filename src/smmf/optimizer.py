@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 
 from . import kernels, sharding
 from .matricization import is_factored, square_matricize
-from .signpack import pack_signs, packed_numel, unpack_signs
+from .signpack import pack_signs, unpack_signs
 
 __all__ = ["SMMF"]
 
