@@ -24,6 +24,14 @@ def _init(rank: int, world: int, rendezvous: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
 
 
+def _finish() -> None:
+    # Without the barrier a rank that finishes first tears its gloo pairs down while the other is still
+    # writing its output, and the later rank sometimes aborts at exit ("terminate called without an
+    # active exception").
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 class TinyLM(nn.Module):
     """A one-block transformer LM; vocabulary 11 makes the embedding and head shard unevenly on 2 ranks."""
 
@@ -67,7 +75,7 @@ def ddp_worker(rank: int, world: int, rendezvous: str, out: str) -> None:
     dist.all_gather(gathered, flat)
     if rank == 0:
         torch.save(gathered, out)
-    dist.destroy_process_group()
+    _finish()
 
 
 def fsdp_worker(rank: int, world: int, rendezvous: str, out: str, checkpoint: str, phase: str) -> None:
@@ -101,4 +109,4 @@ def fsdp_worker(rank: int, world: int, rendezvous: str, out: str, checkpoint: st
     if rank == 0:
         torch.save(full, out)
     Path(f"{out}.rank{rank}.json").write_text(json.dumps({"state_bytes": state_bytes, "local_params": local_params}))
-    dist.destroy_process_group()
+    _finish()

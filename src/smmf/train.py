@@ -351,7 +351,12 @@ def run(args: argparse.Namespace) -> int:
     _validate(args)
     ctx, device = _init_distributed(args)
     try:
-        return _train(args, ctx, device)
+        code = _train(args, ctx, device)
+        if ctx.mode is not None:
+            # Every rank waits for the others (rank 0 writes the summary) before the process group goes:
+            # a rank tearing down gloo early can make a slower one abort at exit.
+            torch.distributed.barrier()
+        return code
     finally:
         if ctx.mode is not None and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
