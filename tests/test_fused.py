@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -96,3 +98,39 @@ def test_changing_lr_does_not_recompile():
         p.grad = torch.randn_like(p)
         opt.step()
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
+
+
+# Same matricized shapes repeat, as in a network's layers: (6,5)/(30,)/(5,6) -> (6, 5);
+# (64,)/(8,8)/(4,16) -> (8, 8); the two 256x300 tensors take the wide (column-specialised) graph.
+BATCHED_SHAPES = [(6, 5), (30,), (5, 6), (64,), (8, 8), (4, 16), (256, 300), (300, 256), (7,)]
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"sign_bits": 8}, {"beta": None, "growth_rate": None}, {"maximize": True, "weight_decay": 0.1}],
+    ids=["defaults", "8-bit", "no-momentum", "maximize-wd"],
+)
+def test_batched_same_shapes_equal_one_by_one(fused, kwargs):
+    batched = _run(BATCHED_SHAPES, fused=fused, **kwargs)
+    torch.manual_seed(0)  # _run seeds per call, so draw the same values tensor by tensor
+    params = [nn.Parameter(torch.randn(s)) for s in BATCHED_SHAPES]
+    gen = torch.Generator().manual_seed(1)
+    grads = [[torch.randn(p.shape, generator=gen) for p in params] for _ in range(4)]
+    alone = []
+    for i, p in enumerate(params):
+        opt = SMMF([p], lr=0.01, fused=fused, **kwargs)
+        for step in range(4):
+            p.grad = grads[step][i]
+            opt.step()
+        alone.append(opt)
+    state = {p: opt.state[p] for p, opt in zip(params, alone)}
+    _assert_same(batched, (params, SimpleNamespace(state=state)), rtol=1e-6, atol=1e-7)
+
+
+def test_same_shapes_take_one_kernel_call(monkeypatch):
+    calls = []
+    real = kernels.factored_step
+    monkeypatch.setattr(kernels, "factored_step", lambda p, *rest: calls.append(tuple(p.shape)) or real(p, *rest))
+    _run([(6, 5), (30,), (5, 6), (64,), (8, 8), (11, 13)], steps=1, fused=False)
+    assert sorted(calls) == [(2, 8, 8), (3, 6, 5), (13, 11)]  # two batches and the odd one out

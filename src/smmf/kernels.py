@@ -76,7 +76,7 @@ def _signs(sign: Tensor, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
     if sign.dtype == torch.uint8:
         positive = unpack_bits(sign, rows, cols).to(dtype)
     else:  # bools read as bytes: inductor's CPU code for bool loads is ~20x slower than for uint8
-        positive = sign.view(torch.uint8).view(rows, cols).to(dtype)
+        positive = sign.view(torch.uint8).view(*sign.shape[:-1], rows, cols).to(dtype)
     return positive * 2 - 1
 
 
@@ -93,23 +93,25 @@ def factored_block_step(
 ) -> tuple[Tensor | None, Tensor]:
     """One SMMF step on a row block of a square-matricized parameter.
 
-    Shapes: ``p``, ``g`` (R, m); ``row_*`` (R,); ``col_*`` (m,) (the whole tensor's column factors).
-    ``sign`` is the block's packed bits (uint8, ceil(R*m/8)) or bools (bool, R*m); ``None`` together
-    with the first-moment factors when beta is None. ``sched`` is this tensor's row of :func:`schedules`. Updates ``p``, ``sign``, ``row_m`` and ``row_v``
-    in place and returns this block's column sums of |M| and V, which the caller adds up over blocks
-    and hands to :func:`normalize_columns` (column factors are shared by all blocks, so they can only
-    be replaced once every block has read the old ones).
+    Shapes: ``p``, ``g`` (..., R, m); ``row_*`` (..., R); ``col_*`` (..., m) (the whole tensor's column
+    factors). ``sign`` is the block's packed bits (uint8, (..., ceil(R*m/8))) or bools (bool, (..., R*m));
+    ``None`` together with the first-moment factors when beta is None. ``sched`` (..., 2) is this
+    tensor's row of :func:`schedules`. Leading dimensions batch same-shaped tensors, so that many small
+    tensors cost one kernel call. Updates ``p``, ``sign``, ``row_m`` and ``row_v`` in place and returns
+    this block's column sums of |M| and V, which the caller adds up over blocks and hands to
+    :func:`normalize_columns` (column factors are shared by all blocks, so they can only be replaced
+    once every block has read the old ones).
     """
-    rows, cols = p.shape
+    rows, cols = p.shape[-2:]
     g32, p32 = _prepare(p, g, hp)
-    beta1, beta2 = sched[0], sched[1]
-    v = beta2 * (row_v[:, None] * col_v[None, :]) + (1 - beta2) * (g32 * g32)
+    beta1, beta2 = sched[..., 0, None, None], sched[..., 1, None, None]
+    v = beta2 * (row_v[..., :, None] * col_v[..., None, :]) + (1 - beta2) * (g32 * g32)
     denom = torch.sqrt(v) + hp[HP_EPS]
     col_sum_m = None
     if sign is None or row_m is None or col_m is None:
         update = _ratio(g32, denom)
     else:
-        m_hat = _signs(sign, rows, cols, hp.dtype) * (row_m[:, None] * col_m[None, :])
+        m_hat = _signs(sign, rows, cols, hp.dtype) * (row_m[..., :, None] * col_m[..., None, :])
         m = beta1 * m_hat + (1 - beta1) * g32
         update = _ratio(m, denom)
         # exact zeros count as negative, as in the reference; 0/1 bytes store far faster than bools
@@ -117,13 +119,13 @@ def factored_block_step(
         if sign.dtype == torch.uint8:
             sign.copy_(pack_signs(new_positive))
         else:
-            sign.view(torch.uint8).copy_(new_positive.view(-1))
+            sign.view(torch.uint8).copy_(new_positive.view(sign.shape))
         m_abs = m.abs()
-        row_m.copy_(m_abs.sum(dim=1))
-        col_sum_m = m_abs.sum(dim=0)
+        row_m.copy_(m_abs.sum(dim=-1))
+        col_sum_m = m_abs.sum(dim=-2)
     p.copy_((p32 - hp[HP_LR] * update).to(p.dtype))
-    row_v.copy_(v.sum(dim=1))
-    return col_sum_m, v.sum(dim=0)
+    row_v.copy_(v.sum(dim=-1))
+    return col_sum_m, v.sum(dim=-2)
 
 
 def factored_step(
@@ -137,7 +139,7 @@ def factored_step(
     hp: Tensor,
     sched: Tensor,
 ) -> None:
-    """A whole (n, m) tensor in one block: :func:`factored_block_step` then both column normalizations."""
+    """A whole (..., n, m) tensor in one block: :func:`factored_block_step` then both column normalizations."""
     sum_m, sum_v = factored_block_step(p, g, sign, row_m, col_m, row_v, col_v, hp, sched)
     normalize_columns(col_v, sum_v)
     if sum_m is not None and col_m is not None:
@@ -150,7 +152,7 @@ def normalize_columns(col: Tensor, col_sum: Tensor) -> None:
     A zero total (an all-zero moment) leaves the sums as they are instead of dividing by zero, which is
     the reference's ``if sum != 0`` written as arithmetic.
     """
-    total = col_sum.sum()
+    total = col_sum.sum(dim=-1, keepdim=True)
     col.copy_(col_sum / torch.where(total == 0, torch.ones_like(total), total))
 
 
@@ -203,17 +205,15 @@ def compiled(fn: Callable[..., Any], static_cols: bool = False) -> Callable[...,
     return torch.compile(wide, fullgraph=True, dynamic=None)
 
 
-def mark_block(rows_first: Iterable[Tensor | None], cols_first: Iterable[Tensor | None]) -> None:
-    """Mark row-sized dims dynamic and column-sized dims static for a ``static_cols`` graph.
-
-    ``rows_first`` tensors have rows as dim 0 (p, g, row factors, sign); ``cols_first`` are the
-    column factors. p and g also have their column dim (1) static.
-    """
-    for t in rows_first:
+def mark_block(dynamic: Iterable[Tensor | None], static_last: Iterable[Tensor | None]) -> None:
+    """Mark dimensions for a ``static_cols`` graph: every dim dynamic (rows, batch), except the last dim
+    of the ``static_last`` tensors, whose last dim is the column count (p, g and the column factors)."""
+    for t in dynamic:
         if t is not None:
-            torch._dynamo.maybe_mark_dynamic(t, 0)
-            if t.dim() == 2:
-                torch._dynamo.mark_static(t, 1)
-    for t in cols_first:
+            for dim in range(t.dim()):
+                torch._dynamo.maybe_mark_dynamic(t, dim)
+    for t in static_last:
         if t is not None:
-            torch._dynamo.mark_static(t, 0)
+            for dim in range(t.dim() - 1):
+                torch._dynamo.maybe_mark_dynamic(t, dim)
+            torch._dynamo.mark_static(t, t.dim() - 1)

@@ -22,6 +22,34 @@ _WEIGHT_DECAY_MODES = ("adamw", "adam")
 _DEFAULT_BLOCK_SIZE = 1 << 19
 # Tensors at least this large get a kernel specialised to their column count (see kernels.compiled).
 _WIDE_NUMEL = 1 << 16
+# A factorized tensor's state, in the order the batched step stacks it.
+_FACTOR_KEYS = ("sign", "row_m", "col_m", "row_v", "col_v")
+
+
+def _plan(items: list[tuple[Tensor, Tensor, dict[str, Any]]], block_size: int) -> tuple[list[list[int]], list[int]]:
+    """Split a bucket into batches (indices of same-shaped factorized tensors that fit one block
+    together, two or more each) and singles (everything else, stepped one tensor at a time)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    singles = []
+    for i, (p, grad, state) in enumerate(items):
+        numel = p.numel()
+        if "row_v" not in state or numel == 0 or numel > block_size or not p.is_contiguous():
+            singles.append(i)
+            continue
+        sign = state.get("sign")
+        key = (square_matricize(numel), p.dtype, grad.dtype, None if sign is None else sign.dtype)
+        groups.setdefault(key, []).append(i)
+    batches = []
+    for key, members in groups.items():
+        n, m = key[0]
+        per_batch = max(1, block_size // (n * m))
+        for start in range(0, len(members), per_batch):
+            chunk = members[start : start + per_batch]
+            if len(chunk) > 1:
+                batches.append(chunk)
+            else:
+                singles.extend(chunk)
+    return batches, singles
 
 
 def _check_range(name: str, value: Any, low: float, high: float) -> None:
@@ -257,19 +285,28 @@ class SMMF(Optimizer):
         dtype: torch.dtype,
         items: list[tuple[Tensor, Tensor, dict[str, Any]]],
     ) -> None:
-        """Advance step counters and schedules for all tensors of one device/dtype at once, then update each."""
+        """Advance step counters and schedules for all tensors of one device/dtype at once, then update
+        same-shaped small tensors a batch per kernel call and the rest one by one."""
+        batches, singles = _plan(items, group["block_size"])
+        items = [items[i] for batch in batches for i in batch] + [items[i] for i in singles]
         steps = [state["step"] for _, _, state in items]
         torch._foreach_add_(steps, 1)
         hp = self._hyperparameters(group, dtype, device)
-        scheds = kernels.schedules(hp, torch.stack(steps))
+        # detach(): rows are aliases without a view base, so that dynamo does not guard on the base's shape
+        scheds = kernels.schedules(hp, torch.stack(steps)).detach()
         fused = group["fused"]
         if fused is None:
             fused = _fused_supported(device.type)
-        for i, (p, grad, state) in enumerate(items):
+        start = 0
+        for batch in batches:
+            stop = start + len(batch)
+            self._factored_batch(items[start:stop], hp, scheds[start:stop], fused)
+            start = stop
+        for i in range(start, len(items)):
+            p, grad, state = items[i]
             if p.numel() == 0:
                 continue
-            # detach(): aliases without a view base, so that dynamo does not guard on the base's shape
-            sched = scheds[i].detach()
+            sched = scheds[i]
             work = p if p.is_contiguous() else p.contiguous()
             grad = grad.contiguous()
             if "row_v" in state:
@@ -289,6 +326,30 @@ class SMMF(Optimizer):
                 p.copy_(work)
 
     @staticmethod
+    def _factored_batch(
+        items: list[tuple[Tensor, Tensor, dict[str, Any]]], hp: Tensor, sched: Tensor, fused: bool
+    ) -> None:
+        """Update B same-shaped factorized tensors in one kernel call: stack them, step the (B, n, m)
+        batch, and copy every result back with one foreach call. Small tensors are where per-call
+        overhead (Python, guards, kernel launches) outweighs the arithmetic, on GPUs most of all."""
+        n, m = square_matricize(items[0][0].numel())
+        keys = [key for key in _FACTOR_KEYS if key in items[0][2]]
+        views = [p.view(n, m) for p, _, _ in items]
+        p_b = torch.stack(views)
+        g_b = torch.stack([g.reshape(n, m) for _, g, _ in items])
+        state_b = {key: torch.stack([state[key] for _, _, state in items]) for key in keys}
+        sign, row_m, col_m = state_b.get("sign"), state_b.get("row_m"), state_b.get("col_m")
+        row_v, col_v = state_b["row_v"], state_b["col_v"]
+        wide = fused and n * m >= _WIDE_NUMEL
+        if wide:
+            kernels.mark_block((sign, row_m, row_v), (p_b, g_b, col_m, col_v))
+        fn = kernels.compiled(kernels.factored_step, wide) if fused else kernels.factored_step
+        fn(p_b, g_b, sign, row_m, col_m, row_v, col_v, hp, sched)
+        targets = views + [state[key] for key in keys for _, _, state in items]
+        results = list(p_b.unbind()) + [row for key in keys for row in state_b[key].unbind()]
+        torch._foreach_copy_(targets, results)
+
+    @staticmethod
     def _factored_step(
         p: Tensor, grad: Tensor, state: dict[str, Any], block_size: int, hp: Tensor, sched: Tensor, fused: bool
     ) -> None:
@@ -300,7 +361,7 @@ class SMMF(Optimizer):
         wide = fused and n * m >= _WIDE_NUMEL
         if n * m <= block_size:
             if wide:
-                kernels.mark_block((pv, gv, sign, row_m, row_v), (col_m, col_v))
+                kernels.mark_block((sign, row_m, row_v), (pv, gv, col_m, col_v))
             fn = kernels.compiled(kernels.factored_step, wide) if fused else kernels.factored_step
             fn(pv, gv, sign, row_m, col_m, row_v, col_v, hp, sched)
             return
@@ -319,9 +380,9 @@ class SMMF(Optimizer):
                 None if row_m is None else row_m[start:stop].detach(),
                 row_v[start:stop].detach(),
             )
-            if wide:
-                kernels.mark_block(block, (col_m, col_v))
             p_blk, g_blk, sign_blk, row_m_blk, row_v_blk = block
+            if wide:
+                kernels.mark_block((sign_blk, row_m_blk, row_v_blk), (p_blk, g_blk, col_m, col_v))
             part_m, part_v = block_fn(p_blk, g_blk, sign_blk, row_m_blk, col_m, row_v_blk, col_v, hp, sched)
             sum_v = part_v if sum_v is None else sum_v + part_v
             if part_m is not None:

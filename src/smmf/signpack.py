@@ -25,30 +25,32 @@ def _shifts(device: torch.device) -> Tensor:
 
 
 def pack_signs(positive: Tensor) -> Tensor:
-    """Pack a (rows, cols) tensor of bools (or 0/1 integers) into flat uint8 bytes."""
-    rows, cols = positive.shape
+    """Pack a (..., rows, cols) tensor of bools (or 0/1 integers) into (..., bytes) uint8, one row of
+    bytes per matrix (leading dimensions batch same-shaped matrices)."""
+    *lead, rows, cols = positive.shape
     bits = positive.to(torch.int32)
     shifts = _shifts(positive.device)
     if cols % 8 == 0:
-        planes = bits.view(rows, 8, cols // 8) << shifts.view(1, 8, 1)
-        return planes.sum(dim=1).to(torch.uint8).view(-1)
-    flat = bits.reshape(-1)
-    pad = (-flat.numel()) % 8
+        planes = bits.view(*lead, rows, 8, cols // 8) << shifts.view(8, 1)
+        return planes.sum(dim=-2).to(torch.uint8).view(*lead, -1)
+    flat = bits.reshape(*lead, rows * cols)
+    pad = (-flat.shape[-1]) % 8
     if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    return (flat.view(-1, 8) << shifts).sum(dim=1).to(torch.uint8)
+        flat = torch.cat([flat, flat.new_zeros(*lead, pad)], dim=-1)
+    return (flat.view(*lead, -1, 8) << shifts).sum(dim=-1).to(torch.uint8)
 
 
 def unpack_bits(packed: Tensor, rows: int, cols: int) -> Tensor:
-    """Inverse of :func:`pack_signs` as a (rows, cols) int32 tensor of 0/1."""
+    """Inverse of :func:`pack_signs` as a (..., rows, cols) int32 tensor of 0/1."""
+    lead = packed.shape[:-1]
     bytes_ = packed.to(torch.int32)
     shifts = _shifts(packed.device)
     if cols % 8 == 0:
-        return ((bytes_.view(rows, 1, cols // 8) >> shifts.view(1, 8, 1)) & 1).view(rows, cols)
-    bits = (bytes_.view(-1, 1) >> shifts) & 1
-    return bits.view(-1)[: rows * cols].view(rows, cols)
+        return ((bytes_.view(*lead, rows, 1, cols // 8) >> shifts.view(8, 1)) & 1).view(*lead, rows, cols)
+    bits = (bytes_.unsqueeze(-1) >> shifts) & 1
+    return bits.view(*lead, -1)[..., : rows * cols].view(*lead, rows, cols)
 
 
 def unpack_signs(packed: Tensor, rows: int, cols: int) -> Tensor:
-    """Inverse of :func:`pack_signs` as a (rows, cols) bool tensor."""
+    """Inverse of :func:`pack_signs` as a (..., rows, cols) bool tensor."""
     return unpack_bits(packed, rows, cols).bool()
