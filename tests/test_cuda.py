@@ -18,9 +18,9 @@ from smmf import SMMF, bench
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "official_trajectories.npz"
-# Covers 0-d, prime and (n, 1) tensors, a square matrix, and tensors big enough for row blocks and
-# for the per-width ("wide") kernels.
-SHAPES = [(), (1,), (97,), (33, 12), (4, 1, 3), (256, 300), (512, 2, 64), (1031, 768)]
+# Covers 0-d, prime and (n, 1) tensors, a square matrix, tensors big enough for row blocks and for
+# the per-width ("wide") kernels, and same-shaped tensors that are stepped as a batch.
+SHAPES = [(), (1,), (97,), (33, 12), (4, 1, 3), (256, 300), (512, 2, 64), (1031, 768), (396,), (12, 33), (300, 256)]
 
 
 def _run(fused: bool, dtype: torch.dtype = torch.float32, steps: int = 4, **kwargs: Any) -> tuple[list[torch.Tensor], SMMF]:
@@ -88,3 +88,20 @@ def test_bench_runs_on_cuda(tmp_path: Path) -> None:
     assert bench.main([*argv, "--steps", "2", "--warmup", "2", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "bench.json").read_text())["results"]
     assert all("error" not in r and r["peak_extra_bytes"] >= 0 for r in rows), rows
+
+
+def test_step_peak_memory_is_bounded_on_cuda() -> None:
+    """With the automatic GPU block size, one step's extra memory stays under a quarter of the largest
+    parameter (GPT-2's embedding shape), as on CPU."""
+    params = [torch.randn(s, device="cuda").requires_grad_() for s in [(50257, 768), (768, 2304), (768,), (768,)]]
+    opt = SMMF(params, fused=True)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    opt.step()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    assert extra <= 0.25 * params[0].numel() * params[0].element_size(), extra

@@ -134,3 +134,13 @@ def test_same_shapes_take_one_kernel_call(monkeypatch):
     monkeypatch.setattr(kernels, "factored_step", lambda p, *rest: calls.append(tuple(p.shape)) or real(p, *rest))
     _run([(6, 5), (30,), (5, 6), (64,), (8, 8), (11, 13)], steps=1, fused=False)
     assert sorted(calls) == [(2, 8, 8), (3, 6, 5), (13, 11)]  # two batches and the odd one out
+
+
+def test_automatic_block_size_grows_with_the_largest_tensor_on_gpus_only():
+    from smmf.optimizer import _block_size
+
+    items = [(torch.empty(s, device="meta"), None, {}) for s in [(50257, 768), (768,)]]
+    assert _block_size(None, torch.device("cpu"), items) == 1 << 19
+    assert _block_size(None, torch.device("cuda"), items) == 50257 * 768 // 16
+    assert _block_size(None, torch.device("cuda"), items[1:]) == 1 << 19
+    assert _block_size(4096, torch.device("cuda"), items) == 4096

@@ -51,6 +51,9 @@ def _grad_step(p: torch.Tensor, grad: torch.Tensor, **kwargs) -> torch.Tensor:
         ({"sign_bits": 4}, "sign_bits"),
         ({"weight_decay_mode": "l2"}, "weight_decay_mode"),
         ({"growth_rate": None}, "growth_rate"),
+        ({"block_size": 4}, "block_size"),
+        ({"block_size": 2.5e5}, "block_size"),
+        ({"fused": "yes"}, "fused"),
     ],
 )
 def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, name):

@@ -71,13 +71,10 @@ def _prepare(p: Tensor, g: Tensor, hp: Tensor) -> tuple[Tensor, Tensor]:
     return g32, p32
 
 
-def _signs(sign: Tensor, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
-    """The block's stored signs as +1/-1 in ``dtype``, from packed bits (uint8) or from bools."""
-    if sign.dtype == torch.uint8:
-        positive = unpack_bits(sign, rows, cols).to(dtype)
-    else:  # bools read as bytes: inductor's CPU code for bool loads is ~20x slower than for uint8
-        positive = sign.view(torch.uint8).view(*sign.shape[:-1], rows, cols).to(dtype)
-    return positive * 2 - 1
+def _signs(sign: Tensor, packed: bool, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
+    """The block's stored signs as +1/-1 in ``dtype``, from packed bits or from one byte per sign."""
+    positive = unpack_bits(sign, rows, cols) if packed else sign.view(*sign.shape[:-1], rows, cols)
+    return positive.to(dtype) * 2 - 1
 
 
 def factored_block_step(
@@ -90,11 +87,14 @@ def factored_block_step(
     col_v: Tensor,
     hp: Tensor,
     sched: Tensor,
+    packed: bool = True,
 ) -> tuple[Tensor | None, Tensor]:
     """One SMMF step on a row block of a square-matricized parameter.
 
     Shapes: ``p``, ``g`` (..., R, m); ``row_*`` (..., R); ``col_*`` (..., m) (the whole tensor's column
-    factors). ``sign`` is the block's packed bits (uint8, (..., ceil(R*m/8))) or bools (bool, (..., R*m));
+    factors). ``sign`` is uint8: the block's packed bits, (..., ceil(R*m/8)), or with ``packed=False``
+    one 0/1 byte per sign, (..., R*m) (8-bit bool state viewed as bytes by the caller: inductor's bool
+    loads and stores are ~20x slower, and some versions cannot lower a bool dtype view in a graph);
     ``None`` together with the first-moment factors when beta is None. ``sched`` (..., 2) is this
     tensor's row of :func:`schedules`. Leading dimensions batch same-shaped tensors, so that many small
     tensors cost one kernel call. Updates ``p``, ``sign``, ``row_m`` and ``row_v`` in place and returns
@@ -111,15 +111,12 @@ def factored_block_step(
     if sign is None or row_m is None or col_m is None:
         update = _ratio(g32, denom)
     else:
-        m_hat = _signs(sign, rows, cols, hp.dtype) * (row_m[..., :, None] * col_m[..., None, :])
+        m_hat = _signs(sign, packed, rows, cols, hp.dtype) * (row_m[..., :, None] * col_m[..., None, :])
         m = beta1 * m_hat + (1 - beta1) * g32
         update = _ratio(m, denom)
         # exact zeros count as negative, as in the reference; 0/1 bytes store far faster than bools
         new_positive = torch.where(m > 0, 1, 0).to(torch.uint8)
-        if sign.dtype == torch.uint8:
-            sign.copy_(pack_signs(new_positive))
-        else:
-            sign.view(torch.uint8).copy_(new_positive.view(sign.shape))
+        sign.copy_(pack_signs(new_positive) if packed else new_positive.view(sign.shape))
         m_abs = m.abs()
         row_m.copy_(m_abs.sum(dim=-1))
         col_sum_m = m_abs.sum(dim=-2)
@@ -138,9 +135,10 @@ def factored_step(
     col_v: Tensor,
     hp: Tensor,
     sched: Tensor,
+    packed: bool = True,
 ) -> None:
     """A whole (..., n, m) tensor in one block: :func:`factored_block_step` then both column normalizations."""
-    sum_m, sum_v = factored_block_step(p, g, sign, row_m, col_m, row_v, col_v, hp, sched)
+    sum_m, sum_v = factored_block_step(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed)
     normalize_columns(col_v, sum_v)
     if sum_m is not None and col_m is not None:
         normalize_columns(col_m, sum_m)

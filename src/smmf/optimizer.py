@@ -19,11 +19,33 @@ from .signpack import pack_signs, unpack_signs
 __all__ = ["SMMF"]
 
 _WEIGHT_DECAY_MODES = ("adamw", "adam")
-_DEFAULT_BLOCK_SIZE = 1 << 19
+_CPU_BLOCK_SIZE = 1 << 19
+# On GPUs a block is also at least this fraction of the bucket's largest tensor (see _block_size).
+_GPU_BLOCK_FRACTION = 16
 # Tensors at least this large get a kernel specialised to their column count (see kernels.compiled).
 _WIDE_NUMEL = 1 << 16
 # A factorized tensor's state, in the order the batched step stacks it.
 _FACTOR_KEYS = ("sign", "row_m", "col_m", "row_v", "col_v")
+
+
+def _sign_bytes(sign: Tensor | None) -> tuple[Tensor | None, bool]:
+    """The sign state as the kernels take it, uint8, and whether it holds packed bits: 8-bit (bool)
+    signs are viewed as their 0/1 bytes here, outside the compiled graph."""
+    if sign is None or sign.dtype == torch.uint8:
+        return sign, True
+    return sign.view(torch.uint8), False
+
+
+def _block_size(requested: int | None, device: torch.device, items: list[tuple[Tensor, Tensor, dict[str, Any]]]) -> int:
+    """The group's ``block_size``, or the automatic one: 2^19 elements (the fused kernel's passes stay
+    in a CPU's cache), and on GPUs at least 1/16 of the largest tensor, since there each block costs
+    kernel launches while a block's temporaries (about two fp32 copies of it) stay at 1/8 of that
+    tensor, under the quarter that the memory bound allows."""
+    if requested is not None:
+        return requested
+    if device.type == "cpu" or not items:
+        return _CPU_BLOCK_SIZE
+    return max(_CPU_BLOCK_SIZE, max(p.numel() for p, _, _ in items) // _GPU_BLOCK_FRACTION)
 
 
 def _plan(items: list[tuple[Tensor, Tensor, dict[str, Any]]], block_size: int) -> tuple[list[list[int]], list[int]]:
@@ -85,8 +107,9 @@ def _validate_group(group: dict[str, Any]) -> None:
         raise ValueError(f"Invalid sign_bits: {group['sign_bits']!r} (expected 1 or 8)")
     if not isinstance(group["vector_reshape"], bool):
         raise ValueError(f"Invalid vector_reshape: {group['vector_reshape']!r} (expected a bool)")
-    if not isinstance(group["block_size"], int) or group["block_size"] < 8:
-        raise ValueError(f"Invalid block_size: {group['block_size']!r} (expected an int >= 8)")
+    block_size = group["block_size"]
+    if block_size is not None and (not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 8):
+        raise ValueError(f"Invalid block_size: {block_size!r} (expected None or an int >= 8)")
     if group["fused"] not in (None, True, False):
         raise ValueError(f"Invalid fused: {group['fused']!r} (expected None, True or False)")
 
@@ -121,7 +144,8 @@ class SMMF(Optimizer):
     defaults. ``weight_decay_mode`` is 'adamw' (decoupled) or 'adam' (L2 added to the gradient);
     ``sign_bits`` is 1 (packed) or 8 (a byte per element, as the reference stores it); ``fused``
     compiles the step with torch.compile (None: when the device supports it); ``block_size`` bounds
-    the elements processed at once, hence the temporary memory of a step.
+    the elements processed at once, hence the temporary memory of a step (None: 2^19, and on GPUs at
+    least 1/16 of the largest tensor, where fewer, larger blocks save kernel launches).
     """
 
     def __init__(
@@ -139,7 +163,7 @@ class SMMF(Optimizer):
         sign_bits: int = 1,
         maximize: bool = False,
         fused: bool | None = None,
-        block_size: int = _DEFAULT_BLOCK_SIZE,
+        block_size: int | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -287,7 +311,8 @@ class SMMF(Optimizer):
     ) -> None:
         """Advance step counters and schedules for all tensors of one device/dtype at once, then update
         same-shaped small tensors a batch per kernel call and the rest one by one."""
-        batches, singles = _plan(items, group["block_size"])
+        block_size = _block_size(group["block_size"], device, items)
+        batches, singles = _plan(items, block_size)
         items = [items[i] for batch in batches for i in batch] + [items[i] for i in singles]
         steps = [state["step"] for _, _, state in items]
         torch._foreach_add_(steps, 1)
@@ -310,7 +335,7 @@ class SMMF(Optimizer):
             work = p if p.is_contiguous() else p.contiguous()
             grad = grad.contiguous()
             if "row_v" in state:
-                self._factored_step(work, grad, state, group["block_size"], hp, sched, fused)
+                self._factored_step(work, grad, state, block_size, hp, sched, fused)
             else:
                 exp_avg = state.get("exp_avg")
                 fn = kernels.compiled(kernels.dense_step) if fused else kernels.dense_step
@@ -338,13 +363,14 @@ class SMMF(Optimizer):
         p_b = torch.stack(views)
         g_b = torch.stack([g.reshape(n, m) for _, g, _ in items])
         state_b = {key: torch.stack([state[key] for _, _, state in items]) for key in keys}
-        sign, row_m, col_m = state_b.get("sign"), state_b.get("row_m"), state_b.get("col_m")
+        sign, packed = _sign_bytes(state_b.get("sign"))
+        row_m, col_m = state_b.get("row_m"), state_b.get("col_m")
         row_v, col_v = state_b["row_v"], state_b["col_v"]
         wide = fused and n * m >= _WIDE_NUMEL
         if wide:
             kernels.mark_block((sign, row_m, row_v), (p_b, g_b, col_m, col_v))
         fn = kernels.compiled(kernels.factored_step, wide) if fused else kernels.factored_step
-        fn(p_b, g_b, sign, row_m, col_m, row_v, col_v, hp, sched)
+        fn(p_b, g_b, sign, row_m, col_m, row_v, col_v, hp, sched, packed)
         targets = views + [state[key] for key in keys for _, _, state in items]
         results = list(p_b.unbind()) + [row for key in keys for row in state_b[key].unbind()]
         torch._foreach_copy_(targets, results)
@@ -356,18 +382,18 @@ class SMMF(Optimizer):
         """Update one factorized tensor: in one kernel call if it fits a block, else row block by row block."""
         n, m = square_matricize(p.numel())
         pv, gv = p.view(n, m).detach(), grad.view(n, m).detach()
-        sign, row_m, col_m = state.get("sign"), state.get("row_m"), state.get("col_m")
+        sign, packed = _sign_bytes(state.get("sign"))
+        row_m, col_m = state.get("row_m"), state.get("col_m")
         row_v, col_v = state["row_v"], state["col_v"]
         wide = fused and n * m >= _WIDE_NUMEL
         if n * m <= block_size:
             if wide:
                 kernels.mark_block((sign, row_m, row_v), (pv, gv, col_m, col_v))
             fn = kernels.compiled(kernels.factored_step, wide) if fused else kernels.factored_step
-            fn(pv, gv, sign, row_m, col_m, row_v, col_v, hp, sched)
+            fn(pv, gv, sign, row_m, col_m, row_v, col_v, hp, sched, packed)
             return
         rows = max(8, block_size // m // 8 * 8)  # a multiple of 8 rows: whole bytes of packed sign
         block_fn = kernels.compiled(kernels.factored_block_step, wide) if fused else kernels.factored_block_step
-        packed = sign is not None and sign.dtype == torch.uint8
         sum_m: Tensor | None = None
         sum_v: Tensor | None = None
         for start in range(0, n, rows):
@@ -383,7 +409,7 @@ class SMMF(Optimizer):
             p_blk, g_blk, sign_blk, row_m_blk, row_v_blk = block
             if wide:
                 kernels.mark_block((sign_blk, row_m_blk, row_v_blk), (p_blk, g_blk, col_m, col_v))
-            part_m, part_v = block_fn(p_blk, g_blk, sign_blk, row_m_blk, col_m, row_v_blk, col_v, hp, sched)
+            part_m, part_v = block_fn(p_blk, g_blk, sign_blk, row_m_blk, col_m, row_v_blk, col_v, hp, sched, packed)
             sum_v = part_v if sum_v is None else sum_v + part_v
             if part_m is not None:
                 sum_m = part_m if sum_m is None else sum_m + part_m
