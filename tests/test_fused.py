@@ -101,7 +101,8 @@ def test_changing_lr_does_not_recompile():
 
 
 # Same matricized shapes repeat, as in a network's layers: (6,5)/(30,)/(5,6) -> (6, 5);
-# (64,)/(8,8)/(4,16) -> (8, 8); the two 256x300 tensors take the wide (column-specialised) graph.
+# (64,)/(8,8)/(4,16) -> (8, 8); with 2^20-element blocks the two 256x300 tensors are batched too, in
+# the wide (column-specialised) graph.
 BATCHED_SHAPES = [(6, 5), (30,), (5, 6), (64,), (8, 8), (4, 16), (256, 300), (300, 256), (7,)]
 
 
@@ -112,6 +113,7 @@ BATCHED_SHAPES = [(6, 5), (30,), (5, 6), (64,), (8, 8), (4, 16), (256, 300), (30
     ids=["defaults", "8-bit", "no-momentum", "maximize-wd"],
 )
 def test_batched_same_shapes_equal_one_by_one(fused, kwargs):
+    kwargs = {**kwargs, "block_size": 1 << 20}
     batched = _run(BATCHED_SHAPES, fused=fused, **kwargs)
     torch.manual_seed(0)  # _run seeds per call, so draw the same values tensor by tensor
     params = [nn.Parameter(torch.randn(s)) for s in BATCHED_SHAPES]

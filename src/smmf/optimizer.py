@@ -22,6 +22,9 @@ _WEIGHT_DECAY_MODES = ("adamw", "adam")
 _CPU_BLOCK_SIZE = 1 << 19
 # On GPUs a block is also at least this fraction of the bucket's largest tensor (see _block_size).
 _GPU_BLOCK_FRACTION = 16
+# A batch of small tensors holds at most block_size / this many elements: its stacked copies are extra
+# memory, and past ~10^5 elements a kernel call's overhead is already small next to its work.
+_BATCH_FRACTION = 4
 # Tensors at least this large get a kernel specialised to their column count (see kernels.compiled).
 _WIDE_NUMEL = 1 << 16
 # A factorized tensor's state, in the order the batched step stacks it.
@@ -49,13 +52,15 @@ def _block_size(requested: int | None, device: torch.device, items: list[tuple[T
 
 
 def _plan(items: list[tuple[Tensor, Tensor, dict[str, Any]]], block_size: int) -> tuple[list[list[int]], list[int]]:
-    """Split a bucket into batches (indices of same-shaped factorized tensors that fit one block
-    together, two or more each) and singles (everything else, stepped one tensor at a time)."""
+    """Split a bucket into batches (indices of same-shaped factorized tensors, two or more, with at
+    most ``block_size / _BATCH_FRACTION`` elements together) and singles (everything else, stepped
+    one tensor at a time)."""
+    budget = block_size // _BATCH_FRACTION
     groups: dict[tuple[Any, ...], list[int]] = {}
     singles = []
     for i, (p, grad, state) in enumerate(items):
         numel = p.numel()
-        if "row_v" not in state or numel == 0 or numel > block_size or not p.is_contiguous():
+        if "row_v" not in state or numel == 0 or 2 * numel > budget or not p.is_contiguous():
             singles.append(i)
             continue
         sign = state.get("sign")
@@ -64,7 +69,7 @@ def _plan(items: list[tuple[Tensor, Tensor, dict[str, Any]]], block_size: int) -
     batches = []
     for key, members in groups.items():
         n, m = key[0]
-        per_batch = max(1, block_size // (n * m))
+        per_batch = budget // (n * m)
         for start in range(0, len(members), per_batch):
             chunk = members[start : start + per_batch]
             if len(chunk) > 1:
