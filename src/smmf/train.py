@@ -28,6 +28,7 @@ import os
 import random
 import resource
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -353,13 +354,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         code = _train(args, ctx, device)
         if ctx.mode is not None:
-            # Every rank waits for the others (rank 0 writes the summary) before the process group goes:
-            # a rank tearing down gloo early can make a slower one abort at exit.
-            torch.distributed.barrier()
-        return code
+            torch.distributed.barrier()  # every rank's work (rank 0 writes the summary) is done
     finally:
         if ctx.mode is not None and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+    if ctx.mode is not None:
+        # A finished rank leaves without interpreter finalization: torch's C++ teardown at exit sometimes
+        # aborts a gloo rank ("terminate called without an active exception") after all its work is
+        # written, which torchrun would report as a failed run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _train(args: argparse.Namespace, ctx: Dist, device: torch.device) -> int:
