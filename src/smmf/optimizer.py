@@ -39,6 +39,18 @@ def _sign_bytes(sign: Tensor | None) -> tuple[Tensor | None, bool]:
     return sign.view(torch.uint8), False
 
 
+def _whole_step(p: Tensor, g: Tensor, state: dict[str, Any], hp: Tensor, sched: Tensor, fused: bool) -> None:
+    """One kernel call for a whole (n, m) tensor, or a (B, n, m) batch with its state stacked the same
+    way: ``state`` maps the factorized state keys to tensors shaped to match ``p``."""
+    sign, packed = _sign_bytes(state.get("sign"))
+    row_m, col_m, row_v, col_v = state.get("row_m"), state.get("col_m"), state["row_v"], state["col_v"]
+    wide = fused and p.shape[-2] * p.shape[-1] >= _WIDE_NUMEL
+    if wide:
+        kernels.mark_block((sign, row_m, row_v), (p, g, col_m, col_v))
+    fn = kernels.compiled(kernels.factored_step, wide) if fused else kernels.factored_step
+    fn(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed)
+
+
 def _block_size(requested: int | None, device: torch.device, items: list[tuple[Tensor, Tensor, dict[str, Any]]]) -> int:
     """The group's ``block_size``, or the automatic one: 2^19 elements (the fused kernel's passes stay
     in a CPU's cache), and on GPUs at least 1/16 of the largest tensor, since there each block costs
@@ -368,14 +380,7 @@ class SMMF(Optimizer):
         p_b = torch.stack(views)
         g_b = torch.stack([g.reshape(n, m) for _, g, _ in items])
         state_b = {key: torch.stack([state[key] for _, _, state in items]) for key in keys}
-        sign, packed = _sign_bytes(state_b.get("sign"))
-        row_m, col_m = state_b.get("row_m"), state_b.get("col_m")
-        row_v, col_v = state_b["row_v"], state_b["col_v"]
-        wide = fused and n * m >= _WIDE_NUMEL
-        if wide:
-            kernels.mark_block((sign, row_m, row_v), (p_b, g_b, col_m, col_v))
-        fn = kernels.compiled(kernels.factored_step, wide) if fused else kernels.factored_step
-        fn(p_b, g_b, sign, row_m, col_m, row_v, col_v, hp, sched, packed)
+        _whole_step(p_b, g_b, state_b, hp, sched, fused)
         targets = views + [state[key] for key in keys for _, _, state in items]
         results = list(p_b.unbind()) + [row for key in keys for row in state_b[key].unbind()]
         torch._foreach_copy_(targets, results)
@@ -387,16 +392,13 @@ class SMMF(Optimizer):
         """Update one factorized tensor: in one kernel call if it fits a block, else row block by row block."""
         n, m = square_matricize(p.numel())
         pv, gv = p.view(n, m).detach(), grad.view(n, m).detach()
+        if n * m <= block_size:
+            _whole_step(pv, gv, state, hp, sched, fused)
+            return
         sign, packed = _sign_bytes(state.get("sign"))
         row_m, col_m = state.get("row_m"), state.get("col_m")
         row_v, col_v = state["row_v"], state["col_v"]
         wide = fused and n * m >= _WIDE_NUMEL
-        if n * m <= block_size:
-            if wide:
-                kernels.mark_block((sign, row_m, row_v), (pv, gv, col_m, col_v))
-            fn = kernels.compiled(kernels.factored_step, wide) if fused else kernels.factored_step
-            fn(pv, gv, sign, row_m, col_m, row_v, col_v, hp, sched, packed)
-            return
         rows = max(8, block_size // m // 8 * 8)  # a multiple of 8 rows: whole bytes of packed sign
         block_fn = kernels.compiled(kernels.factored_block_step, wide) if fused else kernels.factored_block_step
         sum_m: Tensor | None = None
@@ -404,14 +406,11 @@ class SMMF(Optimizer):
         for start in range(0, n, rows):
             stop = min(n, start + rows)
             # detach(): aliases without a view base, so that dynamo does not guard on the base's shape
-            block = (
-                pv[start:stop].detach(),
-                gv[start:stop].detach(),
-                None if sign is None else (sign[start * m // 8 : (stop * m + 7) // 8] if packed else sign[start * m : stop * m]).detach(),
-                None if row_m is None else row_m[start:stop].detach(),
-                row_v[start:stop].detach(),
-            )
-            p_blk, g_blk, sign_blk, row_m_blk, row_v_blk = block
+            p_blk, g_blk, row_v_blk = pv[start:stop].detach(), gv[start:stop].detach(), row_v[start:stop].detach()
+            row_m_blk = None if row_m is None else row_m[start:stop].detach()
+            sign_blk = None
+            if sign is not None:
+                sign_blk = (sign[start * m // 8 : (stop * m + 7) // 8] if packed else sign[start * m : stop * m]).detach()
             if wide:
                 kernels.mark_block((sign_blk, row_m_blk, row_v_blk), (p_blk, g_blk, col_m, col_v))
             part_m, part_v = block_fn(p_blk, g_blk, sign_blk, row_m_blk, col_m, row_v_blk, col_v, hp, sched, packed)
