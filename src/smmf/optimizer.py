@@ -101,7 +101,7 @@ def _validate_group(group: dict[str, Any]) -> None:
     lr = group["lr"]
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
-            raise ValueError(f"Invalid lr: a Tensor lr must have one element, got shape {tuple(lr.shape)}")
+            raise ValueError(f"Invalid lr: Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
         if lr.device.type == "cpu" and lr.item() < 0:
             raise ValueError(f"Invalid lr: {lr.item()} (expected >= 0)")
     else:
@@ -215,7 +215,15 @@ class SMMF(Optimizer):
                 raise ValueError("SMMF does not support sparse parameters")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore state; groups missing one of SMMF's own keys get its default.
+
+        torch's base class adds keys of its own (``differentiable``) to ``defaults``; they are dropped
+        again, so defaults, param groups and hence ``state_dict()`` survive a round trip unchanged.
+        """
+        own = set(state.get("defaults", self.__dict__.get("defaults", {})))
         super().__setstate__(state)
+        for key in set(self.defaults) - own:
+            del self.defaults[key]
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -430,6 +438,7 @@ class SMMF(Optimizer):
 
         That cast would turn the packed sign into floats and give bf16 parameters bf16 factors (a defect
         of the reference); here each tensor keeps its saved dtype and only moves to the parameter's device.
+        ``step`` becomes a float32 0-d tensor on that device, also when saved as a number (older torch).
         """
         super().load_state_dict(state_dict)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
@@ -444,6 +453,8 @@ class SMMF(Optimizer):
             step = self.state[p].get("step")
             if isinstance(step, Tensor):
                 self.state[p]["step"] = step.to(dtype=torch.float32)
+            elif step is not None:
+                self.state[p]["step"] = torch.tensor(float(step), dtype=torch.float32, device=p.device)
 
     # ------------------------------------------------------------------ memory
 
