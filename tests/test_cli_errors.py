@@ -94,3 +94,37 @@ def test_train_missing_dataset_offline(tmp_path: Path, capsys: pytest.CaptureFix
     assert err == (f"smmf train: error: cifar100: no dataset in {tmp_path / 'none' / 'cifar-100-python'} "
                    "(downloading is off); pass --data-dir with a folder holding cifar-100-python/ "
                    "(the extracted python version), or run online to download it")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--lr", "nan"], "smmf train: error: --lr: expected a finite number > 0, got nan"),
+        (["train", "--lr", "inf"], "smmf train: error: --lr: expected a finite number > 0, got inf"),
+        (["train", "--lr", "0"], "smmf train: error: --lr: expected a finite number > 0, got 0.0"),
+        (["train", "--growth-rate", "5"], "smmf train: error: --growth-rate: expected a finite number >= 0 and <= 1, got 5.0"),
+        (["train", "--weight-decay", "-1"], "smmf train: error: --weight-decay: expected a finite number >= 0, got -1.0"),
+        (["train", "--weight-decay", "inf"], "smmf train: error: --weight-decay: expected a finite number >= 0, got inf"),
+        (["train", "--decay-rate", "nan"], "smmf train: error: --decay-rate: expected a finite number >= -1 and <= 0, got nan"),
+        (["train", "--seed", "-1"], "smmf train: error: --seed: expected an integer from 0 to 4294967295, got -1"),
+        (["compare", "--steps", "9"], "smmf compare: error: --steps: expected at least 11 (the first 10 steps warm up "
+                                      "and are left out of the step-time medians), got 9"),
+        (["compare", "--seed", "-1"], "smmf compare: error: --seed: expected an integer from 0 to 4294967295, got -1"),
+        (["bench", "--threads", "0"], "smmf bench: --steps, --rounds and --threads must be >= 1, --warmup >= 0"),
+        (["memory", "--model", "llama-h0-l1"],
+         "smmf memory: error: llama hidden size must be a positive multiple of 128 (heads of 128), got 0"),
+        (["memory", "--model", "llama-h128-l0"], "smmf memory: error: llama needs at least one layer, got 0"),
+    ],
+)
+def test_bad_numbers_are_one_line_errors_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    extra = [] if argv[0] == "memory" else ["--out", str(out)]
+    assert _error(capsys, [*argv, *extra], 2) == message
+    assert not out.exists()
+
+
+def test_bench_unwritable_out_is_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(capsys, ["bench", "--set", "tiny", "--optimizers", "adam", "--out", "/proc/x"], 2)
+    assert err.startswith("smmf bench: --out: cannot write to /proc/x:")

@@ -29,6 +29,9 @@ from typing import Any
 
 import torch
 
+from . import extras
+from .cli import UsageError, writable_dir
+
 __all__ = ["PARAM_SETS", "OPTIMIZERS", "register", "run", "main"]
 
 Shape = tuple[int, ...]
@@ -75,19 +78,32 @@ PARAM_SETS: dict[str, Callable[[], list[Shape]]] = {
 _LR = 1e-3
 
 
+_NO_REFERENCE = "benchmarks/reference_smmf.py not found in this package's own checkout (run from an smmf checkout)"
+
+
 def _reference_path() -> Path | None:
-    """benchmarks/reference_smmf.py of the checkout this package runs from, or of the working directory."""
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        path = root / "benchmarks" / "reference_smmf.py"
-        if path.is_file():
-            return path
-    return None
+    """benchmarks/reference_smmf.py of the checkout this package runs from, or None.
+
+    Only the package's own checkout counts: the folder two levels above this file (``src/smmf/``) must
+    hold a pyproject.toml naming the project ``smmf``, and the baseline must be a regular file inside
+    it. Never the working directory: a file planted there must not run.
+    """
+    root = Path(__file__).resolve().parents[2]
+    path = root / "benchmarks" / "reference_smmf.py"
+    try:
+        pyproject = (root / "pyproject.toml").read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    ours = re.search(r'^\[project\][^\[]*^name\s*=\s*"smmf"\s*$', pyproject, re.MULTILINE)
+    if ours is None or path.is_symlink() or not path.is_file():
+        return None
+    return path if path.resolve().is_relative_to(root) else None
 
 
 def _reference(params: list[torch.Tensor]) -> torch.optim.Optimizer:
     path = _reference_path()
     if path is None:
-        raise RuntimeError("benchmarks/reference_smmf.py not found (run from a checkout)")
+        raise RuntimeError(_NO_REFERENCE)
     spec = importlib.util.spec_from_file_location("reference_smmf", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -232,8 +248,9 @@ def _run_worker(spec: dict[str, Any], extra_env: dict[str, str] | None = None) -
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         code = "from smmf.bench import _worker_cli; _worker_cli()"
-        proc = subprocess.run(
+        proc = subprocess.run(  # cwd: ``-c`` puts the working directory first on sys.path
             [sys.executable, "-c", code, json.dumps(spec), str(out)],
+            cwd=tmp,
             env=env,
             capture_output=True,
             text=True,
@@ -411,16 +428,22 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown or not names:
         return _fail(f"unknown optimizer {', '.join(map(repr, unknown)) or '(none)'} (valid: {', '.join(OPTIMIZERS)})")
-    if min(args.steps, args.rounds, args.threads or 1) < 1 or args.warmup < 0:
+    if min(args.steps, args.rounds) < 1 or (args.threads is not None and args.threads < 1) or args.warmup < 0:
         return _fail("--steps, --rounds and --threads must be >= 1, --warmup >= 0")
+    missing = extras.missing(extras.bench_needs(args.set, names))
+    if missing:
+        return _fail(extras.message("this benchmark", missing))
+    out = Path(args.out or f"runs/bench-{args.set}-{dev.type}")
+    try:
+        writable_dir(out, "--out")
+    except UsageError as exc:
+        return _fail(str(exc))
 
     shapes = PARAM_SETS[args.set]()
     numels = [math.prod(s) for s in shapes]
     n_params = sum(numels)
     largest = max(range(len(shapes)), key=lambda i: numels[i])
     largest_bytes = numels[largest] * 4  # float32 parameters
-    out = Path(args.out or f"runs/bench-{args.set}-{dev.type}")
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "set": args.set,
         "device": device,
@@ -442,7 +465,7 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     for name in names:
         if name == "reference" and _reference_path() is None:
-            results[name] = {"error": "benchmarks/reference_smmf.py not found (run from a checkout)"}
+            results[name] = {"error": _NO_REFERENCE}
     # Round-robin over optimizers, so that a burst of load from elsewhere hits all of them alike.
     for round_ in range(args.rounds):
         for i, name in enumerate(names, 1):

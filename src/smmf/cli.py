@@ -8,6 +8,7 @@ exit non-zero, never a traceback; Ctrl-C exits with 130.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -18,11 +19,16 @@ import torch
 from .data import DataError
 from .optimizers import UnknownNameError
 
-__all__ = ["UsageError", "positive_int", "non_negative_int", "resolve_device", "writable_dir", "build_parser", "main"]
+__all__ = ["UsageError", "RunError", "positive_int", "non_negative_int", "check_number", "check_seed", "resolve_device", "writable_dir", "build_parser", "main"]
 
 
 class UsageError(ValueError):
     """A bad argument found after parsing; ``main`` prints it on one line and exits with status 2."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on (a damaged checkpoint, a non-finite loss, a missing optional
+    dependency); ``main`` prints it on one line and exits with status 1."""
 
 
 def _int_at_least(text: str, minimum: int, kind: str) -> int:
@@ -43,6 +49,24 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _int_at_least(text, 0, "non-negative")
+
+
+def check_number(option: str, value: float, low: float, high: float = math.inf, *, above: bool = False) -> None:
+    """UsageError unless ``value`` is finite and in [low, high] (``above``: strictly greater than low)."""
+    if math.isfinite(value) and (value > low if above else value >= low) and value <= high:
+        return
+    bounds = f"> {low:g}" if above else f">= {low:g}"
+    bounds += "" if high == math.inf else f" and <= {high:g}"
+    raise UsageError(f"{option}: expected a finite number {bounds}, got {value}")
+
+
+SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit unsigned
+
+
+def check_seed(value: int, option: str = "--seed") -> None:
+    """UsageError unless ``value`` is a seed every library here accepts: 0 <= seed <= 2**32 - 1."""
+    if not 0 <= value <= SEED_MAX:
+        raise UsageError(f"{option}: expected an integer from 0 to {SEED_MAX}, got {value}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,9 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``smmf`` console script and of ``python -m smmf``."""
+    from . import extras
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        extras.check(args)  # a missing optional dependency is named before any work
         return int(args.func(args))
     except KeyboardInterrupt:
         print("\nsmmf: interrupted", file=sys.stderr)
@@ -99,6 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, UnknownNameError) as exc:
         print(f"smmf {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except DataError as exc:
+    except (DataError, RunError) as exc:
         print(f"smmf {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import optimizers
-from .cli import positive_int, resolve_device, writable_dir
+from .cli import UsageError, check_seed, positive_int, resolve_device, writable_dir
 from .data import load_digits, stdlib_corpus
 from .memory import optimizer_state_bytes
 from .models import DigitsCNN, gpt2_config
@@ -386,6 +386,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     names = optimizers.check_names([s.strip() for s in args.optimizers.split(",") if s.strip()], optimizers.NAMES, "optimizer")
     task_names = optimizers.check_names([s.strip() for s in args.tasks.split(",") if s.strip()], TASKS, "task")
+    if args.steps is not None and args.steps <= TIMING_WARMUP:
+        raise UsageError(
+            f"--steps: expected at least {TIMING_WARMUP + 1} (the first {TIMING_WARMUP} steps warm up and are "
+            f"left out of the step-time medians), got {args.steps}"
+        )
+    check_seed(args.seed)
     device = resolve_device(args.device)
     out = writable_dir(args.out or Path(f"smmf-compare-{datetime.now():%Y%m%d-%H%M%S}"), "--out")
     print(f"smmf compare: {', '.join(task_names)} x {', '.join(names)} on {device}; writing to {out}", flush=True)

@@ -9,12 +9,14 @@ training run sees exactly the batches the interrupted one would have.
 from __future__ import annotations
 
 import os
+import pickle
 import sysconfig
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -27,6 +29,7 @@ __all__ = [
     "read_text_files",
     "TextWindows",
     "CIFAR_STATS",
+    "CifarDataset",
     "cifar_datasets",
     "EpochBatches",
     "SeededDataset",
@@ -140,53 +143,113 @@ CIFAR_STATS = {
 }
 
 
-def _trusting(cls: type) -> type:
-    """A torchvision CIFAR class that trusts an already extracted copy (checks the files exist).
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR's python-version batches are made of: dicts, lists, strings, numbers and
+    numpy arrays. Any other global (``os.system``, a class with a ``__reduce__``) is refused, so a
+    planted file cannot run code."""
 
-    torchvision verifies the MD5 of every extracted file on each load; the archive's MD5 is still checked
-    when it downloads. Trusting the extracted files lets a user's existing copy, or a small file in the
-    same pickle format written by a test, load without the official checksums.
-    """
-    return type(
-        cls.__name__,
-        (cls,),
-        {
-            "train_list": [[name, None] for name, _ in cls.train_list],
-            "test_list": [[name, None] for name, _ in cls.test_list],
-            "meta": {**cls.meta, "md5": None},
-        },
-    )
+    _ALLOWED = frozenset(
+        (module, name)
+        for core in ("numpy.core", "numpy._core")
+        for module, name in ((f"{core}.multiarray", "_reconstruct"), (f"{core}.multiarray", "scalar"),
+                             (f"{core}.numeric", "_frombuffer"))
+    ) | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _read_batch(path: Path) -> dict[str, Any]:
+    """One CIFAR pickle (a dict), read with :class:`_CifarUnpickler`; DataError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # UnpicklingError, EOFError, ValueError, ...: not a valid batch
+        raise DataError(f"{path}: not a CIFAR batch in the python pickle format ({exc})") from None
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: not a CIFAR batch (a {type(entry).__name__}, expected a dict)")
+    return entry
+
+
+class CifarDataset(Dataset):
+    """CIFAR-10/100 from the extracted python-version files, as torchvision's classes read them (HWC
+    uint8 images, integer targets, PIL images through ``transform``), with every file checked."""
+
+    def __init__(self, folder: Path, files: Sequence[str], meta: dict[str, str], classes: int, transform: Any) -> None:
+        images, self.targets = [], []
+        for name in files:
+            entry = _read_batch(folder / name)
+            data, labels = entry.get("data"), entry.get("labels", entry.get("fine_labels"))
+            ok = isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072
+            ok = ok and isinstance(labels, list) and len(labels) == len(data)
+            if not ok or not all(isinstance(t, (int, np.integer)) and 0 <= t < classes for t in labels):
+                raise DataError(f"{folder / name}: expected 'data' (N x 3072 uint8) and N labels in [0, {classes})")
+            images.append(data)
+            self.targets.extend(int(t) for t in labels)
+        self.data = np.vstack(images).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        names = _read_batch(folder / meta["filename"]).get(meta["key"])
+        if not isinstance(names, list) or len(names) != classes or not all(isinstance(n, str) for n in names):
+            raise DataError(f"{folder / meta['filename']}: expected {classes} class names under {meta['key']!r}")
+        self.classes = names
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
+
+
+def _download_cifar(base: Any, root: Path) -> None:
+    """Fetch and extract the archive (its MD5 checked), then check the MD5 of every extracted file."""
+    from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+
+    download_and_extract_archive(base.url, str(root), filename=base.filename, md5=base.tgz_md5)
+    folder = root / base.base_folder
+    for name, md5 in [*base.train_list, *base.test_list, [base.meta["filename"], base.meta["md5"]]]:
+        if not check_integrity(str(folder / name), md5):
+            raise DataError(f"{folder / name}: MD5 mismatch after download; delete {folder} and try again")
 
 
 def cifar_datasets(name: str, data_dir: str | os.PathLike[str], image_size: int, download: bool) -> tuple[Any, Any]:
-    """(train, test) torchvision CIFAR datasets with the paper's augmentation (resize, flip, 15° rotation).
+    """(train, test) CIFAR datasets with the paper's augmentation (resize, flip, 15° rotation).
 
-    ``download``: fetch into ``data_dir`` when missing. A dataset that is missing and cannot be fetched
-    raises DataError saying where it was looked for.
+    An existing extracted copy in ``data_dir`` is used as it is (a user's copy, or a small file in the
+    same format written by a test), read with an unpickler that admits only the types the format
+    needs; a missing one is downloaded when ``download`` is set, with torchvision's MD5 checks of the
+    archive and of every file. DataError says where the dataset was looked for, or what is wrong.
     """
     import torchvision
     from torchvision import transforms as T
 
     base = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
-    cls = _trusting(base)
     mean, std = CIFAR_STATS[name]
     resize = [T.Resize(image_size)] if image_size != 32 else []
     train_tf = T.Compose([*resize, T.RandomHorizontalFlip(), T.RandomRotation(15), T.ToTensor(), T.Normalize(mean, std)])
     test_tf = T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
     folder = Path(data_dir) / base.base_folder
-    try:
-        train = cls(str(data_dir), train=True, transform=train_tf, download=download)
-        test = cls(str(data_dir), train=False, transform=test_tf, download=False)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        hint = "" if download else " (downloading is off)"
-        raise DataError(
-            f"{name}: no dataset in {folder}{hint}; pass --data-dir with a folder holding "
-            f"{base.base_folder}/ (the extracted python version), or run online to download it"
-        ) from exc
-    except OSError as exc:  # download failed: offline, DNS, HTTP error
-        raise DataError(
-            f"{name}: not found in {folder} and the download failed ({exc}); pass --data-dir with an existing copy"
-        ) from None
+    files = [n for n, _ in base.train_list + base.test_list] + [base.meta["filename"]]
+    if not all((folder / f).is_file() for f in files):
+        if not download:
+            raise DataError(
+                f"{name}: no dataset in {folder} (downloading is off); pass --data-dir with a folder holding "
+                f"{base.base_folder}/ (the extracted python version), or run online to download it"
+            )
+        try:
+            _download_cifar(base, Path(data_dir))
+        except (OSError, RuntimeError) as exc:  # offline, DNS, HTTP error, checksum mismatch
+            raise DataError(
+                f"{name}: not found in {folder} and the download failed ({exc}); pass --data-dir with an existing copy"
+            ) from None
+    classes = 10 if name == "cifar10" else 100
+    train = CifarDataset(folder, [n for n, _ in base.train_list], base.meta, classes, train_tf)
+    test = CifarDataset(folder, [n for n, _ in base.test_list], base.meta, classes, test_tf)
     return train, test
 
 

@@ -9,7 +9,10 @@ Resumability: the data order is a pure function of (seed, epoch) and every sampl
 own seed (:class:`smmf.data.EpochBatches`, :class:`smmf.data.SeededDataset`); a checkpoint holds model,
 optimizer, scheduler, grad-scaler and RNG states plus the epoch and the batches consumed in it, and is
 written to a temporary file then renamed. So a run killed at any point and continued with ``--resume``
-takes exactly the path of an uninterrupted one (bit-identical parameters on CPU).
+takes exactly the path of an uninterrupted one (bit-identical parameters on CPU). Checkpoints hold plain
+data only, load with ``weights_only=True``, are checksummed, and the previous one is kept as a fallback;
+a lock keeps a second run out of the same ``--out`` (:mod:`smmf.checkpoint`). A non-finite training loss
+stops the run before anything more is saved.
 
 Distributed (``--distributed ddp|fsdp`` under torchrun): ``--batch-size`` is the global batch, split
 evenly across ranks (:class:`smmf.data.EpochBatches` with ``rank``/``world``); only rank 0 prints and
@@ -43,14 +46,17 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import optimizers
-from .cli import UsageError, non_negative_int, positive_int, resolve_device, writable_dir
+from .checkpoint import (
+    CHECKPOINT, Checkpoints, load_plain, lock_run_folder, remove_stale_temporaries, rng_state, save_checkpoint,
+    set_rng_state, swap_in_folder,
+)
+from .cli import RunError, UsageError, check_number, check_seed, non_negative_int, positive_int, resolve_device, writable_dir
 from .data import EpochBatches, SeededDataset, TextWindows, cifar_datasets, read_text_files
 from .memory import optimizer_state_bytes
 from .models import IMAGE_MODELS, TEXT_MODELS, TRAIN_MODELS, build_gpt2, build_image_model
 
 __all__ = ["register", "run", "save_checkpoint", "CHECKPOINT", "CHECKPOINT_DIR", "FINAL_MODEL", "LOG_FIELDS"]
 
-CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_DIR = "checkpoint"  # --distributed fsdp: a torch.distributed.checkpoint folder
 TRAIN_STATE = "train_state.pt"  # inside CHECKPOINT_DIR: everything but model and optimizer tensors
 FINAL_MODEL = "model_final.pt"  # --distributed: the full (unsharded) model state dict at the end
@@ -64,20 +70,6 @@ _RUN_DEFINING = (
 )
 
 
-def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A reader (or a resumed run) sees either the previous complete checkpoint or the new one, even if the
-    process is killed mid-write.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @dataclass(frozen=True)
 class Dist:
     """This process's place in a torchrun job; ``mode`` None (world 1) for a single-process run."""
@@ -89,35 +81,6 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def _rng_state(ctx: Dist, device: torch.device) -> Any:
-    """Every RNG's state; distributed: a list with one entry per rank (rank 0 saves them all).
-
-    A rank records only its own GPU's CUDA state: asking for all devices would make every rank open a
-    context on every GPU.
-    """
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if ctx.mode is None:
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-    if device.type == "cuda":
-        state["cuda_device"] = torch.cuda.get_rng_state(device)
-    states: list[Any] = [None] * ctx.world
-    torch.distributed.all_gather_object(states, state)
-    return states
-
-
-def _set_rng_state(saved: Any, ctx: Dist, device: torch.device) -> None:
-    state = saved if ctx.mode is None else saved[ctx.rank]
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "cuda_device" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda_device"], device)
 
 
 def _peak_memory(device: torch.device) -> dict[str, int]:
@@ -252,10 +215,11 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--text is for the GPT-2 models ({', '.join(TEXT_MODELS)}), not --model {args.model}")
     if args.optimizer == "sm3" and args.weight_decay:
         raise UsageError("--weight-decay: sm3 has no weight decay; pass --weight-decay 0")
-    if not -1.0 <= args.decay_rate <= 0.0:
-        raise UsageError(f"--decay-rate: expected a value in [-1, 0], got {args.decay_rate}")
-    if args.lr <= 0:
-        raise UsageError(f"--lr: expected a positive learning rate, got {args.lr}")
+    check_number("--lr", args.lr, 0.0, above=True)
+    check_number("--weight-decay", args.weight_decay, 0.0)
+    check_number("--decay-rate", args.decay_rate, -1.0, 0.0)
+    check_number("--growth-rate", args.growth_rate, 0.0, 1.0)
+    check_seed(args.seed)
 
 
 def _init_distributed(args: argparse.Namespace) -> tuple[Dist, torch.device]:
@@ -323,28 +287,54 @@ def _sync_buffers(model: nn.Module, ctx: Dist) -> None:
                 torch.distributed.broadcast(buffer, src=0)
 
 
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace folder ``final`` by the complete folder ``tmp`` (rank 0, after every rank wrote to it).
-
-    Folders cannot be renamed over one another, so the previous checkpoint is first moved aside to
-    ``.<name>.old``, which a resume falls back on if the process dies between the two renames.
-    """
-    old = final.with_name(f".{final.name}.old")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _existing_checkpoint(out: Path, ctx: Dist) -> Path | None:
-    """The checkpoint a resume reads: checkpoint.pt, or for FSDP the DCP folder (or its moved-aside copy)."""
-    if ctx.mode != "fsdp":
-        return out / CHECKPOINT if (out / CHECKPOINT).exists() else None
+def _existing_dcp_checkpoint(out: Path) -> Path | None:
+    """The --distributed fsdp checkpoint a resume reads: the DCP folder (or its moved-aside copy)."""
     for folder in (out / CHECKPOINT_DIR, out / f".{CHECKPOINT_DIR}.old"):
         if (folder / TRAIN_STATE).exists():
             return folder
     return None
+
+
+def _lock(out: Path, ctx: Dist, device: torch.device) -> Any:
+    """Rank 0 locks --out (keep the result referenced for the run) and removes the temporary files a
+    killed run left; every rank stops with a UsageError if another run holds the folder."""
+    lock, error = None, None
+    if ctx.main:
+        try:
+            lock = lock_run_folder(out)
+            remove_stale_temporaries(out)
+        except UsageError as exc:
+            error = exc
+    if ctx.mode is not None and _all_sum([float(error is not None)], ctx, device)[0] and error is None:
+        error = UsageError(f"--out: {out} is in use by another smmf train run")
+    if error is not None:
+        raise error
+    return lock
+
+
+def _resume_point(
+    args: argparse.Namespace, out: Path, ctx: Dist, store: Checkpoints, config: dict[str, Any]
+) -> tuple[dict[str, Any] | None, Path | None]:
+    """The verified checkpoint to continue from (and for FSDP its DCP folder), or (None, None) for a
+    fresh run; UsageError for a resume without a checkpoint, or a fresh run over an existing one."""
+    found = _existing_dcp_checkpoint(out) if ctx.mode == "fsdp" else None
+    if not args.resume:
+        if store.exists() or found is not None or (out / CHECKPOINT_DIR).exists():
+            raise UsageError(f"--out: {out} already holds a checkpoint; pass --resume to continue it, or another --out")
+        return None, None
+    if ctx.mode == "fsdp":
+        if found is None:
+            raise UsageError(f"--resume: no --distributed fsdp checkpoint in {out}")
+        checkpoint = load_plain(found / TRAIN_STATE)
+    elif store.exists():
+        checkpoint = store.load(announce=ctx.main)
+    else:
+        raise UsageError(f"--resume: no checkpoint in {out}")
+    changed = {k: (checkpoint["config"].get(k), v) for k, v in config.items() if checkpoint["config"].get(k) != v}
+    if changed:
+        diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise UsageError(f"--resume: arguments differ from the checkpoint's ({diff})")
+    return checkpoint, found
 
 
 def run(args: argparse.Namespace) -> int:
@@ -374,22 +364,12 @@ def _train(args: argparse.Namespace, ctx: Dist, device: torch.device) -> int:
 
     target = args.dataset if args.model in IMAGE_MODELS else "text"
     out = writable_dir(args.out or Path("runs") / f"{args.model}-{target}-{args.optimizer}", "--out")
+    lock = _lock(out, ctx, device)  # noqa: F841 - held (open) until this function returns
+    store = Checkpoints(out)
     config = {k: (list(map(str, v)) if k == "text" and v else v) for k, v in vars(args).items() if k in _RUN_DEFINING}
     if ctx.mode is not None:
         config["world_size"] = ctx.world
-    found = _existing_checkpoint(out, ctx)
-    checkpoint = None
-    if args.resume:
-        if found is None:
-            raise UsageError(f"--resume: no {'--distributed fsdp ' if ctx.mode == 'fsdp' else ''}checkpoint in {out}")
-        state_file = found / TRAIN_STATE if ctx.mode == "fsdp" else found
-        checkpoint = torch.load(state_file, map_location="cpu", weights_only=False)  # our own file: RNG states
-        changed = {k: (checkpoint["config"].get(k), v) for k, v in config.items() if checkpoint["config"].get(k) != v}
-        if changed:
-            diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise UsageError(f"--resume: arguments differ from the checkpoint's ({diff})")
-    elif found is not None or (out / CHECKPOINT).exists() or (out / CHECKPOINT_DIR).exists():
-        raise UsageError(f"--out: {out} already holds a checkpoint; pass --resume to continue it, or another --out")
+    checkpoint, found = _resume_point(args, out, ctx, store, config)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -431,17 +411,24 @@ def _train(args: argparse.Namespace, ctx: Dist, device: torch.device) -> int:
             opt.load_state_dict(checkpoint["optimizer"])
         sched.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
-        _set_rng_state(checkpoint["rng"], ctx, device)
+        set_rng_state(checkpoint["rng"], ctx, device)
         progress = Progress(**checkpoint["progress"])
     log = MetricLog(out, None if checkpoint is None else checkpoint["log_rows"], active=ctx.main)
 
+    saved_at: list[Any] = [None]
+
     def save() -> None:
-        """All ranks call this (it gathers RNG states; FSDP ranks each write their shard)."""
+        """All ranks call this (it gathers RNG states; FSDP ranks each write their shard). The same point
+        is not written twice, so that the previous checkpoint kept as a fallback is an earlier one."""
+        point = (progress.epoch, progress.batch, progress.step, log.rows)
+        if point == saved_at[0]:
+            return
+        saved_at[0] = point
         state = {
             "config": config,
             "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(),
-            "rng": _rng_state(ctx, device),
+            "rng": rng_state(ctx, device),
             "progress": vars(progress).copy(),
             "log_rows": log.rows,
         }
@@ -459,9 +446,9 @@ def _train(args: argparse.Namespace, ctx: Dist, device: torch.device) -> int:
                 save_checkpoint(state, tmp / TRAIN_STATE)
             torch.distributed.barrier()  # every shard is on disk before the folder becomes the checkpoint
             if ctx.main:
-                _swap_in(tmp, out / CHECKPOINT_DIR)
+                swap_in_folder(tmp, out / CHECKPOINT_DIR)
         elif ctx.main:
-            save_checkpoint({**state, "model": module.state_dict(), "optimizer": opt.state_dict()}, out / CHECKPOINT)
+            store.save({**state, "model": module.state_dict(), "optimizer": opt.state_dict()}, progress.step)
 
     loader_args: dict[str, Any] = {
         "num_workers": args.num_workers,
@@ -508,6 +495,11 @@ def _train(args: argparse.Namespace, ctx: Dist, device: torch.device) -> int:
             progress.batch += 1
             # every rank holds as many samples, so the mean over ranks of their means is the batch mean
             loss_sum, hits_sum = _all_sum([loss.item(), float(hits.item())], ctx, device)
+            if not math.isfinite(loss_sum):
+                raise RunError(
+                    f"non-finite training loss ({loss_sum / ctx.world}) at step {progress.step}; stopped without "
+                    f"saving anything new (the last checkpoint in {out} is unchanged); lower --lr or check the data"
+                )
             row = {"kind": "train", "step": progress.step, "epoch": progress.epoch, "batch": progress.batch,
                    "loss": loss_sum / ctx.world, "lr": lr, "seconds": time.perf_counter() - start}
             if not text:
