@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+# The Triton-interpreter tests run in a pytest process of their own (see tests/interpreter/conftest.py).
+collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["interpreter"]
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "official_trajectories.npz"
 

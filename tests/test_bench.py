@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from smmf import bench
 
@@ -59,3 +60,31 @@ def test_parameter_sets_have_the_models_shapes(name: str, tensors: int, params: 
     pytest.importorskip("transformers" if name == "gpt2" else "torchvision")
     shapes = bench.PARAM_SETS[name]()
     assert (len(shapes), sum(math.prod(s) for s in shapes)) == (tensors, params)
+
+
+def test_train_mode_times_whole_steps_of_a_real_model_on_cpu(tmp_path: Path) -> None:
+    argv = ["--mode", "train", "--device", "cpu", "--set", "tiny-cnn", "--optimizers", "adamw-fused,smmf-eager"]
+    assert bench.main([*argv, "--steps", "1", "--warmup", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench-train.json").read_text())["results"]
+    assert [r["name"] for r in rows] == ["adamw-fused", "smmf-eager"]
+    for row in rows:
+        assert row["fits"] and row["step_ms"] > 0 and row["full_step_ms"] > 0 and row["params"] > 0
+    assert rows[1]["state_bytes"] < rows[0]["state_bytes"] / 4
+    assert "x AdamW(fused)" in (tmp_path / "bench-train.md").read_text()
+
+
+def test_train_mode_reports_out_of_memory_as_does_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smmf import bench_train
+
+    def too_big() -> torch.nn.Module:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    workload = bench_train.Workload("too big", too_big, bench_train.WORKLOADS["tiny-cnn"].loss)
+    monkeypatch.setitem(bench_train.WORKLOADS, "too-big", workload)
+    result = bench_train.measure({"workload": "too-big", "name": "adamw", "device": "cpu", "steps": 1, "warmup": 1})
+    assert result == {"error": "does not fit", "fits": False}
+
+
+def test_train_mode_rejects_an_unknown_workload(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--mode", "train", "--device", "cpu", "--set", "resnet9000"]) == 2
+    assert "--set: unknown 'resnet9000'" in capsys.readouterr().err

@@ -11,34 +11,10 @@ from torch import nn
 from smmf import SMMF, kernels
 from smmf.matricization import square_matricize
 from smmf.signpack import packed_numel
+from step_helpers import assert_same as _assert_same
+from step_helpers import run as _run
 
 SHAPES = [(), (1,), (7,), (97,), (6, 5), (33, 12), (4, 1, 3), (256, 300), (512, 2, 64)]
-
-
-def _run(shapes, steps=4, dtype=torch.float32, **kwargs):
-    torch.manual_seed(0)
-    params = [nn.Parameter(torch.randn(s, dtype=torch.float32).to(dtype)) for s in shapes]
-    opt = SMMF(params, lr=0.01, **kwargs)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=gen).to(dtype)
-        opt.step()
-    return params, opt
-
-
-def _assert_same(fused, eager, rtol=1e-5, atol=1e-6):
-    (pf, of), (pe, oe) = fused, eager
-    for a, b in zip(pf, pe):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
-        sa, sb = of.state[a], oe.state[b]
-        assert sa.keys() == sb.keys()
-        for key in sa:
-            if key == "sign":  # a sign may flip where M is within rounding of 0
-                mismatch = (sa[key] != sb[key]).float().mean().item()
-                assert mismatch < 0.01, (key, mismatch)
-            else:
-                torch.testing.assert_close(sa[key], sb[key], rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize(
@@ -72,7 +48,7 @@ def test_row_blocks_equal_one_block(shape, fused):
 def test_fullgraph_compile_accepts_the_update_functions():
     n, m = 16, 24
     p, g = torch.randn(n, m), torch.randn(n, m)
-    sign = torch.zeros(packed_numel(n * m), dtype=torch.uint8)
+    sign = torch.zeros(packed_numel(n, m), dtype=torch.uint8)
     row_m, col_m, row_v, col_v = torch.zeros(n), torch.zeros(m), torch.zeros(n), torch.zeros(m)
     hp = torch.tensor([1e-3, 0.9, 0.999, -0.5, 1e-8, 0.0, 0.0, 1.0])
     sched = kernels.schedules(hp, torch.tensor([1.0]))[0]
@@ -139,7 +115,7 @@ def test_same_shapes_take_one_kernel_call(monkeypatch):
 
 
 def test_automatic_block_size_grows_with_the_largest_tensor_on_gpus_only():
-    from smmf.optimizer import _block_size
+    from smmf.torch_backend import _block_size
 
     items = [(torch.empty(s, device="meta"), None, {}) for s in [(50257, 768), (768,)]]
     assert _block_size(None, torch.device("cpu"), items) == 1 << 19

@@ -27,7 +27,7 @@ def test_pack_unpack_is_identity(rows, cols, rng):
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     signs = torch.rand(rows, cols, generator=gen) > 0.5
     packed = pack_signs(signs)
-    assert packed.dtype == torch.uint8 and packed.numel() == packed_numel(rows * cols)
+    assert packed.dtype == torch.uint8 and packed.numel() == packed_numel(rows, cols)
     assert torch.equal(unpack_signs(packed, rows, cols), signs)
 
 

@@ -469,7 +469,7 @@ def test_bench_from_a_planted_folder_runs_only_its_own_code(tmp_path: Path, monk
     _plant(cwd, marker, package=True)  # the worker subprocess must not import this smmf
     monkeypatch.chdir(cwd)
     assert bench._reference_path() == ROOT / "benchmarks" / "reference_smmf.py"
-    result = bench._run_worker({"name": "adam", "shapes": [[4, 4]], "device": "cpu", "steps": 1, "warmup": 0,
+    result = bench.run_worker({"name": "adam", "shapes": [[4, 4]], "device": "cpu", "steps": 1, "warmup": 0,
                                 "threads": 1, "mode": "time"})
     assert "error" not in result, result
     assert not marker.exists()

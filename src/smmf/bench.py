@@ -32,7 +32,7 @@ import torch
 from . import extras
 from .cli import UsageError, writable_dir
 
-__all__ = ["PARAM_SETS", "OPTIMIZERS", "register", "run", "main"]
+__all__ = ["PARAM_SETS", "OPTIMIZERS", "register", "run_worker", "run", "main"]
 
 Shape = tuple[int, ...]
 
@@ -131,9 +131,11 @@ def _pytorch_optimizer(name: str) -> Callable[[list[torch.Tensor]], torch.optim.
 
 # name -> (label, builder). Labels say what runs; names are what --optimizers takes.
 OPTIMIZERS: dict[str, tuple[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]]] = {
-    "smmf": ("SMMF 1-bit (fused)", _smmf(fused=True)),
-    "smmf8": ("SMMF 8-bit (fused)", _smmf(fused=True, sign_bits=8)),
-    "smmf-eager": ("SMMF 1-bit (eager)", _smmf(fused=False)),
+    "smmf": ("SMMF 1-bit (auto: Triton on CUDA, inductor on CPU)", _smmf()),
+    "smmf8": ("SMMF 8-bit (auto)", _smmf(sign_bits=8)),
+    "smmf-triton": ("SMMF 1-bit (Triton)", _smmf(backend="triton")),
+    "smmf-inductor": ("SMMF 1-bit (inductor)", _smmf(backend="inductor")),
+    "smmf-eager": ("SMMF 1-bit (eager)", _smmf(backend="eager")),
     "reference": ("reference SMMF (eager)", _reference),
     "adam": ("torch Adam (foreach)", lambda ps: torch.optim.Adam(ps, lr=_LR, foreach=True)),
     "adamw": ("torch AdamW (foreach)", lambda ps: torch.optim.AdamW(ps, lr=_LR, foreach=True)),
@@ -240,14 +242,15 @@ def _worker_cli() -> None:
     Path(sys.argv[2]).write_text(json.dumps(_measure(json.loads(sys.argv[1]))))
 
 
-def _run_worker(spec: dict[str, Any], extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter; returns its result or ``{"error": ...}``."""
+def run_worker(spec: dict[str, Any], extra_env: dict[str, str] | None = None, module: str = "smmf.bench") -> dict[str, Any]:
+    """Run one measurement (``module``'s ``_worker_cli``) in a fresh interpreter; returns its result or
+    ``{"error": ...}``."""
     env = {**os.environ, **(extra_env or {})}
     src = str(Path(__file__).resolve().parents[1])  # the import root of this smmf, so the child imports the same one
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        code = "from smmf.bench import _worker_cli; _worker_cli()"
+        code = f"from {module} import _worker_cli; _worker_cli()"
         proc = subprocess.run(  # cwd: ``-c`` puts the working directory first on sys.path
             [sys.executable, "-c", code, json.dumps(spec), str(out)],
             cwd=tmp,
@@ -264,7 +267,7 @@ def _run_worker(spec: dict[str, Any], extra_env: dict[str, str] | None = None) -
 
 def _memory(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak extra RSS of one step, in a fresh process of its own with mmap-backed allocations (CPU)."""
-    memory = _run_worker({**spec, "mode": "memory", "warmup": min(2, max(1, spec["warmup"]))}, _MEMORY_ENV)
+    memory = run_worker({**spec, "mode": "memory", "warmup": min(2, max(1, spec["warmup"]))}, _MEMORY_ENV)
     if "error" in memory:
         return {"error": f"memory run: {memory['error']}"}
     return {k: memory[k] for k in ("peak_extra_bytes", "peak_extra_bytes_all")}
@@ -365,7 +368,19 @@ def _chart(meta: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> None
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", default="resnet50", help=f"parameter set: {', '.join(PARAM_SETS)} (default resnet50)")
+    parser.add_argument(
+        "--mode",
+        choices=("step", "train"),
+        default="step",
+        help="step: optimizer step() alone on a model's parameter shapes; train: whole training steps of real "
+        "models (forward, backward, step), with peak memory and kernel launches (default step)",
+    )
+    parser.add_argument(
+        "--set",
+        default=None,
+        help=f"step mode: a parameter set, {', '.join(PARAM_SETS)} (default resnet50); train mode: comma-separated "
+        "workloads, resnet50, gpt2, llama-7b, tiny-cnn, tiny-llama (default: the first three on CUDA, the tiny ones on CPU)",
+    )
     parser.add_argument(
         "--optimizers",
         default=None,
@@ -408,6 +423,11 @@ def _fail(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Benchmark the chosen optimizers on the chosen set; writes bench.md, bench.json and bench.png."""
+    if args.mode == "train":
+        from . import bench_train
+
+        return bench_train.run(args)
+    args.set = args.set or "resnet50"
     if args.set not in PARAM_SETS:
         return _fail(f"unknown parameter set {args.set!r} (valid: {', '.join(PARAM_SETS)})")
     device = args.device
@@ -474,7 +494,7 @@ def run(args: argparse.Namespace) -> int:
             spec = {"name": name, "shapes": shapes, "device": device, "steps": args.steps, "warmup": args.warmup}
             spec.update(threads=args.threads, mode="time")
             t0 = time.perf_counter()
-            result = _run_worker(spec)
+            result = run_worker(spec)
             if "error" not in result and round_ == 0 and not device.startswith("cuda"):
                 result.update(_memory(spec))
             wall = time.perf_counter() - t0

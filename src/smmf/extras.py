@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from .cli import RunError
 
-__all__ = ["EXTRA", "missing", "message", "needs", "bench_needs", "check"]
+__all__ = ["EXTRA", "missing", "message", "needs", "bench_needs", "train_bench_needs", "check"]
 
 EXTRA = 'pip install "smmf[cli]"'
 # import name -> distribution name (what pip installs)
@@ -61,6 +61,12 @@ def bench_needs(param_set: str, optimizer_names: Iterable[str]) -> list[str]:
     return ["matplotlib", *model, *_optimizer_needs(optimizer_names)]
 
 
+def train_bench_needs(workloads: Iterable[str], optimizer_names: Iterable[str]) -> list[str]:
+    """``smmf bench --mode train``: torchvision for ResNet-50, transformers for the language models."""
+    model = {"resnet50": ["torchvision"], "gpt2": ["transformers"], "llama-7b": ["transformers"], "tiny-llama": ["transformers"]}
+    return [m for w in workloads for m in model.get(w, [])] + _optimizer_needs(optimizer_names)
+
+
 def needs(args: argparse.Namespace) -> tuple[str, list[str]]:
     """What the parsed command line needs: (the options that ask for it, import names)."""
     if args.command == "memory":
@@ -77,7 +83,9 @@ def needs(args: argparse.Namespace) -> tuple[str, list[str]]:
         return "this comparison", ["tqdm", "matplotlib", *per_task, *_optimizer_needs(_names(args.optimizers))]
     if args.command == "bench":
         names = _names(args.optimizers) if args.optimizers else list(_THIRD_PARTY_OPTIMIZERS)
-        return "this benchmark", bench_needs(args.set, names)
+        if args.mode == "train":
+            return "this benchmark", train_bench_needs(_names(args.set or "resnet50,gpt2"), names)
+        return "this benchmark", bench_needs(args.set or "resnet50", names)
     return args.command, []
 
 

@@ -67,8 +67,8 @@ def smmf_state_bytes(
 ) -> int:
     """SMMF state for parameters of these shapes, without allocating them.
 
-    Per factorized tensor of N elements viewed as (n, m): N/8 (1-bit) or N (8-bit) bytes of sign and
-    (n + m) factor entries per moment; dense 1-D tensors (vector_reshape=False) keep full moments.
+    Per factorized tensor of N elements viewed as (n, m): n * ceil(m/8) bytes of 1-bit sign (rows padded
+    to whole bytes) or N of 8-bit sign, and (n + m) factor entries per moment; dense 1-D tensors (vector_reshape=False) keep full moments.
     """
     moments = 1 if beta is None else 2
     total = 0
@@ -80,7 +80,7 @@ def smmf_state_bytes(
             n, m = square_matricize(numel)
             total += moments * (n + m) * factor_bytes
             if beta is not None:
-                total += packed_numel(numel) if sign_bits == 1 else numel
+                total += packed_numel(n, m) if sign_bits == 1 else numel
         else:
             total += moments * numel * factor_bytes
     return total
@@ -127,7 +127,7 @@ def state_tensor_bytes(
         if not is_factored(shape):
             return step + [numel * state_bytes] * 2
         n, m = square_matricize(numel)
-        sign = packed_numel(numel) if optimizer == "smmf" else numel
+        sign = packed_numel(n, m) if optimizer == "smmf" else numel
         return step + [n * state_bytes, m * state_bytes] * 2 + [sign]
     raise ValueError(f"unknown optimizer {optimizer!r}; valid: adam, adamw, adafactor, sm3, came, smmf, smmf8")
 

@@ -148,8 +148,10 @@ def _transformer_builder(name: str, num_classes: int | None) -> Callable[[], nn.
     match = _LLAMA_CUSTOM.match(name)
     if match:
         hidden, layers = int(match.group(1)), int(match.group(2))
-        if hidden % 128:
-            raise UnknownNameError(f"llama hidden size must be a multiple of 128 (heads of 128), got {hidden}")
+        if hidden < 128 or hidden % 128:
+            raise UnknownNameError(f"llama hidden size must be a positive multiple of 128 (heads of 128), got {hidden}")
+        if layers < 1:
+            raise UnknownNameError(f"llama needs at least one layer, got {layers}")
         heads = hidden // 128
         intermediate = (8 * hidden // 3 + 255) // 256 * 256  # SwiGLU width, rounded as Llama does
         return lambda: _llama(hidden, layers, heads, heads, intermediate, 32000)
@@ -162,10 +164,10 @@ def build_meta_model(name: str, num_classes: int | None = None) -> nn.Module:
     ``num_classes`` sets a torchvision classifier's head (default 1000) or a BERT classification head.
     Raises UnknownNameError with the valid names for an unknown one.
     """
-    import torchvision
-
     builder = _transformer_builder(name, num_classes)
     if builder is None:
+        import torchvision
+
         if name not in torchvision.models.list_models():
             raise UnknownNameError(
                 f"unknown model {name!r}; valid: torchvision names (e.g. resnet50, mobilenet_v2, vit_b_16), "
@@ -175,3 +177,12 @@ def build_meta_model(name: str, num_classes: int | None = None) -> nn.Module:
         builder = lambda: torchvision.models.get_model(name, weights=None, **kwargs)  # noqa: E731
     with torch.device("meta"):
         return builder()
+
+
+def build_transformer(name: str) -> nn.Module:
+    """A transformers model of a named architecture (GPT-2 and BERT sizes, the Llama presets,
+    llama-h<HIDDEN>-l<LAYERS>) with random weights, on the current default device."""
+    builder = _transformer_builder(name, None)
+    if builder is None:
+        raise UnknownNameError(f"unknown transformer {name!r}; valid: {', '.join(TRANSFORMER_NAMES)}, {', '.join(LLAMA_PRESETS)}")
+    return builder()

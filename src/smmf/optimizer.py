@@ -1,8 +1,12 @@
-"""``SMMF``: the torch.optim.Optimizer around the functional step kernels in :mod:`smmf.kernels`."""
+"""``SMMF``: the torch.optim.Optimizer around the functional step in :mod:`smmf.functional`.
+
+The class does bookkeeping only: it validates param groups, creates and converts per-parameter state
+(:mod:`smmf.state_format`), unwraps sharded and complex tensors, and hands each group's tensors to
+:func:`smmf.functional.smmf`, as ``torch.optim.AdamW`` hands them to ``adamw()``.
+"""
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -12,98 +16,33 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import kernels, sharding
-from .matricization import is_factored, square_matricize
-from .signpack import pack_signs, unpack_signs
+from . import functional, sharding, state_check, state_format
 
 __all__ = ["SMMF"]
 
 _WEIGHT_DECAY_MODES = ("adamw", "adam")
-_CPU_BLOCK_SIZE = 1 << 19
-# On GPUs a block is also at least this fraction of the bucket's largest tensor (see _block_size).
-_GPU_BLOCK_FRACTION = 16
-# A batch of small tensors holds at most block_size / this many elements: its stacked copies are extra
-# memory, and past ~10^5 elements a kernel call's overhead is already small next to its work.
-_BATCH_FRACTION = 4
-# Tensors at least this large get a kernel specialised to their column count (see kernels.compiled).
-_WIDE_NUMEL = 1 << 16
-# A factorized tensor's state, in the order the batched step stacks it.
-_FACTOR_KEYS = ("sign", "row_m", "col_m", "row_v", "col_v")
-
-
-def _sign_bytes(sign: Tensor | None) -> tuple[Tensor | None, bool]:
-    """The sign state as the kernels take it, uint8, and whether it holds packed bits: 8-bit (bool)
-    signs are viewed as their 0/1 bytes here, outside the compiled graph."""
-    if sign is None or sign.dtype == torch.uint8:
-        return sign, True
-    return sign.view(torch.uint8), False
-
-
-def _whole_step(p: Tensor, g: Tensor, state: dict[str, Any], hp: Tensor, sched: Tensor, fused: bool) -> None:
-    """One kernel call for a whole (n, m) tensor, or a (B, n, m) batch with its state stacked the same
-    way: ``state`` maps the factorized state keys to tensors shaped to match ``p``."""
-    sign, packed = _sign_bytes(state.get("sign"))
-    row_m, col_m, row_v, col_v = state.get("row_m"), state.get("col_m"), state["row_v"], state["col_v"]
-    wide = fused and p.shape[-2] * p.shape[-1] >= _WIDE_NUMEL
-    if wide:
-        kernels.mark_block((sign, row_m, row_v), (p, g, col_m, col_v))
-    fn = kernels.compiled(kernels.factored_step, wide) if fused else kernels.factored_step
-    fn(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed)
-
-
-def _block_size(requested: int | None, device: torch.device, items: list[tuple[Tensor, Tensor, dict[str, Any]]]) -> int:
-    """The group's ``block_size``, or the automatic one: 2^19 elements (the fused kernel's passes stay
-    in a CPU's cache), and on GPUs at least 1/16 of the largest tensor, since there each block costs
-    kernel launches while a block's temporaries (about two fp32 copies of it) stay at 1/8 of that
-    tensor, under the quarter that the memory bound allows."""
-    if requested is not None:
-        return requested
-    if device.type == "cpu" or not items:
-        return _CPU_BLOCK_SIZE
-    return max(_CPU_BLOCK_SIZE, max(p.numel() for p, _, _ in items) // _GPU_BLOCK_FRACTION)
-
-
-def _plan(items: list[tuple[Tensor, Tensor, dict[str, Any]]], block_size: int) -> tuple[list[list[int]], list[int]]:
-    """Split a bucket into batches (indices of same-shaped factorized tensors, two or more, with at
-    most ``block_size / _BATCH_FRACTION`` elements together) and singles (everything else, stepped
-    one tensor at a time)."""
-    budget = block_size // _BATCH_FRACTION
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    singles = []
-    for i, (p, grad, state) in enumerate(items):
-        numel = p.numel()
-        if "row_v" not in state or numel == 0 or 2 * numel > budget or not p.is_contiguous():
-            singles.append(i)
-            continue
-        sign = state.get("sign")
-        key = (square_matricize(numel), p.dtype, grad.dtype, None if sign is None else sign.dtype)
-        groups.setdefault(key, []).append(i)
-    batches = []
-    for key, members in groups.items():
-        n, m = key[0]
-        per_batch = budget // (n * m)
-        for start in range(0, len(members), per_batch):
-            chunk = members[start : start + per_batch]
-            if len(chunk) > 1:
-                batches.append(chunk)
-            else:
-                singles.extend(chunk)
-    return batches, singles
 
 
 def _check_range(name: str, value: Any, low: float, high: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"Invalid {name}: {value!r} (expected a number in [{low}, {high}])")
+    """ValueError naming ``name`` unless ``value`` is a finite int or float (not a bool) in [low, high]."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high:
+        return
+    bounds = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+    raise ValueError(f"Invalid {name}: {value!r} (expected a finite number {bounds})")
 
 
 def _validate_group(group: dict[str, Any]) -> None:
-    """Raise ValueError naming the argument for any hyperparameter outside its domain."""
+    """Raise ValueError naming the argument for any hyperparameter of the wrong type or outside its
+    domain (inf and NaN included). A tensor lr on the CPU is checked for shape, dtype and value; on
+    another device (CUDA) for shape and dtype only, since reading its value would synchronize."""
     lr = group["lr"]
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError(f"Invalid lr: Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
-        if lr.device.type == "cpu" and lr.item() < 0:
-            raise ValueError(f"Invalid lr: {lr.item()} (expected >= 0)")
+        if lr.is_complex() or lr.dtype == torch.bool:
+            raise ValueError(f"Invalid lr: Tensor lr must be real, got dtype {lr.dtype}")
+        if lr.device.type == "cpu" and not (math.isfinite(lr.item()) and lr.item() >= 0):
+            raise ValueError(f"Invalid lr: {lr.item()} (expected a finite number >= 0.0)")
     else:
         _check_range("lr", lr, 0.0, math.inf)
     _check_range("eps", group["eps"], 0.0, math.inf)
@@ -120,36 +59,25 @@ def _validate_group(group: dict[str, Any]) -> None:
         raise ValueError(
             f"Invalid weight_decay_mode: {group['weight_decay_mode']!r} (expected one of {_WEIGHT_DECAY_MODES})"
         )
-    if group["sign_bits"] not in (1, 8) or isinstance(group["sign_bits"], bool):
-        raise ValueError(f"Invalid sign_bits: {group['sign_bits']!r} (expected 1 or 8)")
+    sign_bits = group["sign_bits"]
+    if not isinstance(sign_bits, int) or isinstance(sign_bits, bool) or sign_bits not in (1, 8):
+        raise ValueError(f"Invalid sign_bits: {sign_bits!r} (expected the int 1 or 8)")
+    if not isinstance(group["maximize"], bool):
+        raise ValueError(f"Invalid maximize: {group['maximize']!r} (expected a bool)")
     if not isinstance(group["vector_reshape"], bool):
         raise ValueError(f"Invalid vector_reshape: {group['vector_reshape']!r} (expected a bool)")
     block_size = group["block_size"]
     if block_size is not None and (not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 8):
         raise ValueError(f"Invalid block_size: {block_size!r} (expected None or an int >= 8)")
-    if group["fused"] not in (None, True, False):
+    if group["fused"] is not None and not isinstance(group["fused"], bool):
         raise ValueError(f"Invalid fused: {group['fused']!r} (expected None, True or False)")
-
-
-def factor_dtype(param: Tensor) -> torch.dtype:
-    """float64 factors for float64 parameters, float32 for everything else (bf16/fp16 math runs in fp32)."""
-    return torch.float64 if param.dtype in (torch.float64, torch.complex128) else torch.float32
-
-
-@functools.cache
-def _fused_supported(device_type: str) -> bool:
-    """torch.compile can fuse the step here: CUDA, or a CPU with a C++ compiler for inductor."""
-    if device_type == "cuda":
-        return True
-    if device_type != "cpu":
-        return False
-    try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
-
-        get_cpp_compiler()
-    except Exception:  # no compiler found: inductor cannot build CPU kernels
-        return False
-    return True
+    backend = group["backend"]
+    if backend not in functional.BACKENDS:
+        raise ValueError(f"Invalid backend: {backend!r} (expected one of {functional.BACKENDS})")
+    if group["fused"] is False and backend not in ("auto", "eager"):
+        raise ValueError(f"Invalid backend: {backend!r} with fused=False (fused=False means backend='eager')")
+    if backend == "triton" and not functional.triton_backend.available(torch.device("cuda")):
+        raise ValueError("Invalid backend: 'triton' needs the triton package (pip install triton)")
 
 
 class SMMF(Optimizer):
@@ -159,10 +87,12 @@ class SMMF(Optimizer):
     factorized to rank one (a row and a column vector) plus a 1-bit sign matrix for the first moment.
     The positional arguments are those of the reference implementation, in its order and with its
     defaults. ``weight_decay_mode`` is 'adamw' (decoupled) or 'adam' (L2 added to the gradient);
-    ``sign_bits`` is 1 (packed) or 8 (a byte per element, as the reference stores it); ``fused``
-    compiles the step with torch.compile (None: when the device supports it); ``block_size`` bounds
-    the elements processed at once, hence the temporary memory of a step (None: 2^19, and on GPUs at
-    least 1/16 of the largest tensor, where fewer, larger blocks save kernel launches).
+    ``sign_bits`` is 1 (packed) or 8 (a byte per element, as the reference stores it). ``backend``
+    picks the step's implementation: 'triton' (every tensor of a group in two kernel launches),
+    'inductor' (torch.compile), 'eager', or 'auto' (Triton on CUDA, inductor on CPU, eager where nothing
+    compiles); ``fused=False`` is the older spelling of 'eager' and ``fused=True`` of a compiled one.
+    ``block_size`` bounds the elements the torch backends process at once, hence the temporary memory
+    of a step (None: 2^19, and on GPUs at least 1/16 of the largest tensor).
     """
 
     def __init__(
@@ -181,6 +111,7 @@ class SMMF(Optimizer):
         maximize: bool = False,
         fused: bool | None = None,
         block_size: int | None = None,
+        backend: str = "auto",
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -195,6 +126,7 @@ class SMMF(Optimizer):
             maximize=maximize,
             fused=fused,
             block_size=block_size,
+            backend=backend,
         )
         _validate_group(defaults)
         if beta is None and growth_rate is not None:
@@ -204,6 +136,7 @@ class SMMF(Optimizer):
                 UserWarning,
                 stacklevel=2,
             )
+        self._caches: list[functional.StepCache] = []
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -213,6 +146,8 @@ class SMMF(Optimizer):
         for p in group["params"]:
             if p.is_sparse:
                 raise ValueError("SMMF does not support sparse parameters")
+        group.setdefault("state_format", state_format.STATE_FORMAT)
+        self._caches.append(functional.StepCache())
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore state; groups missing one of SMMF's own keys get its default.
@@ -227,64 +162,9 @@ class SMMF(Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-
-    # ------------------------------------------------------------------ state
-
-    def _init_state(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-        fd = factor_dtype(p)
-        state["step"] = torch.zeros((), dtype=torch.float32, device=sharding.local(p).device)
-        if is_factored(p.shape, group["vector_reshape"]):
-            lengths = sharding.state_lengths(p, group["sign_bits"])
-            state["row_v"] = sharding.zeros_like_state(p, lengths["row_v"], fd)
-            state["col_v"] = sharding.zeros_like_state(p, lengths["col_v"], fd)
-        else:
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=fd)
-
-    def _ensure_momentum(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-        """Create or convert first-moment state to match the group (beta or sign_bits may have changed)."""
-        if group["beta"] is None:
-            return
-        if "row_v" not in state:
-            if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p, dtype=factor_dtype(p))
-            return
-        if "sign" not in state:
-            lengths = sharding.state_lengths(p, group["sign_bits"])
-            state["row_m"] = sharding.zeros_like_state(p, lengths["row_m"], factor_dtype(p))
-            state["col_m"] = sharding.zeros_like_state(p, lengths["col_m"], factor_dtype(p))
-            sign_dtype = torch.uint8 if group["sign_bits"] == 1 else torch.bool
-            state["sign"] = sharding.zeros_like_state(p, lengths["sign"], sign_dtype)
-        sign = state["sign"]
-        wanted = torch.uint8 if group["sign_bits"] == 1 else torch.bool
-        if sign.dtype == wanted:
-            return
-        if sharding.is_dtensor(sign):
-            raise ValueError("SMMF cannot change sign_bits of a sharded (DTensor) parameter's existing state")
-        n, m = square_matricize(p.numel())
-        if wanted == torch.uint8:
-            state["sign"] = pack_signs(sign.view(n, m))
-        else:
-            state["sign"] = unpack_signs(sign, n, m).view(-1)
+        self._caches = [functional.StepCache() for _ in self.param_groups]
 
     # ------------------------------------------------------------------ step
-
-    @staticmethod
-    def _hyperparameters(group: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Tensor:
-        decoupled = group["weight_decay_mode"] == "adamw"
-        values = [0.0] * kernels.HP_SIZE
-        lr = group["lr"]
-        values[kernels.HP_LR] = 0.0 if isinstance(lr, Tensor) else float(lr)
-        values[kernels.HP_BETA] = group["beta"] if group["beta"] is not None else 0.0
-        values[kernels.HP_GROWTH] = group["growth_rate"] if group["growth_rate"] is not None else 0.0
-        values[kernels.HP_DECAY] = group["decay_rate"]
-        values[kernels.HP_EPS] = group["eps"]
-        values[kernels.HP_WD_DECOUPLED] = group["weight_decay"] if decoupled else 0.0
-        values[kernels.HP_WD_COUPLED] = 0.0 if decoupled else group["weight_decay"]
-        values[kernels.HP_SIGN] = -1.0 if group["maximize"] else 1.0
-        hp = torch.tensor(values, dtype=dtype, device=device)
-        if isinstance(lr, Tensor):
-            hp[kernels.HP_LR] = lr.to(device=device, dtype=dtype)
-        return hp
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -293,31 +173,58 @@ class SMMF(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Tensor, Tensor, dict[str, Any]]]] = {}
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
-                    raise RuntimeError("SMMF does not support sparse gradients")
-                state = self.state[p]
-                if torch.is_complex(p):
-                    p, grad = torch.view_as_real(p), torch.view_as_real(grad)
-                if not state:
-                    self._init_state(p, group, state)
-                self._ensure_momentum(p, group, state)
-                p_local = sharding.local(p)
-                items = buckets.setdefault((p_local.device, factor_dtype(p)), [])
-                items.append((p_local, sharding.local_grad(p, grad), self._local_state(p_local, state)))
-            for (device, dtype), items in buckets.items():
-                self._step_bucket(group, device, dtype, items)
+        for group, cache in zip(self.param_groups, self._caches):
+            params, grads, states = self._gather(group, cache)
+            if params:
+                functional.smmf(
+                    params, grads, states,
+                    lr=group["lr"], beta=group["beta"], eps=group["eps"], weight_decay=group["weight_decay"],
+                    decay_rate=group["decay_rate"], growth_rate=group["growth_rate"],
+                    weight_decay_mode=group["weight_decay_mode"], maximize=group["maximize"],
+                    backend=group["backend"], fused=group["fused"], block_size=group["block_size"], cache=cache,
+                )  # fmt: skip
         return loss
 
+    def _gather(self, group: dict[str, Any], cache: functional.StepCache) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
+        """This rank's plain (real) parameters, gradients and states of the group's tensors that have a
+        gradient, creating or converting state as the group asks (which bumps the cache's state epoch)."""
+        if group.get("state_format", 1) < state_format.STATE_FORMAT:
+            self._upgrade(group, cache)
+        params, grads, states = [], [], []
+        for p in group["params"]:
+            grad = p.grad
+            if grad is None:
+                continue
+            if grad.is_sparse:
+                raise RuntimeError("SMMF does not support sparse gradients")
+            state = self.state[p]
+            if torch.is_complex(p):
+                p, grad = torch.view_as_real(p), torch.view_as_real(grad)
+            if not state:
+                state.update(state_format.init_state(p, group["vector_reshape"], group["sign_bits"]))
+                cache.state_epoch += 1
+            if state_format.ensure_momentum(p, state, group["beta"], group["sign_bits"]):
+                cache.state_epoch += 1
+            p_local = sharding.local(p)
+            params.append(p_local)
+            grads.append(sharding.local_grad(p, grad))
+            states.append(self._local_state(p, p_local, state))
+        return params, grads, states
+
+    def _upgrade(self, group: dict[str, Any], cache: functional.StepCache) -> None:
+        """Convert the group's states from the format it was saved in (1: no ``state_format`` key)."""
+        for p in group["params"]:
+            state = self.state.get(p)
+            real = torch.view_as_real(p) if torch.is_complex(p) else p
+            if state and state_format.upgrade(real, state, group.get("state_format", 1)):
+                cache.state_epoch += 1
+        group["state_format"] = state_format.STATE_FORMAT
+
     @staticmethod
-    def _local_state(p_local: Tensor, state: dict[str, Any]) -> dict[str, Any]:
-        """The state as this rank's plain tensors: DTensor vectors unwrapped and cut to this shard's length."""
-        if not any(sharding.is_dtensor(v) for v in state.values()):
+    def _local_state(p: Tensor, p_local: Tensor, state: dict[str, Any]) -> dict[str, Any]:
+        """The state as this rank's plain tensors: a sharded parameter's DTensor vectors unwrapped and cut
+        to this shard's length (they are padded to the longest shard's)."""
+        if not sharding.is_dtensor(p):
             return state
         sign = state.get("sign")
         lengths = sharding.factored_lengths(p_local.numel(), 1 if sign is None or sign.dtype == torch.uint8 else 8)
@@ -327,110 +234,6 @@ class SMMF(Optimizer):
             out[key] = value[: lengths[key]] if key in lengths else value
         return out
 
-    def _step_bucket(
-        self,
-        group: dict[str, Any],
-        device: torch.device,
-        dtype: torch.dtype,
-        items: list[tuple[Tensor, Tensor, dict[str, Any]]],
-    ) -> None:
-        """Advance step counters and schedules for all tensors of one device/dtype at once, then update
-        same-shaped small tensors a batch per kernel call and the rest one by one."""
-        block_size = _block_size(group["block_size"], device, items)
-        batches, singles = _plan(items, block_size)
-        items = [items[i] for batch in batches for i in batch] + [items[i] for i in singles]
-        steps = [state["step"] for _, _, state in items]
-        torch._foreach_add_(steps, 1)
-        hp = self._hyperparameters(group, dtype, device)
-        # detach(): rows are aliases without a view base, so that dynamo does not guard on the base's shape
-        scheds = kernels.schedules(hp, torch.stack(steps)).detach()
-        fused = group["fused"]
-        if fused is None:
-            fused = _fused_supported(device.type)
-        start = 0
-        for batch in batches:
-            stop = start + len(batch)
-            self._factored_batch(items[start:stop], hp, scheds[start:stop], fused)
-            start = stop
-        for i in range(start, len(items)):
-            p, grad, state = items[i]
-            if p.numel() == 0:
-                continue
-            sched = scheds[i]
-            work = p if p.is_contiguous() else p.contiguous()
-            grad = grad.contiguous()
-            if "row_v" in state:
-                self._factored_step(work, grad, state, block_size, hp, sched, fused)
-            else:
-                exp_avg = state.get("exp_avg")
-                fn = kernels.compiled(kernels.dense_step) if fused else kernels.dense_step
-                fn(
-                    work.view(-1).detach(),
-                    grad.view(-1).detach(),
-                    None if exp_avg is None else exp_avg.view(-1).detach(),
-                    state["exp_avg_sq"].view(-1).detach(),
-                    hp,
-                    sched,
-                )
-            if work is not p:
-                p.copy_(work)
-
-    @staticmethod
-    def _factored_batch(
-        items: list[tuple[Tensor, Tensor, dict[str, Any]]], hp: Tensor, sched: Tensor, fused: bool
-    ) -> None:
-        """Update B same-shaped factorized tensors in one kernel call: stack them, step the (B, n, m)
-        batch, and copy every result back with one foreach call. Small tensors are where per-call
-        overhead (Python, guards, kernel launches) outweighs the arithmetic, on GPUs most of all."""
-        n, m = square_matricize(items[0][0].numel())
-        keys = [key for key in _FACTOR_KEYS if key in items[0][2]]
-        views = [p.view(n, m) for p, _, _ in items]
-        p_b = torch.stack(views)
-        g_b = torch.stack([g.reshape(n, m) for _, g, _ in items])
-        state_b = {key: torch.stack([state[key] for _, _, state in items]) for key in keys}
-        _whole_step(p_b, g_b, state_b, hp, sched, fused)
-        targets = views + [state[key] for key in keys for _, _, state in items]
-        results = list(p_b.unbind()) + [row for key in keys for row in state_b[key].unbind()]
-        torch._foreach_copy_(targets, results)
-
-    @staticmethod
-    def _factored_step(
-        p: Tensor, grad: Tensor, state: dict[str, Any], block_size: int, hp: Tensor, sched: Tensor, fused: bool
-    ) -> None:
-        """Update one factorized tensor: in one kernel call if it fits a block, else row block by row block."""
-        n, m = square_matricize(p.numel())
-        pv, gv = p.view(n, m).detach(), grad.view(n, m).detach()
-        if n * m <= block_size:
-            _whole_step(pv, gv, state, hp, sched, fused)
-            return
-        sign, packed = _sign_bytes(state.get("sign"))
-        row_m, col_m = state.get("row_m"), state.get("col_m")
-        row_v, col_v = state["row_v"], state["col_v"]
-        wide = fused and n * m >= _WIDE_NUMEL
-        rows = max(8, block_size // m // 8 * 8)  # a multiple of 8 rows: whole bytes of packed sign
-        block_fn = kernels.compiled(kernels.factored_block_step, wide) if fused else kernels.factored_block_step
-        sum_m: Tensor | None = None
-        sum_v: Tensor | None = None
-        for start in range(0, n, rows):
-            stop = min(n, start + rows)
-            # detach(): aliases without a view base, so that dynamo does not guard on the base's shape
-            p_blk, g_blk, row_v_blk = pv[start:stop].detach(), gv[start:stop].detach(), row_v[start:stop].detach()
-            row_m_blk = None if row_m is None else row_m[start:stop].detach()
-            sign_blk = None
-            if sign is not None:
-                sign_blk = (sign[start * m // 8 : (stop * m + 7) // 8] if packed else sign[start * m : stop * m]).detach()
-            if wide:
-                kernels.mark_block((sign_blk, row_m_blk, row_v_blk), (p_blk, g_blk, col_m, col_v))
-            part_m, part_v = block_fn(p_blk, g_blk, sign_blk, row_m_blk, col_m, row_v_blk, col_v, hp, sched, packed)
-            sum_v = part_v if sum_v is None else sum_v + part_v
-            if part_m is not None:
-                sum_m = part_m if sum_m is None else sum_m + part_m
-        norm = kernels.compiled(kernels.normalize_columns) if fused else kernels.normalize_columns
-        if sum_v is not None:
-            norm(col_v, sum_v)
-        if sum_m is not None and col_m is not None:
-            norm(col_m, sum_m)
-
     # ------------------------------------------------------------------ state dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -438,8 +241,11 @@ class SMMF(Optimizer):
 
         That cast would turn the packed sign into floats and give bf16 parameters bf16 factors (a defect
         of the reference); here each tensor keeps its saved dtype and only moves to the parameter's device.
+        A group saved by an older release (no ``state_format``) has its states converted before its next
+        step (:func:`smmf.state_format.upgrade`).
         ``step`` becomes a float32 0-d tensor on that device, also when saved as a number (older torch).
         """
+        state_check.check_state_dict(self, state_dict)  # ValueError if malformed
         super().load_state_dict(state_dict)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]

@@ -49,7 +49,7 @@ def local_grad(param: Tensor, grad: Tensor) -> Tensor:
 def factored_lengths(numel: int, sign_bits: int) -> dict[str, int]:
     """Length of each factorized state vector for a tensor of ``numel`` elements."""
     n, m = square_matricize(numel)
-    sign = packed_numel(numel) if sign_bits == 1 else numel
+    sign = packed_numel(n, m) if sign_bits == 1 else numel
     return {"row_v": n, "row_m": n, "col_v": m, "col_m": m, "sign": sign}
 
 

@@ -1,10 +1,12 @@
-"""1-bit sign packing of an (n, m) matrix of first-moment signs into ceil(n*m/8) bytes.
+"""1-bit sign packing of an (n, m) matrix of first-moment signs: ``ceil(m/8)`` bytes per row.
 
-Layout (n*m/8 bytes whenever m % 8 == 0, which is almost every layer): row i takes bytes
-[i*m/8, (i+1)*m/8) and bit k of its byte j is column k*(m/8) + j ("bit planes" per row), so that
-packing and unpacking read and write contiguous runs and vectorize inside the fused step kernel.
-Other widths use the flat row-major order, eight consecutive elements per byte, least significant
-bit first. Bit arithmetic runs in int32 because x86 has no 8-bit vector shifts. Padding bits are zero.
+Layout (state format 2): each row is padded to ``B = ceil(m/8)`` whole bytes, and bit k of byte j of
+a row is column ``k*B + j`` ("bit planes" per row; padding bits are zero). A block of whole rows, or of
+whole bytes of rows, therefore owns its bytes: row blocks and the Triton backend's tiles never share a
+byte, and packing reads and writes contiguous runs that vectorize inside the fused step. For m % 8 == 0
+(almost every layer) this is the format-1 layout byte for byte; format 1 packed other widths flat,
+eight consecutive row-major elements per byte, which :func:`from_flat_layout` converts.
+Bit arithmetic runs in int32 because x86 has no 8-bit vector shifts.
 """
 
 from __future__ import annotations
@@ -12,45 +14,53 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["packed_numel", "pack_signs", "unpack_bits", "unpack_signs"]
+__all__ = ["row_bytes", "packed_numel", "pack_signs", "unpack_bits", "unpack_signs", "from_flat_layout"]
 
 
-def packed_numel(numel: int) -> int:
-    """Bytes needed to hold ``numel`` sign bits."""
-    return (numel + 7) // 8
+def row_bytes(cols: int) -> int:
+    """Bytes that hold one row of ``cols`` sign bits."""
+    return (cols + 7) // 8
+
+
+def packed_numel(rows: int, cols: int) -> int:
+    """Bytes that hold the packed signs of a (rows, cols) matrix."""
+    return rows * row_bytes(cols)
 
 
 def _shifts(device: torch.device) -> Tensor:
-    return torch.arange(8, dtype=torch.int32, device=device)
+    return torch.arange(8, dtype=torch.int32, device=device).view(8, 1)
 
 
 def pack_signs(positive: Tensor) -> Tensor:
-    """Pack a (..., rows, cols) tensor of bools (or 0/1 integers) into (..., bytes) uint8, one row of
-    bytes per matrix (leading dimensions batch same-shaped matrices)."""
+    """Pack a (..., rows, cols) tensor of bools (or 0/1 integers) into (..., rows * ceil(cols/8))
+    uint8 (leading dimensions batch same-shaped matrices)."""
     *lead, rows, cols = positive.shape
     bits = positive.to(torch.int32)
-    shifts = _shifts(positive.device)
-    if cols % 8 == 0:
-        planes = bits.view(*lead, rows, 8, cols // 8) << shifts.view(8, 1)
-        return planes.sum(dim=-2).to(torch.uint8).view(*lead, -1)
-    flat = bits.reshape(*lead, rows * cols)
-    pad = (-flat.shape[-1]) % 8
+    pad = (-cols) % 8
     if pad:
-        flat = torch.cat([flat, flat.new_zeros(*lead, pad)], dim=-1)
-    return (flat.view(*lead, -1, 8) << shifts).sum(dim=-1).to(torch.uint8)
+        bits = torch.nn.functional.pad(bits, (0, pad))
+    planes = bits.view(*lead, rows, 8, row_bytes(cols)) << _shifts(positive.device)
+    return planes.sum(dim=-2).to(torch.uint8).view(*lead, -1)
 
 
 def unpack_bits(packed: Tensor, rows: int, cols: int) -> Tensor:
     """Inverse of :func:`pack_signs` as a (..., rows, cols) int32 tensor of 0/1."""
     lead = packed.shape[:-1]
-    bytes_ = packed.to(torch.int32)
-    shifts = _shifts(packed.device)
-    if cols % 8 == 0:
-        return ((bytes_.view(*lead, rows, 1, cols // 8) >> shifts.view(8, 1)) & 1).view(*lead, rows, cols)
-    bits = (bytes_.unsqueeze(-1) >> shifts) & 1
-    return bits.view(*lead, -1)[..., : rows * cols].view(*lead, rows, cols)
+    width = row_bytes(cols)
+    bytes_ = packed.to(torch.int32).view(*lead, rows, 1, width)
+    bits = ((bytes_ >> _shifts(packed.device)) & 1).view(*lead, rows, 8 * width)
+    return bits if cols == 8 * width else bits[..., :cols]
 
 
 def unpack_signs(packed: Tensor, rows: int, cols: int) -> Tensor:
     """Inverse of :func:`pack_signs` as a (..., rows, cols) bool tensor."""
     return unpack_bits(packed, rows, cols).bool()
+
+
+def from_flat_layout(packed: Tensor, rows: int, cols: int) -> Tensor:
+    """Format-1 packed signs (flat row-major, eight consecutive elements per byte, least significant
+    bit first) repacked in this module's layout; a no-op copy when cols % 8 == 0."""
+    if cols % 8 == 0:
+        return packed.clone()
+    bits = (packed.to(torch.int32).unsqueeze(-1) >> torch.arange(8, device=packed.device, dtype=torch.int32)) & 1
+    return pack_signs(bits.view(-1)[: rows * cols].view(rows, cols))

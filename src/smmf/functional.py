@@ -1,0 +1,173 @@
+"""The public functional SMMF step, as ``torch.optim.adamw.adamw`` is to ``AdamW``.
+
+:func:`smmf` updates parameters and their states in place given gradients and hyperparameters; the
+``SMMF`` class only does bookkeeping (param groups, state creation, state dicts) and calls it, so other
+trainers can use the step without the class. States come from :func:`smmf.state_format.init_state`
+and :func:`smmf.state_format.ensure_momentum`. Tensors are grouped into buckets (device, parameter
+dtype, gradient dtype), and each bucket goes to one backend:
+
+* ``"triton"``: :mod:`smmf.triton_backend`, two kernel launches per bucket, any number of tensors.
+* ``"inductor"``: :mod:`smmf.torch_backend` compiled with ``torch.compile``.
+* ``"eager"``: the same torch code, uncompiled.
+* ``"auto"``: Triton on CUDA, inductor on CPU where a C++ compiler exists, eager elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import kernels, torch_backend, triton_backend
+from .state_format import factor_dtype
+
+__all__ = ["BACKENDS", "StepCache", "resolve_backend", "hyperparameter_values", "smmf"]
+
+BACKENDS = ("auto", "triton", "inductor", "eager")
+Item = tuple[Tensor, Tensor, dict[str, Any]]
+
+
+@dataclass
+class StepCache:
+    """What a step keeps for the next one (never saved): hyperparameter tensors per (device, dtype),
+    Triton plans per bucket, and ``state_epoch``, which the caller bumps whenever it creates or replaces
+    state tensors so that plans holding their addresses are rebuilt."""
+
+    hyperparameters: dict[tuple[Any, ...], tuple[tuple[float, ...], Tensor]] = field(default_factory=dict)
+    plans: dict[tuple[Any, ...], triton_backend.Plan] = field(default_factory=dict)
+    state_epoch: int = 0
+
+
+def resolve_backend(backend: str, fused: bool | None, device: torch.device) -> str:
+    """The backend that runs tensors on ``device``; raises ValueError naming the argument when the
+    requested one cannot run there. ``fused=False`` means eager and ``fused=True`` compiled."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Invalid backend: {backend!r} (expected one of {BACKENDS})")
+    if backend == "triton" and not triton_backend.available(device):
+        raise ValueError(
+            f"Invalid backend: 'triton' cannot run on {device.type} tensors here (it needs Triton and a CUDA "
+            "device, or TRITON_INTERPRET=1 for CPU tensors)"
+        )
+    if backend != "auto":
+        return backend
+    if fused is False:
+        return "eager"
+    if device.type == "cuda" and triton_backend.available(device):
+        return "triton"
+    if torch_backend.compiler_available(device.type):
+        return "inductor"
+    return "eager"
+
+
+def hyperparameter_values(
+    lr: float | Tensor,
+    beta: float | None,
+    eps: float,
+    weight_decay: float,
+    decay_rate: float,
+    growth_rate: float | None,
+    weight_decay_mode: str,
+    maximize: bool,
+) -> tuple[float, ...]:
+    """The hyperparameter tensor's values (layout of :mod:`smmf.kernels`; a tensor lr's slot is 0)."""
+    decoupled = weight_decay_mode == "adamw"
+    values = [0.0] * kernels.HP_SIZE
+    values[kernels.HP_LR] = 0.0 if isinstance(lr, Tensor) else float(lr)
+    values[kernels.HP_BETA] = 0.0 if beta is None else float(beta)
+    values[kernels.HP_GROWTH] = 0.0 if growth_rate is None else float(growth_rate)
+    values[kernels.HP_DECAY] = float(decay_rate)
+    values[kernels.HP_EPS] = float(eps)
+    values[kernels.HP_WD_DECOUPLED] = float(weight_decay) if decoupled else 0.0
+    values[kernels.HP_WD_COUPLED] = 0.0 if decoupled else float(weight_decay)
+    values[kernels.HP_SIGN] = -1.0 if maximize else 1.0
+    return tuple(values)
+
+
+def _device_hyperparameters(cache: StepCache, values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The hyperparameter tensor on ``device``, kept between steps: made once, then only the slots
+    whose value changed are filled (a scalar fill, no host-to-device copy, nothing when unchanged)."""
+    key = (device, dtype)
+    cached = cache.hyperparameters.get(key)
+    if cached is None:
+        hp = torch.tensor(values, dtype=dtype, device=device)
+    else:
+        old, hp = cached
+        for slot, (before, now) in enumerate(zip(old, values)):
+            if before != now:
+                hp[slot].fill_(now)
+    cache.hyperparameters[key] = (values, hp)
+    return hp
+
+
+def _lr_reference(lr: float | Tensor, hp: Tensor, backend: str) -> Tensor:
+    """Where the kernels read lr: a tensor lr on the parameters' device directly under Triton (so a
+    CUDA graph replays with its current value), else the hyperparameter tensor's slot."""
+    if isinstance(lr, Tensor):
+        if backend == "triton" and lr.device == hp.device:
+            return lr.reshape(1)
+        hp[kernels.HP_LR].copy_(lr.reshape(()))
+    return hp[kernels.HP_LR : kernels.HP_LR + 1]
+
+
+def _buckets(params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[Item]]:
+    buckets: dict[tuple[Any, ...], list[Item]] = {}
+    for p, g, state in zip(params, grads, states):
+        buckets.setdefault((p.device, p.dtype, g.dtype), []).append((p, g, state))
+    return buckets
+
+
+def smmf(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    *,
+    lr: float | Tensor,
+    beta: float | None,
+    eps: float,
+    weight_decay: float,
+    decay_rate: float,
+    growth_rate: float | None,
+    weight_decay_mode: str = "adamw",
+    maximize: bool = False,
+    backend: str = "auto",
+    fused: bool | None = None,
+    block_size: int | None = None,
+    cache: StepCache | None = None,
+) -> None:
+    """One SMMF step for plain (local, real) tensors: ``params[i]`` is updated with ``grads[i]`` and
+    ``states[i]`` in place, and every state's ``step`` advances by one. ``cache`` carries device
+    hyperparameters and Triton plans from step to step (pass the same one each step)."""
+    cache = StepCache() if cache is None else cache
+    values = hyperparameter_values(lr, beta, eps, weight_decay, decay_rate, growth_rate, weight_decay_mode, maximize)
+    for (device, p_dtype, g_dtype), items in _buckets(params, grads, states).items():
+        chosen = resolve_backend(backend, fused, device)
+        hp = _device_hyperparameters(cache, values, device, factor_dtype(items[0][0]))
+        lr_ref = _lr_reference(lr, hp, chosen)
+        if chosen == "triton":
+            items = _triton_bucket(items, (device, p_dtype, g_dtype), hp, lr_ref, beta is not None, cache)
+            chosen = "inductor" if torch_backend.compiler_available(device.type) else "eager"
+            if items and isinstance(lr, Tensor):
+                hp[kernels.HP_LR].copy_(lr.reshape(()))
+        if items:
+            torch_backend.step(items, hp, block_size, compiled=chosen == "inductor")
+
+
+def _triton_bucket(
+    items: list[Item], bucket: tuple[Any, ...], hp: Tensor, lr: Tensor, has_m: bool, cache: StepCache
+) -> list[Item]:
+    """Step the contiguous tensors of a bucket with Triton; returns the others (a channels-last
+    weight, say), which the caller steps with the torch backend."""
+    ready = [item for item in items if item[0].is_contiguous() and item[1].is_contiguous()]
+    rest = [item for item in items if not (item[0].is_contiguous() and item[1].is_contiguous())]
+    if ready:
+        key = triton_backend.plan_key(ready, cache.state_epoch)
+        plan = cache.plans.get(bucket)
+        if plan is None or plan.key != key:
+            signs = [state["sign"] for _, _, state in ready if "sign" in state]
+            packed = not signs or signs[0].dtype == torch.uint8
+            plan = triton_backend.build_plan(ready, key, hp.dtype, has_m, packed)
+            cache.plans[bucket] = plan
+        triton_backend.step(plan, bucket[1], bucket[2], hp, lr)
+    return rest

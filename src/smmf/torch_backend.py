@@ -1,0 +1,201 @@
+"""The torch backends: the step as torch tensor code, compiled by inductor or run eagerly.
+
+A bucket's step counters and schedules advance together; then same-shaped small tensors are stacked
+and stepped a batch per kernel call, and large ones row block by row block (``block_size`` bounds a
+step's temporary memory). Each call is one function of :mod:`smmf.kernels`, compiled with
+``torch.compile(fullgraph=True)`` (backend "inductor") or run as is ("eager").
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import kernels
+from .matricization import square_matricize
+from .signpack import row_bytes
+from .state_format import sign_as_bytes
+
+__all__ = ["compiler_available", "step"]
+
+Item = tuple[Tensor, Tensor, dict[str, Any]]
+
+_CPU_BLOCK_SIZE = 1 << 19
+# On GPUs a block is also at least this fraction of the bucket's largest tensor (see _block_size).
+_GPU_BLOCK_FRACTION = 16
+# A batch of small tensors holds at most block_size / this many elements: its stacked copies are extra
+# memory, and past ~10^5 elements a kernel call's overhead is already small next to its work.
+_BATCH_FRACTION = 4
+# Tensors at least this large get a kernel specialised to their column count (see kernels.compiled).
+_WIDE_NUMEL = 1 << 16
+# A factorized tensor's state, in the order the batched step stacks it.
+_FACTOR_KEYS = ("sign", "row_m", "col_m", "row_v", "col_v")
+
+
+def _whole_step(p: Tensor, g: Tensor, state: dict[str, Any], hp: Tensor, sched: Tensor, fused: bool) -> None:
+    """One kernel call for a whole (n, m) tensor, or a (B, n, m) batch with its state stacked the same
+    way: ``state`` maps the factorized state keys to tensors shaped to match ``p``."""
+    sign, packed = sign_as_bytes(state.get("sign"))
+    row_m, col_m, row_v, col_v = state.get("row_m"), state.get("col_m"), state["row_v"], state["col_v"]
+    wide = fused and p.shape[-2] * p.shape[-1] >= _WIDE_NUMEL
+    if wide:
+        kernels.mark_block((sign, row_m, row_v), (p, g, col_m, col_v))
+    fn = kernels.compiled(kernels.factored_step, wide) if fused else kernels.factored_step
+    fn(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed)
+
+
+def _block_size(requested: int | None, device: torch.device, items: list[Item]) -> int:
+    """The group's ``block_size``, or the automatic one: 2^19 elements (the fused kernel's passes stay
+    in a CPU's cache), and on GPUs at least 1/16 of the largest tensor, since there each block costs
+    kernel launches while a block's temporaries (about two fp32 copies of it) stay at 1/8 of that
+    tensor, under the quarter that the memory bound allows."""
+    if requested is not None:
+        return requested
+    if device.type == "cpu" or not items:
+        return _CPU_BLOCK_SIZE
+    return max(_CPU_BLOCK_SIZE, max(p.numel() for p, _, _ in items) // _GPU_BLOCK_FRACTION)
+
+
+def _plan(items: list[Item], block_size: int) -> tuple[list[list[int]], list[int]]:
+    """Split a bucket into batches (indices of same-shaped factorized tensors, two or more, with at
+    most ``block_size / _BATCH_FRACTION`` elements together) and singles (everything else, stepped
+    one tensor at a time)."""
+    budget = block_size // _BATCH_FRACTION
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    singles = []
+    for i, (p, grad, state) in enumerate(items):
+        numel = p.numel()
+        if "row_v" not in state or numel == 0 or 2 * numel > budget or not p.is_contiguous():
+            singles.append(i)
+            continue
+        sign = state.get("sign")
+        key = (square_matricize(numel), p.dtype, grad.dtype, None if sign is None else sign.dtype)
+        groups.setdefault(key, []).append(i)
+    batches = []
+    for key, members in groups.items():
+        n, m = key[0]
+        per_batch = budget // (n * m)
+        for start in range(0, len(members), per_batch):
+            chunk = members[start : start + per_batch]
+            if len(chunk) > 1:
+                batches.append(chunk)
+            else:
+                singles.extend(chunk)
+    return batches, singles
+
+
+@functools.cache
+def compiler_available(device_type: str) -> bool:
+    """torch.compile can fuse the step here: CUDA, or a CPU with a C++ compiler for inductor."""
+    if device_type == "cuda":
+        return True
+    if device_type != "cpu":
+        return False
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception:  # no compiler found: inductor cannot build CPU kernels
+        return False
+    return True
+
+
+def step(items: list[Item], hp: Tensor, block_size: int | None, compiled: bool) -> None:
+    """Advance step counters and schedules for all tensors of a bucket at once, then update same-shaped
+    small tensors a batch per kernel call and the rest one by one; ``hp`` holds the hyperparameters
+    (:mod:`smmf.kernels` layout) and ``compiled`` picks inductor over eager."""
+    block_size = _block_size(block_size, items[0][0].device, items)
+    batches, singles = _plan(items, block_size)
+    items = [items[i] for batch in batches for i in batch] + [items[i] for i in singles]
+    steps = [state["step"] for _, _, state in items]
+    torch._foreach_add_(steps, 1)
+    # detach(): rows are aliases without a view base, so that dynamo does not guard on the base's shape
+    scheds = kernels.schedules(hp, torch.stack(steps)).detach()
+    fused = compiled
+    start = 0
+    for batch in batches:
+        stop = start + len(batch)
+        _factored_batch(items[start:stop], hp, scheds[start:stop], fused)
+        start = stop
+    for i in range(start, len(items)):
+        p, grad, state = items[i]
+        if p.numel() == 0:
+            continue
+        sched = scheds[i]
+        work = p if p.is_contiguous() else p.contiguous()
+        grad = grad.contiguous()
+        if "row_v" in state:
+            _factored_step(work, grad, state, block_size, hp, sched, fused)
+        else:
+            exp_avg = state.get("exp_avg")
+            fn = kernels.compiled(kernels.dense_step) if fused else kernels.dense_step
+            fn(
+                work.view(-1).detach(),
+                grad.view(-1).detach(),
+                None if exp_avg is None else exp_avg.view(-1).detach(),
+                state["exp_avg_sq"].view(-1).detach(),
+                hp,
+                sched,
+            )
+        if work is not p:
+            p.copy_(work)
+
+
+def _factored_batch(
+    items: list[Item], hp: Tensor, sched: Tensor, fused: bool
+) -> None:
+    """Update B same-shaped factorized tensors in one kernel call: stack them, step the (B, n, m)
+    batch, and copy every result back with one foreach call. Small tensors are where per-call
+    overhead (Python, guards, kernel launches) outweighs the arithmetic, on GPUs most of all."""
+    n, m = square_matricize(items[0][0].numel())
+    keys = [key for key in _FACTOR_KEYS if key in items[0][2]]
+    views = [p.view(n, m) for p, _, _ in items]
+    p_b = torch.stack(views)
+    g_b = torch.stack([g.reshape(n, m) for _, g, _ in items])
+    state_b = {key: torch.stack([state[key] for _, _, state in items]) for key in keys}
+    _whole_step(p_b, g_b, state_b, hp, sched, fused)
+    targets = views + [state[key] for key in keys for _, _, state in items]
+    results = list(p_b.unbind()) + [row for key in keys for row in state_b[key].unbind()]
+    torch._foreach_copy_(targets, results)
+
+
+def _factored_step(
+    p: Tensor, grad: Tensor, state: dict[str, Any], block_size: int, hp: Tensor, sched: Tensor, fused: bool
+) -> None:
+    """Update one factorized tensor: in one kernel call if it fits a block, else row block by row block."""
+    n, m = square_matricize(p.numel())
+    pv, gv = p.view(n, m).detach(), grad.view(n, m).detach()
+    if n * m <= block_size:
+        _whole_step(pv, gv, state, hp, sched, fused)
+        return
+    sign, packed = sign_as_bytes(state.get("sign"))
+    row_m, col_m = state.get("row_m"), state.get("col_m")
+    row_v, col_v = state["row_v"], state["col_v"]
+    wide = fused and n * m >= _WIDE_NUMEL
+    rows = max(8, block_size // m // 8 * 8)  # a multiple of 8 rows, as wide graphs were compiled for
+    width = row_bytes(m)
+    block_fn = kernels.compiled(kernels.factored_block_step, wide) if fused else kernels.factored_block_step
+    sum_m: Tensor | None = None
+    sum_v: Tensor | None = None
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        # detach(): aliases without a view base, so that dynamo does not guard on the base's shape
+        p_blk, g_blk, row_v_blk = pv[start:stop].detach(), gv[start:stop].detach(), row_v[start:stop].detach()
+        row_m_blk = None if row_m is None else row_m[start:stop].detach()
+        sign_blk = None
+        if sign is not None:
+            sign_blk = (sign[start * width : stop * width] if packed else sign[start * m : stop * m]).detach()
+        if wide:
+            kernels.mark_block((sign_blk, row_m_blk, row_v_blk), (p_blk, g_blk, col_m, col_v))
+        part_m, part_v = block_fn(p_blk, g_blk, sign_blk, row_m_blk, col_m, row_v_blk, col_v, hp, sched, packed)
+        sum_v = part_v if sum_v is None else sum_v + part_v
+        if part_m is not None:
+            sum_m = part_m if sum_m is None else sum_m + part_m
+    norm = kernels.compiled(kernels.normalize_columns) if fused else kernels.normalize_columns
+    if sum_v is not None:
+        norm(col_v, sum_v)
+    if sum_m is not None and col_m is not None:
+        norm(col_m, sum_m)

@@ -1,0 +1,195 @@
+"""The Triton backend: every tensor of a bucket stepped in two kernel launches.
+
+A bucket is one param group's tensors of one device, parameter dtype and gradient dtype. Its
+:class:`Plan` (the device table of addresses and shapes, the tile map, the tiling) is built once and
+reused while the same tensors have gradients at the same addresses, so a step costs the two launches
+of :mod:`smmf.triton_kernels`, plus one small fill when a hyperparameter changed, with no host sync
+and no host-to-device copy: ``optimizer.step()`` can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .matricization import square_matricize
+from .signpack import row_bytes
+
+__all__ = ["available", "Plan", "plan_key", "build_plan", "step"]
+
+# A sub-block is BLOCK_R rows by 8 * BLOCK_J columns (2048 elements); a tile is a whole number of them.
+BLOCK_R = 16
+BLOCK_J = 16
+_REDUCE_BLOCK = 1024
+# The extra memory of a step (scratch and tile map) stays within this fraction of the largest
+# parameter, or _MIN_SCRATCH_BYTES for models of tiny tensors.
+SCRATCH_FRACTION = 0.25
+_MIN_SCRATCH_BYTES = 1 << 20
+
+Item = tuple[Tensor, Tensor, dict[str, Any]]
+
+
+def available(device: torch.device) -> bool:
+    """Whether Triton can run the step for tensors on ``device``: CUDA with Triton installed, or CPU
+    tensors under Triton's interpreter (``TRITON_INTERPRET=1``, for tests)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the kernels need beyond the hyperparameters: built once per set of tensors."""
+
+    key: tuple[Any, ...]
+    table: Tensor  # (tensors, TABLE_COLS) int64 on the device
+    tile_map: Tensor  # (tiles,) int32: the tensor each tile belongs to
+    tile_rows: int
+    tile_bytes: int
+    scratch_numel: int
+    has_m: bool
+    packed: bool
+
+
+def plan_key(items: list[Item], state_epoch: int) -> tuple[Any, ...]:
+    """What a plan depends on: the parameters' and gradients' addresses and the optimizer's state
+    epoch (bumped whenever state tensors are created or replaced)."""
+    return (state_epoch, tuple((p.data_ptr(), g.data_ptr()) for p, g, _ in items))
+
+
+def _tensor_shape(p: Tensor, state: dict[str, Any]) -> tuple[int, int, int, bool]:
+    """(n, m, bytes per sign row, dense) of a tensor as the kernels see it."""
+    n, m = square_matricize(p.numel())
+    return n, m, row_bytes(m), "row_v" not in state
+
+
+def _counts(shape: tuple[int, int, int, bool], tile_rows: int, tile_bytes: int) -> tuple[int, int]:
+    n, _, width, _ = shape
+    return math.ceil(n / tile_rows), math.ceil(width / tile_bytes)
+
+
+def _extra_numel(shapes: list[tuple[int, int, int, bool]], tile_rows: int, tile_bytes: int, moments: int) -> tuple[int, int]:
+    """(scratch elements, tiles) of a tiling."""
+    scratch = tiles = 0
+    for shape in shapes:
+        row_tiles, col_tiles = _counts(shape, tile_rows, tile_bytes)
+        tiles += row_tiles * col_tiles
+        if not shape[3]:
+            scratch += moments * (shape[0] * col_tiles + shape[1] * row_tiles)
+    return scratch, tiles
+
+
+def _tiling(shapes: list[tuple[int, int, int, bool]], moments: int, acc_bytes: int, budget: int) -> tuple[int, int]:
+    """The smallest tiles (most parallelism) whose scratch and tile map fit ``budget`` bytes: tiles
+    grow, rows first (column sums cost m per row tile, row sums n per column tile of 8 columns a byte),
+    until they fit or cover every tensor whole."""
+    tile_rows, tile_bytes = BLOCK_R, BLOCK_J
+    max_rows = max((s[0] for s in shapes), default=1)
+    max_bytes = max((s[2] for s in shapes), default=1)
+    while True:
+        scratch, tiles = _extra_numel(shapes, tile_rows, tile_bytes, moments)
+        if scratch * acc_bytes + 4 * tiles <= budget:
+            return tile_rows, tile_bytes
+        grow_rows = tile_rows < max_rows and (tile_rows <= 8 * tile_bytes or tile_bytes >= max_bytes)
+        if grow_rows:
+            tile_rows *= 2
+        elif tile_bytes < max_bytes:
+            tile_bytes *= 2
+        else:
+            return tile_rows, tile_bytes
+
+
+def build_plan(items: list[Item], key: tuple[Any, ...], acc_dtype: torch.dtype, has_m: bool, packed: bool) -> Plan:
+    """The table, tile map and tiling for ``items`` (all on one device)."""
+    from . import triton_kernels as tk
+
+    device = items[0][0].device
+    shapes = [_tensor_shape(p, state) for p, _, state in items]
+    acc_bytes = torch.finfo(acc_dtype).bits // 8
+    largest = max(p.numel() * p.element_size() for p, _, _ in items)
+    budget = max(int(SCRATCH_FRACTION * largest), _MIN_SCRATCH_BYTES)
+    moments = 2 if has_m else 1
+    tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget)
+    rows, tile_owner = [], []
+    scratch = 0
+    for index, ((p, g, state), shape) in enumerate(zip(items, shapes)):
+        n, m, width, dense = shape
+        row_tiles, col_tiles = _counts(shape, tile_rows, tile_bytes)
+        entry = [0] * int(tk.TABLE_COLS)
+        entry[tk.COL_TILE0] = len(tile_owner)
+        tile_owner.extend([index] * (row_tiles * col_tiles))
+        entry[tk.COL_P], entry[tk.COL_G], entry[tk.COL_STEP] = p.data_ptr(), g.data_ptr(), state["step"].data_ptr()
+        entry[tk.COL_N], entry[tk.COL_M], entry[tk.COL_B] = n, m, width
+        entry[tk.COL_COL_TILES], entry[tk.COL_ROW_TILES], entry[tk.COL_DENSE] = col_tiles, row_tiles, int(dense)
+        _state_addresses(entry, state, fallback=p.data_ptr())
+        if not dense:
+            entry[tk.COL_ROW_PART] = scratch
+            scratch += moments * n * col_tiles
+            entry[tk.COL_COL_PART] = scratch
+            scratch += moments * m * row_tiles
+        rows.append(entry)
+    return Plan(
+        key=key,
+        table=torch.tensor(rows, dtype=torch.int64).to(device),
+        tile_map=torch.tensor(tile_owner, dtype=torch.int32).to(device),
+        tile_rows=tile_rows,
+        tile_bytes=tile_bytes,
+        scratch_numel=scratch,
+        has_m=has_m,
+        packed=packed,
+    )
+
+
+def _state_addresses(entry: list[int], state: dict[str, Any], fallback: int) -> None:
+    """Fill the state columns; a column a tensor does not use gets a valid address its loads never touch."""
+    from . import triton_kernels as tk
+
+    columns = {
+        "sign": tk.COL_SIGN,
+        "row_m": tk.COL_ROW_M,
+        "col_m": tk.COL_COL_M,
+        "row_v": tk.COL_ROW_V,
+        "col_v": tk.COL_COL_V,
+        "exp_avg": tk.COL_EXP_AVG,
+        "exp_avg_sq": tk.COL_EXP_AVG_SQ,
+    }
+    for key, col in columns.items():
+        value = state.get(key)
+        entry[col] = fallback if value is None or value.numel() == 0 else value.data_ptr()
+
+
+def _triton_dtype(dtype: torch.dtype) -> Any:
+    import triton.language as tl
+
+    return {
+        torch.float32: tl.float32,
+        torch.float64: tl.float64,
+        torch.bfloat16: tl.bfloat16,
+        torch.float16: tl.float16,
+    }[dtype]
+
+
+def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr: Tensor) -> None:
+    """Both passes for a bucket: ``hp`` is the hyperparameter tensor (factor dtype, on the device) and
+    ``lr`` a one-element device tensor (the group's own tensor lr, or a slot of ``hp``)."""
+    from . import triton_kernels as tk
+
+    acc = _triton_dtype(hp.dtype)
+    scratch = torch.empty(max(plan.scratch_numel, 1), dtype=hp.dtype, device=hp.device)
+    tiles = plan.tile_map.numel()
+    if tiles:
+        tk.step_tiles[(tiles,)](
+            plan.table, plan.tile_map, hp, lr, scratch, plan.tile_rows, plan.tile_bytes,
+            P_DT=_triton_dtype(p_dtype), G_DT=_triton_dtype(g_dtype), ACC=acc,
+            HAS_M=plan.has_m, PACKED=plan.packed, BLOCK_R=BLOCK_R, BLOCK_J=BLOCK_J,
+        )
+    tk.reduce_factors[(plan.table.shape[0], 2)](plan.table, scratch, ACC=acc, HAS_M=plan.has_m, BLOCK=_REDUCE_BLOCK)

@@ -1,0 +1,258 @@
+"""Triton kernels of the multi-tensor SMMF step: two launches update every tensor of a bucket.
+
+A bucket's tensors are described by a device table (:mod:`smmf.triton_backend` builds it), one int64
+row per tensor holding the addresses of its parameter, gradient, sign, factors and step counter, its
+(n, m) view and where its tiles and scratch slots start. Launches never depend on the tensor count:
+
+* :func:`step_tiles` (pass 1), one program per tile of ``tile_rows`` rows by ``tile_bytes`` sign bytes
+  (8 columns each) of some tensor: reads the old factors and signs once, computes the moments and the
+  update, writes the parameter and the new signs, and writes this tile's row and column sums of |M|
+  and V into its own scratch slots.
+* :func:`reduce_factors` (pass 2), two programs per tensor: sums the slots in a fixed order into the
+  new row and column factors (columns normalized to sum 1) and advances the step counter.
+
+No atomics, so runs are bitwise reproducible; factors change only in pass 2, after every tile has read
+the old ones. Tiles follow the sign layout of :mod:`smmf.signpack`: a tile of whole sign bytes covers
+columns ``k*B + j`` for planes k = 0..7, loaded as a (rows, 8, bytes) block, so packing a sign byte is
+a sum over the plane axis and no two tiles share a byte.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from . import kernels
+
+# Columns of the tensor table (int64), as constexprs so that kernels can read them as globals.
+TABLE_COLUMNS = (
+    "p", "g", "sign", "row_m", "col_m", "row_v", "col_v", "exp_avg", "exp_avg_sq", "step",
+    "n", "m", "row_bytes", "first_tile", "col_tiles", "row_tiles", "row_part", "col_part", "dense",
+)  # fmt: skip
+(
+    COL_P, COL_G, COL_SIGN, COL_ROW_M, COL_COL_M, COL_ROW_V, COL_COL_V, COL_EXP_AVG, COL_EXP_AVG_SQ, COL_STEP,
+    COL_N, COL_M, COL_B, COL_TILE0, COL_COL_TILES, COL_ROW_TILES, COL_ROW_PART, COL_COL_PART, COL_DENSE,
+) = (tl.constexpr(i) for i in range(len(TABLE_COLUMNS)))  # fmt: skip
+TABLE_COLS = tl.constexpr(len(TABLE_COLUMNS))
+# Slots of the hyperparameter tensor (the layout of smmf.kernels).
+_HP_BETA, _HP_GROWTH, _HP_DECAY, _HP_EPS, _HP_WD_DECOUPLED, _HP_WD_COUPLED, _HP_SIGN = (
+    tl.constexpr(i)
+    for i in (kernels.HP_BETA, kernels.HP_GROWTH, kernels.HP_DECAY, kernels.HP_EPS,
+              kernels.HP_WD_DECOUPLED, kernels.HP_WD_COUPLED, kernels.HP_SIGN)
+)  # fmt: skip
+
+
+@triton.jit
+def _ptr(row, col: tl.constexpr, dtype: tl.constexpr):
+    return tl.load(row + col).to(tl.pointer_type(dtype))
+
+
+@triton.jit
+def _schedules(step_ptr, hp, ACC: tl.constexpr):
+    """beta1_t = beta * growth^(t-1) and beta2_t = 1 - t^decay for t = stored step + 1, in float64."""
+    t = tl.load(step_ptr).to(tl.float64) + 1.0
+    beta = tl.load(hp + _HP_BETA).to(tl.float64)
+    growth = tl.load(hp + _HP_GROWTH).to(tl.float64)
+    decay = tl.load(hp + _HP_DECAY).to(tl.float64)
+    log_growth = tl.log(tl.where(growth > 0, growth, 1.0))
+    growth_pow = tl.where(t == 1.0, 1.0, tl.where(growth > 0, tl.exp((t - 1.0) * log_growth), 0.0))
+    beta2 = 1.0 - tl.exp(decay * tl.log(t))
+    return (beta * growth_pow).to(ACC), beta2.to(ACC)
+
+
+@triton.jit
+def step_tiles(
+    table,
+    tile_map,
+    hp,
+    lr_ptr,
+    scratch,
+    tile_rows,
+    tile_bytes,
+    P_DT: tl.constexpr,
+    G_DT: tl.constexpr,
+    ACC: tl.constexpr,
+    HAS_M: tl.constexpr,
+    PACKED: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+):
+    """Pass 1 for one tile; ``hp`` holds the hyperparameters in the layout of :mod:`smmf.kernels`."""
+    tile = tl.program_id(0)
+    row = table + tl.load(tile_map + tile).to(tl.int64) * TABLE_COLS
+    n = tl.load(row + COL_N)
+    m = tl.load(row + COL_M)
+    width = tl.load(row + COL_B)
+    col_tiles = tl.load(row + COL_COL_TILES)
+    dense = tl.load(row + COL_DENSE) != 0
+    local = tile - tl.load(row + COL_TILE0)
+    row_tile = local // col_tiles
+    col_tile = local % col_tiles
+    r_start = row_tile * tile_rows
+    r_end = tl.minimum(n, r_start + tile_rows)
+    j_start = col_tile * tile_bytes
+    j_end = tl.minimum(width, j_start + tile_bytes)
+
+    p_ptr = _ptr(row, COL_P, P_DT)
+    g_ptr = _ptr(row, COL_G, G_DT)
+    row_v = _ptr(row, COL_ROW_V, ACC)
+    col_v = _ptr(row, COL_COL_V, ACC)
+    exp_avg_sq = _ptr(row, COL_EXP_AVG_SQ, ACC)
+    row_part = scratch + tl.load(row + COL_ROW_PART)
+    col_part = scratch + tl.load(row + COL_COL_PART)
+    beta1, beta2 = _schedules(_ptr(row, COL_STEP, tl.float32), hp, ACC)
+    lr = tl.load(lr_ptr).to(ACC)
+    eps = tl.load(hp + _HP_EPS)
+    keep = 1.0 - lr * tl.load(hp + _HP_WD_DECOUPLED)
+    wd_coupled = tl.load(hp + _HP_WD_COUPLED)
+    direction = tl.load(hp + _HP_SIGN)
+
+    rr = tl.arange(0, BLOCK_R)
+    kk = tl.arange(0, 8)
+    jj = tl.arange(0, BLOCK_J)
+    plane = kk[None, :, None]
+    for j0 in range(j_start, j_end, BLOCK_J):
+        tl.debug_barrier()  # this program's row sums of the previous column block are in scratch
+        j = j0 + jj[None, None, :]
+        col = plane * width + j
+        col_ok = (j < j_end) & (col < m)
+        col_v_old = tl.load(col_v + col, mask=col_ok & ~dense, other=0.0)
+        sum_col_v = tl.zeros((8, BLOCK_J), dtype=ACC)
+        sum_col_m = tl.zeros((8, BLOCK_J), dtype=ACC)
+        if HAS_M:
+            col_m_old = tl.load(_ptr(row, COL_COL_M, ACC) + col, mask=col_ok & ~dense, other=0.0)
+        for r0 in range(r_start, r_end, BLOCK_R):
+            r = r0 + rr[:, None, None]
+            ok = (r < r_end) & col_ok
+            offs = r * m + col
+            p = tl.load(p_ptr + offs, mask=ok, other=0.0).to(ACC)
+            g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(ACC) * direction + wd_coupled * p
+            p = p * keep
+            v_factored = tl.load(row_v + r, mask=(r < r_end) & ~dense, other=0.0) * col_v_old
+            v_old = tl.where(dense, tl.load(exp_avg_sq + offs, mask=ok & dense, other=0.0), v_factored)
+            v = beta2 * v_old + (1.0 - beta2) * (g * g)
+            denom = tl.sqrt(v) + eps
+            if HAS_M:
+                mom = _first_moment(row, r, j, offs, ok, r < r_end, col_m_old, g, beta1, dense, width, ACC, PACKED)
+            else:
+                mom = g
+            update = tl.where(denom > 0, mom / tl.where(denom > 0, denom, 1.0), 0.0)
+            tl.store(p_ptr + offs, _to_param_dtype(p - lr * update, P_DT), mask=ok)
+            tl.store(exp_avg_sq + offs, v, mask=ok & dense)
+            factored_rows = (rr + r0 < r_end) & ~dense
+            _add_row_sums(row_part, n, col_tile, r0 + rr, factored_rows, tl.sum(tl.sum(v, axis=2), axis=1), j0 > j_start)
+            sum_col_v += tl.sum(v, axis=0)
+            if HAS_M:
+                mom_abs = tl.abs(mom)
+                _add_row_sums(
+                    row_part + n * col_tiles, n, col_tile, r0 + rr, factored_rows,
+                    tl.sum(tl.sum(mom_abs, axis=2), axis=1), j0 > j_start,
+                )
+                sum_col_m += tl.sum(mom_abs, axis=0)
+        col2 = kk[:, None] * width + j0 + jj[None, :]
+        col2_ok = (j0 + jj[None, :] < j_end) & (col2 < m) & ~dense
+        tl.store(col_part + row_tile * m + col2, sum_col_v, mask=col2_ok)
+        if HAS_M:
+            rows_total = tl.load(row + COL_ROW_TILES)
+            tl.store(col_part + rows_total * m + row_tile * m + col2, sum_col_m, mask=col2_ok)
+
+
+@triton.jit
+def _to_param_dtype(x, P_DT: tl.constexpr):
+    """x in the parameter's dtype, rounded to nearest even. bf16 is rounded by hand: Triton's
+    interpreter truncates on that cast, and the result is then exact in every mode."""
+    if P_DT == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = tl.where(x != x, x, rounded.to(tl.float32, bitcast=True))
+    return x.to(P_DT)
+
+
+@triton.jit
+def _first_moment(row, r, j, offs, ok, row_ok, col_m_old, g, beta1, dense, width, ACC: tl.constexpr, PACKED: tl.constexpr):
+    """The new first moment of a block: from the old signs and factors (or the dense exp_avg), and the
+    new signs stored (exact zeros count as negative, as in the reference)."""
+    sign = _ptr(row, COL_SIGN, tl.uint8)
+    exp_avg = _ptr(row, COL_EXP_AVG, ACC)
+    factored = ok & ~dense
+    if PACKED:
+        byte_off = r * width + j
+        byte_ok = row_ok & (j < width) & ~dense
+        bits = (tl.load(sign + byte_off, mask=byte_ok, other=0).to(tl.int32) >> tl.arange(0, 8)[None, :, None]) & 1
+    else:
+        bits = tl.load(sign + offs, mask=factored, other=0).to(tl.int32)
+    m_hat = (bits * 2 - 1).to(ACC) * tl.load(_ptr(row, COL_ROW_M, ACC) + r, mask=row_ok & ~dense, other=0.0) * col_m_old
+    m_old = tl.where(dense, tl.load(exp_avg + offs, mask=ok & dense, other=0.0), m_hat)
+    mom = beta1 * m_old + (1.0 - beta1) * g
+    positive = (mom > 0).to(tl.int32)
+    if PACKED:
+        packed = tl.sum(positive << tl.arange(0, 8)[None, :, None], axis=1)
+        tl.store(sign + byte_off, tl.expand_dims(packed, 1).to(tl.uint8), mask=byte_ok)
+    else:
+        tl.store(sign + offs, positive.to(tl.uint8), mask=factored)
+    tl.store(exp_avg + offs, mom, mask=ok & dense)
+    return mom
+
+
+@triton.jit
+def _add_row_sums(part, n, slot, rows, ok, sums, accumulate):
+    """Write (first column block of a tile) or add (later ones) row sums into this tile's slot."""
+    addr = part + slot * n + rows
+    previous = tl.load(addr, mask=ok & accumulate, other=0.0)
+    tl.store(addr, previous + sums, mask=ok)
+
+
+@triton.jit
+def reduce_factors(table, scratch, ACC: tl.constexpr, HAS_M: tl.constexpr, BLOCK: tl.constexpr):
+    """Pass 2: program (t, 0) writes tensor t's row factors and advances its step; (t, 1) its columns."""
+    row = table + tl.program_id(0).to(tl.int64) * TABLE_COLS
+    n = tl.load(row + COL_N)
+    m = tl.load(row + COL_M)
+    factored = tl.load(row + COL_DENSE) == 0
+    if tl.program_id(1) == 0:
+        step = _ptr(row, COL_STEP, tl.float32)
+        tl.store(step, tl.load(step) + 1.0)
+        if factored:
+            row_part = scratch + tl.load(row + COL_ROW_PART)
+            col_tiles = tl.load(row + COL_COL_TILES)
+            _sum_slots(row_part, col_tiles, n, _ptr(row, COL_ROW_V, ACC), ACC, BLOCK)
+            if HAS_M:
+                _sum_slots(row_part + n * col_tiles, col_tiles, n, _ptr(row, COL_ROW_M, ACC), ACC, BLOCK)
+    else:
+        if factored:
+            col_part = scratch + tl.load(row + COL_COL_PART)
+            row_tiles = tl.load(row + COL_ROW_TILES)
+            _normalized_columns(col_part, row_tiles, m, _ptr(row, COL_COL_V, ACC), ACC, BLOCK)
+            if HAS_M:
+                _normalized_columns(col_part + row_tiles * m, row_tiles, m, _ptr(row, COL_COL_M, ACC), ACC, BLOCK)
+
+
+@triton.jit
+def _slot_sum(part, slots, length, idx, ACC: tl.constexpr):
+    ok = idx < length
+    acc = tl.zeros(idx.shape, dtype=ACC)
+    for s in range(0, slots):
+        acc += tl.load(part + s * length + idx, mask=ok, other=0.0)
+    return acc
+
+
+@triton.jit
+def _sum_slots(part, slots, length, out, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """out[i] = sum over slots s (in order) of part[s * length + i]."""
+    for start in range(0, length, BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        tl.store(out + idx, _slot_sum(part, slots, length, idx, ACC), mask=idx < length)
+
+
+@triton.jit
+def _normalized_columns(part, slots, length, out, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Column sums divided by their total (left as they are when the total is 0), without reading
+    back what this program wrote: the sums are formed twice, once for the total and once to store."""
+    total = tl.zeros((BLOCK,), dtype=ACC)
+    for start in range(0, length, BLOCK):
+        total += _slot_sum(part, slots, length, start + tl.arange(0, BLOCK), ACC)
+    total_sum = tl.sum(total, axis=0)
+    scale = tl.where(total_sum == 0, 1.0, total_sum)
+    for start in range(0, length, BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        tl.store(out + idx, _slot_sum(part, slots, length, idx, ACC) / scale, mask=idx < length)

@@ -1,0 +1,197 @@
+"""The Triton backend equals the eager step, on CPU tensors under Triton's interpreter (small shapes)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from golden_replay import CASES, max_relative_error, replay
+from smmf import SMMF, triton_backend
+from smmf import triton_kernels as tk
+from step_helpers import assert_format1_resume_is_exact, assert_same, run
+
+# prime (97,) -> (97, 1), zero-size, widths with and without whole sign bytes, one tensor of several tiles
+SHAPES = [(), (1,), (7,), (97,), (0,), (0, 3), (6, 5), (33, 12), (4, 1, 3), (24, 16), (250, 240)]
+
+CONFIGS = {
+    "defaults": {},
+    "8-bit": {"sign_bits": 8},
+    "no-momentum": {"beta": None, "growth_rate": None},
+    "coupled-wd-maximize": {"weight_decay": 0.1, "weight_decay_mode": "adam", "maximize": True},
+    "decoupled-wd-transformer": {"weight_decay": 0.1, "decay_rate": -0.8, "growth_rate": 0.9},
+    "dense-vectors": {"vector_reshape": False},
+    "dense-vectors-no-momentum": {"vector_reshape": False, "beta": None, "growth_rate": None},
+}
+
+
+@pytest.mark.parametrize("kwargs", CONFIGS.values(), ids=CONFIGS.keys())
+def test_triton_matches_eager(kwargs: dict[str, Any]) -> None:
+    assert_same(run(SHAPES, backend="triton", **kwargs), run(SHAPES, backend="eager", **kwargs))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_parameters_use_float32_math(dtype: torch.dtype) -> None:
+    shapes = [(64, 48), (10,), (33, 12)]
+    triton_run, eager_run = run(shapes, dtype=dtype, backend="triton"), run(shapes, dtype=dtype, backend="eager")
+    assert triton_run[1].state[triton_run[0][0]]["row_v"].dtype == torch.float32
+    assert_same(triton_run, eager_run, rtol=1e-2, atol=1e-2)
+
+
+def test_float64_parameters_use_float64_math() -> None:
+    triton_run, eager_run = run(SHAPES, dtype=torch.float64, backend="triton"), run(SHAPES, dtype=torch.float64, backend="eager")
+    assert triton_run[1].state[triton_run[0][-1]]["row_v"].dtype == torch.float64
+    assert_same(triton_run, eager_run, rtol=1e-12, atol=1e-14)
+
+
+def test_mixed_dtypes_in_one_group_each_get_their_bucket() -> None:
+    runs = []
+    for backend in ("triton", "eager"):
+        torch.manual_seed(0)
+        params = [nn.Parameter(torch.randn(20, 12)), nn.Parameter(torch.randn(9, 8).bfloat16())]
+        opt = SMMF(params, lr=0.01, backend=backend)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, 0.1 * (step + 1)) + torch.linspace(-1, 1, p.numel()).view(p.shape).to(p.dtype)
+            opt.step()
+        runs.append(params)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden_replay_through_triton_in_float64(golden: Any, case: str) -> None:
+    data, manifest = golden
+    spec = next(c for c in manifest["cases"] if c["name"] == case)
+    params, _ = replay(data, manifest, spec, lambda ps, **hp: SMMF(ps, backend="triton", **hp))
+    for i, p in enumerate(params):
+        assert max_relative_error(p, data[f"{case}/p{i}/final"]) <= 1e-9
+
+
+def test_large_tiles_loop_over_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a tight scratch budget, tiles grow past one block: both in-tile loops and the row sums
+    accumulated across column blocks run."""
+    monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)
+    monkeypatch.setattr(triton_backend, "SCRATCH_FRACTION", 0.002)
+    shapes = [(250, 240), (300, 301), (7,)]
+    triton_run = run(shapes, steps=3, backend="triton")
+    plan = next(iter(triton_run[1]._caches[0].plans.values()))
+    assert plan.tile_rows > triton_backend.BLOCK_R and plan.tile_bytes > triton_backend.BLOCK_J
+    assert_same(triton_run, run(shapes, steps=3, backend="eager"))
+
+
+def test_scratch_stays_within_a_quarter_of_the_largest_parameter() -> None:
+    _, opt = run([(250, 240), (64, 48), (33, 12)], steps=1, backend="triton")
+    plan = next(iter(opt._caches[0].plans.values()))
+    largest = 250 * 240 * 4
+    assert plan.scratch_numel * 4 + 4 * plan.tile_map.numel() <= max(0.25 * largest, triton_backend._MIN_SCRATCH_BYTES)
+
+
+def test_two_runs_are_bitwise_equal() -> None:
+    first, second = run(SHAPES, backend="triton"), run(SHAPES, backend="triton")
+    for a, b in zip(first[0], second[0]):
+        assert torch.equal(a, b)
+        for key, value in first[1].state[a].items():
+            assert torch.equal(value, second[1].state[b][key]) if isinstance(value, torch.Tensor) else True
+
+
+class _CountingKernel:
+    def __init__(self, kernel: Any, counter: list[int]) -> None:
+        self.kernel, self.counter = kernel, counter
+
+    def __getitem__(self, grid: Any) -> Any:
+        self.counter.append(1)
+        return self.kernel[grid]
+
+
+def test_two_launches_per_step_and_the_table_is_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    launches: list[int] = []
+    monkeypatch.setattr(tk, "step_tiles", _CountingKernel(tk.step_tiles, launches))
+    monkeypatch.setattr(tk, "reduce_factors", _CountingKernel(tk.reduce_factors, launches))
+    params = [nn.Parameter(torch.randn(s)) for s in [(6, 5), (33, 12), (7,), (24, 16)]]
+    opt = SMMF(params, lr=0.01, backend="triton")
+    plans = []
+    for step in range(4):
+        for p in params:  # gradients written in place keep their addresses, as the caching allocator's reuse does
+            if step == 2 and p is params[0]:
+                p.grad = None
+            elif p.grad is None:
+                p.grad = torch.randn_like(p)
+            else:
+                p.grad.copy_(torch.randn_like(p))
+        launches.clear()
+        opt.step()
+        assert len(launches) == 2
+        plans.append(next(iter(opt._caches[0].plans.values())))
+    assert plans[0] is plans[1]  # same tensors with gradients: the table is not rebuilt
+    assert plans[2] is not plans[1]  # one parameter without a gradient: a new table
+    assert plans[3] is not plans[2]  # its new gradient lives at a new address
+    assert opt.state[params[0]]["step"].item() == 3 and opt.state[params[1]]["step"].item() == 4
+
+
+def test_tensor_lr_changed_in_place_is_read_on_device() -> None:
+    shapes = [(33, 12), (7,)]
+    lr = torch.tensor(0.01)
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(s)) for s in shapes]
+    reference = [nn.Parameter(p.detach().clone()) for p in params]
+    opt, ref_opt = SMMF(params, lr=lr, backend="triton"), SMMF(reference, lr=0.01, backend="eager")
+    for step in range(3):
+        lr.fill_(0.01 / (step + 1))  # in place, as a scheduler of a captured CUDA graph would
+        ref_opt.param_groups[0]["lr"] = 0.01 / (step + 1)
+        for p, q in zip(params, reference):
+            p.grad = torch.full_like(p, 0.5) + torch.arange(p.numel()).view(p.shape) / p.numel()
+            q.grad = p.grad.clone()
+        opt.step()
+        ref_opt.step()
+    for p, q in zip(params, reference):
+        torch.testing.assert_close(p, q)
+
+
+def test_non_contiguous_parameters_fall_back_and_match_eager() -> None:
+    def make() -> list[nn.Parameter]:
+        torch.manual_seed(0)
+        return [nn.Parameter(torch.randn(8, 3, 3, 3).to(memory_format=torch.channels_last)), nn.Parameter(torch.randn(12, 5))]
+
+    results = []
+    for backend in ("triton", "eager"):
+        params = make()
+        opt = SMMF(params, lr=0.01, backend=backend)
+        for _ in range(3):
+            for p in params:
+                p.grad = (torch.arange(p.numel(), dtype=torch.float32).view(p.shape) % 7 - 3).contiguous(memory_format=torch.channels_last) if p.dim() == 4 else torch.ones_like(p)
+            opt.step()
+        results.append(params)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_format1_checkpoint_loads_and_continues_exactly() -> None:
+    assert_format1_resume_is_exact("triton")
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+def test_fsdp2_local_shards_match_eager(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dist_workers
+
+    results = {}
+    for backend in ("triton", "eager"):
+        # eps well above the attention key bias's rounding-noise gradients (~1e-10), whose updates
+        # would otherwise differ between any two backends
+        monkeypatch.setenv("SMMF_TEST_OPTIONS", json.dumps({"backend": backend, "eps": 1e-6}))
+        out = tmp_path / f"{backend}.pt"
+        args = (2, str(tmp_path / f"rdzv-{backend}"), str(out), str(tmp_path / f"dcp-{backend}"), "train")
+        mp.start_processes(dist_workers.fsdp_worker, args=args, nprocs=2, join=True, start_method="spawn")
+        results[backend] = torch.load(out)
+    for name, value in results["triton"].items():
+        torch.testing.assert_close(value, results["eager"][name], rtol=1e-5, atol=1e-5)
+
+
+def test_interpreter_is_on() -> None:
+    assert os.environ["TRITON_INTERPRET"] == "1" and triton_backend.available(torch.device("cpu"))

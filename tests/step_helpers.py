@@ -1,0 +1,87 @@
+"""Runs a few SMMF steps on random gradients and compares two runs (shared by the backend tests)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from smmf import SMMF
+from smmf.matricization import square_matricize
+from smmf.signpack import row_bytes
+
+
+def run(shapes: list[tuple[int, ...]], steps: int = 4, dtype: torch.dtype = torch.float32, **kwargs: Any) -> tuple[list[nn.Parameter], SMMF]:
+    """``steps`` steps of SMMF(lr=0.01, **kwargs) on parameters of ``shapes`` with seeded gradients."""
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(s, dtype=torch.float32).to(dtype)) for s in shapes]
+    opt = SMMF(params, **{"lr": 0.01, **kwargs})
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+        opt.step()
+    return params, opt
+
+
+def assert_same(first: tuple[list[nn.Parameter], SMMF], second: tuple[list[nn.Parameter], SMMF], rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Parameters and every state tensor equal to the tolerances; signs may differ where M is within
+    rounding of 0 (at most 1% of them)."""
+    (pf, of), (pe, oe) = first, second
+    for a, b in zip(pf, pe):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+        sa, sb = of.state[a], oe.state[b]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            if key == "sign":
+                mismatch = (sa[key] != sb[key]).float().mean().item() if sa[key].numel() else 0.0
+                assert mismatch < 0.01, (key, mismatch)
+            elif isinstance(sa[key], torch.Tensor):
+                torch.testing.assert_close(sa[key], sb[key], rtol=rtol, atol=atol)
+            else:
+                assert sa[key] == sb[key], key
+
+
+def format1_state_dict(opt: SMMF) -> dict[str, Any]:
+    """A state dict as the previous release wrote it: no ``state_format`` in its groups, and packed signs of widths
+    m % 8 != 0 flat across rows (eight consecutive row-major elements a byte)."""
+    saved = copy.deepcopy(opt.state_dict())
+    for group in saved["param_groups"]:
+        del group["state_format"]
+    for index, state in saved["state"].items():
+        sign = state.get("sign")
+        if sign is None or sign.dtype != torch.uint8:
+            continue
+        p = opt.param_groups[0]["params"][index]
+        n, m = square_matricize(p.numel())
+        if m % 8 == 0:  # whole bytes per row: format 1 already packed these by rows
+            continue
+        bits = ((sign.view(n, row_bytes(m), 1) >> torch.arange(8).view(1, 1, 8)) & 1).transpose(1, 2).reshape(n, -1)[:, :m]
+        flat = torch.nn.functional.pad(bits.reshape(-1), (0, (-n * m) % 8)).view(-1, 8)
+        state["sign"] = (flat << torch.arange(8)).sum(-1).to(torch.uint8)
+    return saved
+
+
+def assert_format1_resume_is_exact(backend: str) -> None:
+    """A run resumed from a format-1 checkpoint after 2 of 4 steps ends bitwise where the whole run does."""
+    shapes = [(33, 12), (6, 5), (97,), (24, 16)]
+    whole = run(shapes, steps=4, backend=backend)
+    first = run(shapes, steps=2, backend=backend)
+    saved = format1_state_dict(first[1])
+    assert any(s["sign"].numel() != first[1].state[p]["sign"].numel() for p, s in zip(first[0], saved["state"].values()))
+    params = [nn.Parameter(p.detach().clone()) for p in first[0]]
+    opt = SMMF(params, lr=0.01, backend=backend)
+    opt.load_state_dict(saved)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):  # replay the gradients the first two steps consumed
+        for p in params:
+            torch.randn(p.shape, generator=gen)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+    for a, b in zip(params, whole[0]):
+        assert torch.equal(a, b)
+        assert torch.equal(opt.state[a]["sign"], whole[1].state[b]["sign"])

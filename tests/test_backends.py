@@ -1,0 +1,93 @@
+"""Choosing a backend, the public functional step, and state-format conversion (no Triton kernels run
+here: those are tested under the interpreter, in tests/interpreter)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from smmf import SMMF, functional, state_format, triton_backend
+from smmf.matricization import square_matricize
+from smmf.signpack import row_bytes
+from step_helpers import assert_format1_resume_is_exact, run
+
+needs_triton = pytest.mark.skipif(not triton_backend.available(torch.device("cuda")), reason="needs the triton package")
+
+
+def test_unknown_backend_is_a_value_error_naming_it() -> None:
+    with pytest.raises(ValueError, match="backend"):
+        SMMF([nn.Parameter(torch.zeros(3))], backend="cuda")
+
+
+def test_fused_false_with_a_compiled_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="backend.*fused=False"):
+        SMMF([nn.Parameter(torch.zeros(3))], backend="inductor", fused=False)
+
+
+@needs_triton
+def test_triton_on_cpu_tensors_without_the_interpreter_names_the_backend() -> None:
+    p = nn.Parameter(torch.zeros(3))
+    opt = SMMF([p], backend="triton")
+    p.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="backend.*TRITON_INTERPRET"):
+        opt.step()
+    assert torch.equal(p, torch.zeros(3))
+
+
+def test_auto_and_fused_resolve_as_documented() -> None:
+    cpu = torch.device("cpu")
+    assert functional.resolve_backend("auto", False, cpu) == "eager"
+    assert functional.resolve_backend("eager", None, cpu) == "eager"
+    expected = "inductor" if functional.torch_backend.compiler_available("cpu") else "eager"
+    assert functional.resolve_backend("auto", None, cpu) == expected
+
+
+def test_functional_step_equals_the_class() -> None:
+    shapes = [(33, 12), (7,), (4, 1, 3)]
+    params, opt = run(shapes, steps=3, backend="eager")
+    torch.manual_seed(0)
+    mine = [torch.randn(s) for s in shapes]
+    states = [state_format.init_state(p, vector_reshape=True, sign_bits=1) for p in mine]
+    for p, state in zip(mine, states):
+        state_format.ensure_momentum(p, state, beta=0.9, sign_bits=1)
+    gen = torch.Generator().manual_seed(1)
+    cache = functional.StepCache()
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=gen) for p in mine]
+        functional.smmf(
+            mine, grads, states, lr=0.01, beta=0.9, eps=1e-8, weight_decay=0.0, decay_rate=-0.5,
+            growth_rate=0.999, backend="eager", cache=cache,
+        )  # fmt: skip
+    for a, b, state in zip(mine, params, states):
+        assert torch.equal(a, b.detach())
+        assert torch.equal(state["sign"], opt.state[b]["sign"])
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_a_format1_checkpoint_loads_and_continues_exactly(backend: str) -> None:
+    assert_format1_resume_is_exact(backend)
+
+
+def test_sign_rows_are_padded_to_whole_bytes() -> None:
+    _, opt = run([(33, 12)], steps=1, backend="eager")
+    n, m = square_matricize(33 * 12)
+    assert opt.state[opt.param_groups[0]["params"][0]]["sign"].numel() == n * row_bytes(m)
+
+
+def _llama7b_shapes() -> list[tuple[int, ...]]:
+    layer = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)] + [(4096,)] * 2
+    return [(32000, 4096)] * 2 + layer * 32 + [(4096,)]
+
+
+@pytest.mark.parametrize("bytes_per_param", [2, 4], ids=["bf16", "fp32"])
+def test_triton_tiling_keeps_a_7b_models_scratch_within_a_quarter_of_its_largest_tensor(bytes_per_param: int) -> None:
+    shapes = []
+    for shape in _llama7b_shapes():
+        n, m = square_matricize(int(torch.Size(shape).numel()))
+        shapes.append((n, m, row_bytes(m), False))
+    budget = int(triton_backend.SCRATCH_FRACTION * 32000 * 4096 * bytes_per_param)
+    rows, width = triton_backend._tiling(shapes, 2, 4, budget)
+    scratch, tiles = triton_backend._extra_numel(shapes, rows, width, 2)
+    assert scratch * 4 + 4 * tiles <= budget
+    assert tiles >= 1000  # still enough tiles to fill a GPU
