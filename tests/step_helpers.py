@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -13,7 +14,9 @@ from smmf.matricization import square_matricize
 from smmf.signpack import row_bytes
 
 
-def run(shapes: list[tuple[int, ...]], steps: int = 4, dtype: torch.dtype = torch.float32, **kwargs: Any) -> tuple[list[nn.Parameter], SMMF]:
+def run(
+    shapes: list[tuple[int, ...]], steps: int = 4, dtype: torch.dtype = torch.float32, **kwargs: Any
+) -> tuple[list[nn.Parameter], SMMF]:
     """``steps`` steps of SMMF(lr=0.01, **kwargs) on parameters of ``shapes`` with seeded gradients."""
     torch.manual_seed(0)
     params = [nn.Parameter(torch.randn(s, dtype=torch.float32).to(dtype)) for s in shapes]
@@ -26,11 +29,16 @@ def run(shapes: list[tuple[int, ...]], steps: int = 4, dtype: torch.dtype = torc
     return params, opt
 
 
-def assert_same(first: tuple[list[nn.Parameter], SMMF], second: tuple[list[nn.Parameter], SMMF], rtol: float = 1e-5, atol: float = 1e-6) -> None:
+def assert_same(
+    first: tuple[list[nn.Parameter], SMMF],
+    second: tuple[list[nn.Parameter], SMMF],
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+) -> None:
     """Parameters and every state tensor equal to the tolerances; signs may differ where M is within
     rounding of 0 (at most 1% of them)."""
     (pf, of), (pe, oe) = first, second
-    for a, b in zip(pf, pe):
+    for a, b in zip(pf, pe, strict=True):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
         sa, sb = of.state[a], oe.state[b]
         assert sa.keys() == sb.keys()
@@ -58,7 +66,9 @@ def format1_state_dict(opt: SMMF) -> dict[str, Any]:
         n, m = square_matricize(p.numel())
         if m % 8 == 0:  # whole bytes per row: format 1 already packed these by rows
             continue
-        bits = ((sign.view(n, row_bytes(m), 1) >> torch.arange(8).view(1, 1, 8)) & 1).transpose(1, 2).reshape(n, -1)[:, :m]
+        bits = (
+            ((sign.view(n, row_bytes(m), 1) >> torch.arange(8).view(1, 1, 8)) & 1).transpose(1, 2).reshape(n, -1)[:, :m]
+        )
         flat = torch.nn.functional.pad(bits.reshape(-1), (0, (-n * m) % 8)).view(-1, 8)
         state["sign"] = (flat << torch.arange(8)).sum(-1).to(torch.uint8)
     return saved
@@ -70,7 +80,10 @@ def assert_format1_resume_is_exact(backend: str) -> None:
     whole = run(shapes, steps=4, backend=backend)
     first = run(shapes, steps=2, backend=backend)
     saved = format1_state_dict(first[1])
-    assert any(s["sign"].numel() != first[1].state[p]["sign"].numel() for p, s in zip(first[0], saved["state"].values()))
+    assert any(
+        s["sign"].numel() != first[1].state[p]["sign"].numel()
+        for p, s in zip(first[0], saved["state"].values(), strict=True)
+    )
     params = [nn.Parameter(p.detach().clone()) for p in first[0]]
     opt = SMMF(params, lr=0.01, backend=backend)
     opt.load_state_dict(saved)
@@ -82,6 +95,48 @@ def assert_format1_resume_is_exact(backend: str) -> None:
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen)
         opt.step()
-    for a, b in zip(params, whole[0]):
+    for a, b in zip(params, whole[0], strict=True):
         assert torch.equal(a, b)
         assert torch.equal(opt.state[a]["sign"], whole[1].state[b]["sign"])
+
+
+# (dtype, bad gradient value): a NaN, an inf, and an element whose square overflows fp32 (and bf16),
+# and in fp16 whatever overflows to inf.
+NON_FINITE_CASES = [
+    (torch.float32, float("nan")),
+    (torch.float32, float("inf")),
+    (torch.float32, 1e20),
+    (torch.bfloat16, 1e20),
+    (torch.float16, float("inf")),
+]
+
+
+def assert_bad_step_is_skipped(backend: str, dtype: torch.dtype, bad: float, **kwargs: Any) -> None:
+    """The issue's reproducer: a (64, 48) parameter, 25 steps of random gradients, one bad element at
+    step 3. That step leaves parameter and state unchanged and counts 1 skipped; the others train on."""
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(64, 48).to(dtype))
+    other = nn.Parameter(torch.randn(64, 48).to(dtype))  # same shape: the batched path, where it applies
+    opt = SMMF([p, other], lr=0.01, backend=backend, **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    after_bad = None
+    for step in range(25):
+        grad = torch.randn(64, 48, generator=gen)
+        if step == 3:
+            grad[5, 7] = bad
+            before = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items() if k != "skipped"}
+        p.grad, other.grad = grad.to(dtype), torch.randn(64, 48, generator=gen).to(dtype)
+        opt.step()
+        if step == 3:
+            assert torch.equal(p, before[0])
+            for key, value in before[1].items():
+                assert torch.equal(opt.state[p][key], value), key
+            after_bad = p.detach().clone()
+    state = opt.state[p]
+    assert state["skipped"].item() == 1 and state["step"].item() == 24
+    assert opt.state[other]["skipped"].item() == 0 and opt.state[other]["step"].item() == 25
+    assert all(torch.isfinite(v.float()).all() for v in state.values())
+    moved = (p.detach() != after_bad).float().mean().item()  # the other elements kept training
+    assert moved > (0.9 if dtype == torch.float32 else 0.5), moved  # (half dtypes round small updates away)
+    with pytest.warns(RuntimeWarning, match="skipped 1 step"):
+        assert opt.skipped_steps() == {0: 1}

@@ -85,7 +85,9 @@ def hyperparameter_values(
     return tuple(values)
 
 
-def _device_hyperparameters(cache: StepCache, values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+def _device_hyperparameters(
+    cache: StepCache, values: tuple[float, ...], device: torch.device, dtype: torch.dtype
+) -> Tensor:
     """The hyperparameter tensor on ``device``, kept between steps: made once, then only the slots
     whose value changed are filled (a scalar fill, no host-to-device copy, nothing when unchanged)."""
     key = (device, dtype)
@@ -94,7 +96,7 @@ def _device_hyperparameters(cache: StepCache, values: tuple[float, ...], device:
         hp = torch.tensor(values, dtype=dtype, device=device)
     else:
         old, hp = cached
-        for slot, (before, now) in enumerate(zip(old, values)):
+        for slot, (before, now) in enumerate(zip(old, values, strict=True)):
             if before != now:
                 hp[slot].fill_(now)
     cache.hyperparameters[key] = (values, hp)
@@ -111,9 +113,11 @@ def _lr_reference(lr: float | Tensor, hp: Tensor, backend: str) -> Tensor:
     return hp[kernels.HP_LR : kernels.HP_LR + 1]
 
 
-def _buckets(params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[Item]]:
+def _buckets(
+    params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
+) -> dict[tuple[Any, ...], list[Item]]:
     buckets: dict[tuple[Any, ...], list[Item]] = {}
-    for p, g, state in zip(params, grads, states):
+    for p, g, state in zip(params, grads, states, strict=True):
         buckets.setdefault((p.device, p.dtype, g.dtype), []).append((p, g, state))
     return buckets
 
@@ -134,11 +138,16 @@ def smmf(
     backend: str = "auto",
     fused: bool | None = None,
     block_size: int | None = None,
+    stochastic_rounding: bool = False,
     cache: StepCache | None = None,
 ) -> None:
     """One SMMF step for plain (local, real) tensors: ``params[i]`` is updated with ``grads[i]`` and
     ``states[i]`` in place, and every state's ``step`` advances by one. ``cache`` carries device
-    hyperparameters and Triton plans from step to step (pass the same one each step)."""
+    hyperparameters and Triton plans from step to step (pass the same one each step).
+    ``stochastic_rounding`` rounds bf16 parameters stochastically where their state holds a ``seed``
+    (:func:`smmf.state_format.ensure_seed`)."""
+    if not stochastic_rounding:
+        states = [s if "seed" not in s else {k: v for k, v in s.items() if k != "seed"} for s in states]
     cache = StepCache() if cache is None else cache
     values = hyperparameter_values(lr, beta, eps, weight_decay, decay_rate, growth_rate, weight_decay_mode, maximize)
     for (device, p_dtype, g_dtype), items in _buckets(params, grads, states).items():
@@ -162,12 +171,13 @@ def _triton_bucket(
     ready = [item for item in items if item[0].is_contiguous() and item[1].is_contiguous()]
     rest = [item for item in items if not (item[0].is_contiguous() and item[1].is_contiguous())]
     if ready:
-        key = triton_backend.plan_key(ready, cache.state_epoch)
+        layout = triton_backend.layout_key(ready, cache.state_epoch)
         plan = cache.plans.get(bucket)
-        if plan is None or plan.key != key:
+        if plan is None or plan.layout != layout:
             signs = [state["sign"] for _, _, state in ready if "sign" in state]
             packed = not signs or signs[0].dtype == torch.uint8
-            plan = triton_backend.build_plan(ready, key, hp.dtype, has_m, packed)
-            cache.plans[bucket] = plan
+            plan = cache.plans[bucket] = triton_backend.build_plan(ready, layout, hp.dtype, has_m, packed)
+        elif plan.gradients != (gradients := triton_backend.gradient_addresses(ready)):
+            plan = cache.plans[bucket] = triton_backend.with_gradients(plan, gradients)
         triton_backend.step(plan, bucket[1], bucket[2], hp, lr)
     return rest

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import rounding
 from .signpack import pack_signs, unpack_bits
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "HP_SIGN",
     "HP_SIZE",
     "schedules",
+    "step_allowed",
     "factored_block_step",
     "factored_step",
     "normalize_columns",
@@ -42,7 +44,8 @@ HP_SIZE = 8  # HP_SIGN is -1 for maximize (descend on -g), else +1
 
 
 def schedules(hp: Tensor, steps: Tensor) -> Tensor:
-    """(k, 2) tensor of [beta1_t, beta2_t] for k step counts: beta * growth^(t-1) and 1 - t^decay.
+    """(k, 3) tensor of [beta1_t, beta2_t, t] for k step counts t: beta * growth^(t-1) and 1 - t^decay
+    (t itself feeds stochastic rounding's random bits).
 
     Computed once per step for all tensors of a group, outside the elementwise kernels, so that the
     two pow() calls are not evaluated per element.
@@ -50,7 +53,20 @@ def schedules(hp: Tensor, steps: Tensor) -> Tensor:
     t = steps.to(hp.dtype)
     beta1 = hp[HP_BETA] * torch.pow(hp[HP_GROWTH], t - 1)
     beta2 = 1 - torch.pow(t, hp[HP_DECAY])
-    return torch.stack([beta1, beta2], dim=-1)
+    return torch.stack([beta1, beta2, t], dim=-1)
+
+
+def step_allowed(g: Tensor, dtype: torch.dtype, dims: int) -> Tensor:
+    """Whether each tensor may step: every gradient element finite and its square too (|g| >= ~1.8e19
+    overflows the second moment in fp32). Reduces the last ``dims`` dimensions, so a (B, n, m) batch
+    gives (B,). A tensor that may not step keeps its parameter and state (the non-finite rule)."""
+    g32 = g.to(dtype)
+    return (g32 * g32 < torch.inf).flatten(-dims).all(dim=-1)
+
+
+def _bcast(t: Tensor | None) -> Tensor | None:
+    """A per-tensor value (...,) as (..., 1, 1), int64, to broadcast over a (..., R, m) block."""
+    return None if t is None else t.to(torch.int64)[..., None, None]
 
 
 def _ratio(numerator: Tensor, denom: Tensor) -> Tensor:
@@ -87,17 +103,23 @@ def factored_block_step(
     col_v: Tensor,
     hp: Tensor,
     sched: Tensor,
-    packed: bool = True,
+    packed: bool,
+    allowed: Tensor,
+    seed: Tensor | None = None,
+    row0: int = 0,
 ) -> tuple[Tensor | None, Tensor]:
     """One SMMF step on a row block of a square-matricized parameter.
 
     Shapes: ``p``, ``g`` (..., R, m); ``row_*`` (..., R); ``col_*`` (..., m) (the whole tensor's column
-    factors). ``sign`` is uint8: the block's packed bits, (..., ceil(R*m/8)), or with ``packed=False``
+    factors). ``sign`` is uint8: the block's packed bits, (..., R*ceil(m/8)), or with ``packed=False``
     one 0/1 byte per sign, (..., R*m) (8-bit bool state viewed as bytes by the caller: inductor's bool
     loads and stores are ~20x slower, and some versions cannot lower a bool dtype view in a graph);
     ``None`` together with the first-moment factors when beta is None. ``sched`` (..., 2) is this
     tensor's row of :func:`schedules`. Leading dimensions batch same-shaped tensors, so that many small
-    tensors cost one kernel call. Updates ``p``, ``sign``, ``row_m`` and ``row_v`` in place and returns
+    tensors cost one kernel call. ``allowed`` (...) is :func:`step_allowed` of the whole tensor: where
+    False, nothing changes. ``seed`` (...) turns on stochastic rounding of bf16 parameters (``row0``: the
+    block's first row, for the random bits' element index). Updates ``p``, ``sign``, ``row_m`` and
+    ``row_v`` in place and returns
     this block's column sums of |M| and V, which the caller adds up over blocks and hands to
     :func:`normalize_columns` (column factors are shared by all blocks, so they can only be replaced
     once every block has read the old ones).
@@ -108,6 +130,7 @@ def factored_block_step(
     v = beta2 * (row_v[..., :, None] * col_v[..., None, :]) + (1 - beta2) * (g32 * g32)
     denom = torch.sqrt(v) + hp[HP_EPS]
     col_sum_m = None
+    per_row = allowed[..., None]
     if sign is None or row_m is None or col_m is None:
         update = _ratio(g32, denom)
     else:
@@ -116,12 +139,16 @@ def factored_block_step(
         update = _ratio(m, denom)
         # exact zeros count as negative, as in the reference; 0/1 bytes store far faster than bools
         new_positive = torch.where(m > 0, 1, 0).to(torch.uint8)
-        sign.copy_(pack_signs(new_positive) if packed else new_positive.view(sign.shape))
+        new_sign = pack_signs(new_positive) if packed else new_positive.view(sign.shape)
+        sign.copy_(torch.where(per_row, new_sign, sign))
         m_abs = m.abs()
-        row_m.copy_(m_abs.sum(dim=-1))
+        row_m.copy_(torch.where(per_row, m_abs.sum(dim=-1), row_m))
         col_sum_m = m_abs.sum(dim=-2)
-    p.copy_((p32 - hp[HP_LR] * update).to(p.dtype))
-    row_v.copy_(v.sum(dim=-1))
+    index = rounding.element_index(rows, cols, row0, p.device)
+    step = sched[..., 2].to(torch.int64)[..., None, None]
+    new_p = rounding.to_param_dtype(p32 - hp[HP_LR] * update, p.dtype, _bcast(seed), step, index)
+    p.copy_(torch.where(allowed[..., None, None], new_p, p))
+    row_v.copy_(torch.where(per_row, v.sum(dim=-1), row_v))
     return col_sum_m, v.sum(dim=-2)
 
 
@@ -136,22 +163,28 @@ def factored_step(
     hp: Tensor,
     sched: Tensor,
     packed: bool = True,
-) -> None:
-    """A whole (..., n, m) tensor in one block: :func:`factored_block_step` then both column normalizations."""
-    sum_m, sum_v = factored_block_step(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed)
-    normalize_columns(col_v, sum_v)
+    seed: Tensor | None = None,
+) -> Tensor:
+    """A whole (..., n, m) tensor in one block: :func:`factored_block_step` then both column
+    normalizations. Returns :func:`step_allowed` of each tensor."""
+    allowed = step_allowed(g, hp.dtype, 2)
+    sum_m, sum_v = factored_block_step(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed, allowed, seed)
+    normalize_columns(col_v, sum_v, allowed)
     if sum_m is not None and col_m is not None:
-        normalize_columns(col_m, sum_m)
+        normalize_columns(col_m, sum_m, allowed)
+    return allowed
 
 
-def normalize_columns(col: Tensor, col_sum: Tensor) -> None:
-    """col <- col_sum / sum(col_sum), so that outer(row_sums, col) = rowsum * colsum / total.
+def normalize_columns(col: Tensor, col_sum: Tensor, allowed: Tensor) -> None:
+    """col <- col_sum / sum(col_sum), so that outer(row_sums, col) = rowsum * colsum / total (where
+    ``allowed``; elsewhere col is left as it is).
 
     A zero total (an all-zero moment) leaves the sums as they are instead of dividing by zero, which is
     the reference's ``if sum != 0`` written as arithmetic.
     """
     total = col_sum.sum(dim=-1, keepdim=True)
-    col.copy_(col_sum / torch.where(total == 0, torch.ones_like(total), total))
+    normalized = col_sum / torch.where(total == 0, torch.ones_like(total), total)
+    col.copy_(torch.where(allowed[..., None], normalized, col))
 
 
 def dense_step(
@@ -161,20 +194,26 @@ def dense_step(
     exp_avg_sq: Tensor,
     hp: Tensor,
     sched: Tensor,
-) -> None:
-    """Uncompressed step for 1-D tensors when vector_reshape=False: full moments, same schedules."""
+    seed: Tensor | None = None,
+) -> Tensor:
+    """Uncompressed step for 1-D tensors when vector_reshape=False: full moments, same schedules.
+    Returns :func:`step_allowed` (nothing changes where it is False)."""
+    allowed = step_allowed(g, hp.dtype, 1)
     g32, p32 = _prepare(p, g, hp)
     beta1, beta2 = sched[0], sched[1]
     v = beta2 * exp_avg_sq + (1 - beta2) * (g32 * g32)
-    exp_avg_sq.copy_(v)
+    exp_avg_sq.copy_(torch.where(allowed, v, exp_avg_sq))
     denom = torch.sqrt(v) + hp[HP_EPS]
     if exp_avg is None:
         update = _ratio(g32, denom)
     else:
         m = beta1 * exp_avg + (1 - beta1) * g32
-        exp_avg.copy_(m)
+        exp_avg.copy_(torch.where(allowed, m, exp_avg))
         update = _ratio(m, denom)
-    p.copy_((p32 - hp[HP_LR] * update).to(p.dtype))
+    index = torch.arange(p.shape[-1], device=p.device, dtype=torch.int64)
+    new_p = rounding.to_param_dtype(p32 - hp[HP_LR] * update, p.dtype, seed, sched[2].to(torch.int64), index)
+    p.copy_(torch.where(allowed, new_p, p))
+    return allowed
 
 
 # Graph variants per kernel: sizes 0 and 1 (m = 1 for prime numel), partial sign bytes and dtypes

@@ -7,7 +7,6 @@ The class does bookkeeping only: it validates param groups, creates and converts
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,67 +16,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import functional, sharding, state_check, state_format
+from .validation import validate_group
 
 __all__ = ["SMMF"]
-
-_WEIGHT_DECAY_MODES = ("adamw", "adam")
-
-
-def _check_range(name: str, value: Any, low: float, high: float) -> None:
-    """ValueError naming ``name`` unless ``value`` is a finite int or float (not a bool) in [low, high]."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high:
-        return
-    bounds = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
-    raise ValueError(f"Invalid {name}: {value!r} (expected a finite number {bounds})")
-
-
-def _validate_group(group: dict[str, Any]) -> None:
-    """Raise ValueError naming the argument for any hyperparameter of the wrong type or outside its
-    domain (inf and NaN included). A tensor lr on the CPU is checked for shape, dtype and value; on
-    another device (CUDA) for shape and dtype only, since reading its value would synchronize."""
-    lr = group["lr"]
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"Invalid lr: Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
-        if lr.is_complex() or lr.dtype == torch.bool:
-            raise ValueError(f"Invalid lr: Tensor lr must be real, got dtype {lr.dtype}")
-        if lr.device.type == "cpu" and not (math.isfinite(lr.item()) and lr.item() >= 0):
-            raise ValueError(f"Invalid lr: {lr.item()} (expected a finite number >= 0.0)")
-    else:
-        _check_range("lr", lr, 0.0, math.inf)
-    _check_range("eps", group["eps"], 0.0, math.inf)
-    _check_range("weight_decay", group["weight_decay"], 0.0, math.inf)
-    _check_range("decay_rate", group["decay_rate"], -1.0, 0.0)
-    beta, growth = group["beta"], group["growth_rate"]
-    if beta is not None:
-        _check_range("beta", beta, 0.0, 1.0)
-        if growth is None:
-            raise ValueError("Invalid growth_rate: None (growth_rate is required when beta is set)")
-    if growth is not None:
-        _check_range("growth_rate", growth, 0.0, 1.0)
-    if group["weight_decay_mode"] not in _WEIGHT_DECAY_MODES:
-        raise ValueError(
-            f"Invalid weight_decay_mode: {group['weight_decay_mode']!r} (expected one of {_WEIGHT_DECAY_MODES})"
-        )
-    sign_bits = group["sign_bits"]
-    if not isinstance(sign_bits, int) or isinstance(sign_bits, bool) or sign_bits not in (1, 8):
-        raise ValueError(f"Invalid sign_bits: {sign_bits!r} (expected the int 1 or 8)")
-    if not isinstance(group["maximize"], bool):
-        raise ValueError(f"Invalid maximize: {group['maximize']!r} (expected a bool)")
-    if not isinstance(group["vector_reshape"], bool):
-        raise ValueError(f"Invalid vector_reshape: {group['vector_reshape']!r} (expected a bool)")
-    block_size = group["block_size"]
-    if block_size is not None and (not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 8):
-        raise ValueError(f"Invalid block_size: {block_size!r} (expected None or an int >= 8)")
-    if group["fused"] is not None and not isinstance(group["fused"], bool):
-        raise ValueError(f"Invalid fused: {group['fused']!r} (expected None, True or False)")
-    backend = group["backend"]
-    if backend not in functional.BACKENDS:
-        raise ValueError(f"Invalid backend: {backend!r} (expected one of {functional.BACKENDS})")
-    if group["fused"] is False and backend not in ("auto", "eager"):
-        raise ValueError(f"Invalid backend: {backend!r} with fused=False (fused=False means backend='eager')")
-    if backend == "triton" and not functional.triton_backend.available(torch.device("cuda")):
-        raise ValueError("Invalid backend: 'triton' needs the triton package (pip install triton)")
 
 
 class SMMF(Optimizer):
@@ -92,7 +33,9 @@ class SMMF(Optimizer):
     'inductor' (torch.compile), 'eager', or 'auto' (Triton on CUDA, inductor on CPU, eager where nothing
     compiles); ``fused=False`` is the older spelling of 'eager' and ``fused=True`` of a compiled one.
     ``block_size`` bounds the elements the torch backends process at once, hence the temporary memory
-    of a step (None: 2^19, and on GPUs at least 1/16 of the largest tensor).
+    of a step (None: 2^19, and on GPUs at least 1/16 of the largest tensor). ``stochastic_rounding``
+    rounds the float32 result of the update to bf16 parameters stochastically (unbiased, reproducible;
+    a no-op for other dtypes), so that updates below half a bf16 ulp are not lost.
     """
 
     def __init__(
@@ -112,23 +55,25 @@ class SMMF(Optimizer):
         fused: bool | None = None,
         block_size: int | None = None,
         backend: str = "auto",
+        stochastic_rounding: bool = False,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            beta=beta,
-            eps=eps,
-            weight_decay=weight_decay,
-            decay_rate=decay_rate,
-            growth_rate=growth_rate,
-            vector_reshape=vector_reshape,
-            weight_decay_mode=weight_decay_mode,
-            sign_bits=sign_bits,
-            maximize=maximize,
-            fused=fused,
-            block_size=block_size,
-            backend=backend,
-        )
-        _validate_group(defaults)
+        defaults = {
+            "lr": lr,
+            "beta": beta,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "decay_rate": decay_rate,
+            "growth_rate": growth_rate,
+            "vector_reshape": vector_reshape,
+            "weight_decay_mode": weight_decay_mode,
+            "sign_bits": sign_bits,
+            "maximize": maximize,
+            "fused": fused,
+            "block_size": block_size,
+            "backend": backend,
+            "stochastic_rounding": stochastic_rounding,
+        }
+        validate_group(defaults)
         if beta is None and growth_rate is not None:
             warnings.warn(
                 "SMMF: beta=None disables the first moment, so growth_rate is unused "
@@ -137,12 +82,13 @@ class SMMF(Optimizer):
                 stacklevel=2,
             )
         self._caches: list[functional.StepCache] = []
+        self._warned_skipped = False
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _validate_group(group)
+        validate_group(group)
         for p in group["params"]:
             if p.is_sparse:
                 raise ValueError("SMMF does not support sparse parameters")
@@ -163,35 +109,46 @@ class SMMF(Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
         self._caches = [functional.StepCache() for _ in self.param_groups]
+        self.__dict__.setdefault("_warned_skipped", False)
 
     # ------------------------------------------------------------------ step
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group, cache in zip(self.param_groups, self._caches):
-            params, grads, states = self._gather(group, cache)
-            if params:
-                functional.smmf(
-                    params, grads, states,
-                    lr=group["lr"], beta=group["beta"], eps=group["eps"], weight_decay=group["weight_decay"],
-                    decay_rate=group["decay_rate"], growth_rate=group["growth_rate"],
-                    weight_decay_mode=group["weight_decay_mode"], maximize=group["maximize"],
-                    backend=group["backend"], fused=group["fused"], block_size=group["block_size"], cache=cache,
-                )  # fmt: skip
+        for group, cache in zip(self.param_groups, self._caches, strict=True):
+            self.step_group(group, cache)
         return loss
 
-    def _gather(self, group: dict[str, Any], cache: functional.StepCache) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
+    @torch.no_grad()
+    def step_group(self, group: dict[str, Any], cache: functional.StepCache, only: list[Tensor] | None = None) -> None:
+        """Step the group's parameters that have gradients (or just those of ``only``), with ``cache``
+        carrying device hyperparameters and launch tables between calls; ``step()`` calls this per
+        group, :func:`smmf.step_in_backward` per parameter as its gradient arrives."""
+        params, grads, states = self._gather(group, cache, only)
+        if params:
+            functional.smmf(
+                params, grads, states,
+                lr=group["lr"], beta=group["beta"], eps=group["eps"], weight_decay=group["weight_decay"],
+                decay_rate=group["decay_rate"], growth_rate=group["growth_rate"],
+                weight_decay_mode=group["weight_decay_mode"], maximize=group["maximize"],
+                backend=group["backend"], fused=group["fused"], block_size=group["block_size"],
+                stochastic_rounding=group["stochastic_rounding"], cache=cache,
+            )  # fmt: skip
+
+    def _gather(
+        self, group: dict[str, Any], cache: functional.StepCache, only: list[Tensor] | None = None
+    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
         """This rank's plain (real) parameters, gradients and states of the group's tensors that have a
         gradient, creating or converting state as the group asks (which bumps the cache's state epoch)."""
         if group.get("state_format", 1) < state_format.STATE_FORMAT:
             self._upgrade(group, cache)
         params, grads, states = [], [], []
-        for p in group["params"]:
+        for p in group["params"] if only is None else only:
             grad = p.grad
             if grad is None:
                 continue
@@ -203,13 +160,20 @@ class SMMF(Optimizer):
             if not state:
                 state.update(state_format.init_state(p, group["vector_reshape"], group["sign_bits"]))
                 cache.state_epoch += 1
-            if state_format.ensure_momentum(p, state, group["beta"], group["sign_bits"]):
+            changed = state_format.ensure_skipped(p, state)
+            if group["stochastic_rounding"] and "seed" not in state and p.dtype == torch.bfloat16:
+                changed = state_format.ensure_seed(p, state, self._index_of(p)) or changed
+            if state_format.ensure_momentum(p, state, group["beta"], group["sign_bits"]) or changed:
                 cache.state_epoch += 1
             p_local = sharding.local(p)
             params.append(p_local)
             grads.append(sharding.local_grad(p, grad))
             states.append(self._local_state(p, p_local, state))
         return params, grads, states
+
+    def _index_of(self, p: Tensor) -> int:
+        """The parameter's position over all param groups (it keys its stochastic rounding)."""
+        return next(i for i, q in enumerate(q for g in self.param_groups for q in g["params"]) if q is p)
 
     def _upgrade(self, group: dict[str, Any], cache: functional.StepCache) -> None:
         """Convert the group's states from the format it was saved in (1: no ``state_format`` key)."""
@@ -249,7 +213,7 @@ class SMMF(Optimizer):
         super().load_state_dict(state_dict)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, p in zip(saved_ids, params):
+        for saved_id, p in zip(saved_ids, params, strict=True):
             saved = state_dict["state"].get(saved_id)
             if saved is None:
                 continue
@@ -262,25 +226,57 @@ class SMMF(Optimizer):
             elif step is not None:
                 self.state[p]["step"] = torch.tensor(float(step), dtype=torch.float32, device=p.device)
 
+    # ------------------------------------------------------------------ non-finite gradients
+
+    def skipped_steps(self) -> dict[int, int]:
+        """Steps each parameter skipped because its gradient held a non-finite element (or one whose
+        square overflows), keyed by the parameter's index over all param groups, for parameters that
+        skipped any. Reading it waits for the device; the first non-empty answer also warns once."""
+        params = (p for g in self.param_groups for p in g["params"])
+        indexed = [(i, self.state[p]["skipped"]) for i, p in enumerate(params) if "skipped" in self.state.get(p, {})]
+        counts = {}
+        for device in {t.device for _, t in indexed}:
+            on_device = [(i, t) for i, t in indexed if t.device == device]
+            values = torch.stack([t for _, t in on_device]).tolist()
+            counts.update({i: int(v) for (i, _), v in zip(on_device, values, strict=True) if v})
+        if counts and not self._warned_skipped:
+            self._warned_skipped = True
+            warnings.warn(
+                f"SMMF skipped {sum(counts.values())} step(s) of {len(counts)} parameter(s) whose gradient held "
+                "non-finite values; those parameters and their state were left unchanged (see docs/safety.md)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return dict(sorted(counts.items()))
+
     # ------------------------------------------------------------------ memory
 
     def state_bytes(self) -> dict[str, int]:
-        """Bytes of optimizer state by kind: packed/bool signs, rank-1 factors, dense moments, step counters."""
+        """Bytes of optimizer state by kind: packed/bool signs, rank-1 factors, dense moments, step counters.
+
+        Computed by the formula of :func:`smmf.memory.smmf_tensor_bytes` (the one ``smmf memory`` uses) from
+        each state's size, sign format, momentum and factor dtype; for this rank's shard if sharded."""
+        from .memory import SMMF_STATE_KINDS, smmf_tensor_bytes
+
         out = {"sign": 0, "factors": 0, "dense": 0, "step": 0}
-        kind = {
-            "sign": "sign",
-            "row_m": "factors",
-            "col_m": "factors",
-            "row_v": "factors",
-            "col_v": "factors",
-            "exp_avg": "dense",
-            "exp_avg_sq": "dense",
-            "step": "step",
-        }
-        for state in self.state.values():
-            for key, value in state.items():
-                if isinstance(value, Tensor):
-                    value = sharding.local(value)
-                    out[kind.get(key, "dense")] += value.numel() * value.element_size()
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if not state:
+                    continue
+                real = torch.view_as_real(p) if torch.is_complex(p) else p
+                sign = state.get("sign")
+                sign_bits = 8 if sign is not None and sign.dtype == torch.bool else 1
+                factored = "row_v" in state
+                sizes = smmf_tensor_bytes(
+                    sharding.local(real).numel(),
+                    factored=factored,
+                    sign_bits=sign_bits,
+                    momentum=sign is not None or "exp_avg" in state,
+                    factor_bytes=state_format.factor_dtype(real).itemsize,
+                    lengths=sharding.state_lengths(real, sign_bits) if factored else None,
+                )
+                for key in state.keys() & sizes.keys():
+                    out[SMMF_STATE_KINDS[key]] += sizes[key]
         out["total"] = sum(out.values())
         return out

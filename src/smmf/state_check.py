@@ -11,7 +11,8 @@ factorized ``row_v``, ``col_v`` (plus ``row_m``, ``col_m``, ``sign`` with a firs
 lengths of :func:`smmf.sharding.factored_lengths`, or, for 1-D tensors with ``vector_reshape=False``,
 dense ``exp_avg_sq`` (and ``exp_avg``) of the parameter's shape. Factors are float64 for float64 and
 complex128 parameters, float32 otherwise; signs are uint8 (1-bit, packed) or bool (8-bit). Other keys
-may hold ints or single-element tensors (counters); sharded (DTensor) state is checked for keys and
+may hold ints or single-element tensors (counters such as ``skipped``); moments holding NaN or inf are
+refused; sharded (DTensor) state is checked for keys and
 dtypes only, since its local lengths depend on the rank. A group saved without ``state_format`` (format
 1) may hold 1-bit signs packed flat, ``ceil(numel/8)`` bytes, which loading converts.
 """
@@ -27,13 +28,14 @@ from torch import Tensor
 
 from . import sharding
 from .matricization import is_factored
+from .validation import validate_group
 
 __all__ = ["check_state_dict"]
 
 _FACTORS = ("row_v", "col_v", "row_m", "col_m")
 _MOMENTUM = ("row_m", "col_m", "sign")
 _DENSE = ("exp_avg", "exp_avg_sq")
-_KNOWN = frozenset(("step", "sign", *_FACTORS, *_DENSE))
+_KNOWN = frozenset(("step", "skipped", "sign", *_FACTORS, *_DENSE))
 # Param group keys that SMMF has always written (the reference's positional arguments).
 _CORE_GROUP_KEYS = ("beta", "decay_rate", "growth_rate")
 # (group or state keys that mark another optimizer, its name)
@@ -77,7 +79,6 @@ def _describe(value: Any) -> str:
 
 def _check_groups(optimizer: torch.optim.Optimizer, groups: Any) -> list[dict[str, Any]]:
     """The saved groups merged over the optimizer's defaults (as loading makes them), each validated."""
-    from .optimizer import _validate_group  # import here: optimizer.py imports this module lazily too
 
     if not isinstance(groups, Sequence) or not all(isinstance(g, Mapping) and "params" in g for g in groups):
         raise ValueError("SMMF.load_state_dict: 'param_groups' must be a list of dicts, each with a 'params' list")
@@ -87,7 +88,7 @@ def _check_groups(optimizer: torch.optim.Optimizer, groups: Any) -> list[dict[st
             f"{len(optimizer.param_groups)}"
         )
     merged = []
-    for gi, (saved, own) in enumerate(zip(groups, optimizer.param_groups)):
+    for gi, (saved, own) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
         missing = [k for k in _CORE_GROUP_KEYS if k not in saved]
         if missing:
             found = _foreign(set(saved))
@@ -101,7 +102,7 @@ def _check_groups(optimizer: torch.optim.Optimizer, groups: Any) -> list[dict[st
             )
         group = {**optimizer.defaults, **{k: v for k, v in saved.items() if k != "params"}}
         try:
-            _validate_group(group)
+            validate_group(group)
         except ValueError as exc:
             raise ValueError(f"SMMF.load_state_dict: param group {gi}: {exc}") from None
         group["state_format"] = _state_format(gi, saved)
@@ -125,15 +126,19 @@ def _state_format(gi: int, saved: Mapping[str, Any]) -> int:
 def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: Any) -> None:
     """Raise ValueError if ``state_dict`` is not a valid SMMF state dict for ``optimizer``'s parameters."""
     if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
-        raise ValueError("SMMF.load_state_dict: expected a dict with 'state' and 'param_groups' (optimizer.state_dict())")
+        raise ValueError(
+            "SMMF.load_state_dict: expected a dict with 'state' and 'param_groups' (optimizer.state_dict())"
+        )
     groups = _check_groups(optimizer, state_dict["param_groups"])
     state = state_dict["state"]
     if not isinstance(state, Mapping):
         raise ValueError(f"SMMF.load_state_dict: 'state' must be a dict, got {type(state).__name__}")
     index: dict[Any, tuple[int, Tensor, dict[str, Any], int]] = {}
     i = 0
-    for gi, (saved, own, group) in enumerate(zip(state_dict["param_groups"], optimizer.param_groups, groups)):
-        for saved_id, p in zip(saved["params"], own["params"]):
+    for gi, (saved, own, group) in enumerate(
+        zip(state_dict["param_groups"], optimizer.param_groups, groups, strict=True)
+    ):
+        for saved_id, p in zip(saved["params"], own["params"], strict=True):
             index[saved_id] = (i, p, group, gi)
             i += 1
     for saved_id, entry in state.items():
@@ -162,6 +167,23 @@ def _check_param_state(where: str, p: Tensor, group: dict[str, Any], entry: Any)
         _check_factored(where, q, fd, group, entry)
     else:
         _check_dense(where, q, fd, group, entry)
+    _check_finite(where, entry)
+
+
+def _check_finite(where: str, entry: Mapping[str, Any]) -> None:
+    """Moments that are already NaN or inf (saved by an optimizer without the non-finite rule) would
+    freeze their tensor for good: refuse them, naming the key."""
+    for key in (*_FACTORS, *_DENSE):
+        value = entry.get(key)
+        if (
+            isinstance(value, Tensor)
+            and value.is_floating_point()
+            and not bool(torch.isfinite(sharding.local(value)).all())
+        ):
+            raise ValueError(
+                f"{where}, state key {key!r}: holds non-finite values (the run that saved it took a step with "
+                "a NaN or inf gradient); resume from an earlier checkpoint or drop this parameter's state"
+            )
 
 
 def _check_step(where: str, step: Any) -> None:
@@ -191,9 +213,16 @@ def _check_factored(where: str, q: Tensor, fd: torch.dtype, group: dict[str, Any
     if dense:
         value = entry[dense[0]]
         adam = isinstance(value, Tensor) and tuple(value.shape) == tuple(q.shape)
-        hint = " (a dense moment of the parameter's full shape, as torch.optim.Adam keeps: this state dict " \
-               "comes from another optimizer)" if adam else ""
-        raise ValueError(f"{where}, state key {dense[0]!r}: SMMF keeps factorized state for this tensor{hint}, got {_describe(value)}")
+        hint = (
+            " (a dense moment of the parameter's full shape, as torch.optim.Adam keeps: this state dict "
+            "comes from another optimizer)"
+            if adam
+            else ""
+        )
+        raise ValueError(
+            f"{where}, state key {dense[0]!r}: SMMF keeps factorized state for this tensor{hint}, "
+            f"got {_describe(value)}"
+        )
     present = [k for k in _MOMENTUM if k in entry]
     needed = ["row_v", "col_v"] + (list(_MOMENTUM) if group["beta"] is not None or present else [])
     for key in needed:
@@ -211,7 +240,11 @@ def _check_factored(where: str, q: Tensor, fd: torch.dtype, group: dict[str, Any
         allowed = None if sharded else {sharding.factored_lengths(numel, bits)["sign"]}
         if allowed is not None and bits == 1 and group["state_format"] == 1:
             allowed.add((numel + 7) // 8)  # format 1 packed flat; smmf.state_format.upgrade converts it
-        dtypes = (sign.dtype,) if isinstance(sign, Tensor) and sign.dtype in (torch.uint8, torch.bool) else (torch.uint8, torch.bool)
+        dtypes = (
+            (sign.dtype,)
+            if isinstance(sign, Tensor) and sign.dtype in (torch.uint8, torch.bool)
+            else (torch.uint8, torch.bool)
+        )
         _check_vector(where, "sign", sign, dtypes, allowed)
 
 

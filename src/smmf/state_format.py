@@ -3,7 +3,10 @@
 A factorized tensor viewed as (n, m) keeps ``row_v`` (n) and ``col_v`` (m), and with a first moment
 ``row_m``, ``col_m`` and ``sign``: 1-bit signs packed as uint8, ``n * ceil(m/8)`` bytes in the layout of
 :mod:`smmf.signpack`, or 8-bit signs as one bool per element. A 1-D tensor with vector_reshape=False
-keeps dense ``exp_avg_sq`` (and ``exp_avg``). Every state has a float32 ``step``. Factors are float64
+keeps dense ``exp_avg_sq`` (and ``exp_avg``). Every state has float32 counters: ``step``, the steps
+taken, and ``skipped``, the steps skipped because the gradient held a non-finite element (or one
+whose square overflows), which leave the parameter and the rest of its state unchanged. A bf16
+parameter stepped with stochastic rounding also keeps ``seed``, an int64 keying its random bits. Factors are float64
 for float64 parameters and float32 for all others. Each param group records the format of its
 states as ``state_format``: format 1 (before the Triton backend; a group saved without the key)
 packed widths m % 8 != 0 flat across rows, and is converted before the next step. The update rule,
@@ -17,11 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import sharding
+from . import rounding, sharding
 from .matricization import is_factored, square_matricize
 from .signpack import from_flat_layout, pack_signs, unpack_signs
 
-__all__ = ["STATE_FORMAT", "factor_dtype", "sign_dtype", "sign_as_bytes", "init_state", "ensure_momentum", "upgrade"]
+__all__ = [
+    "STATE_FORMAT", "factor_dtype", "sign_dtype", "sign_as_bytes", "init_state", "ensure_momentum",
+    "ensure_skipped", "ensure_seed", "upgrade",
+]  # fmt: skip
 
 STATE_FORMAT = 2
 
@@ -48,7 +54,11 @@ def sign_as_bytes(sign: Tensor | None) -> tuple[Tensor | None, bool]:
 def init_state(p: Tensor, vector_reshape: bool, sign_bits: int) -> dict[str, Any]:
     """A new state for ``p`` (the real view of a complex parameter): step and second moment."""
     fd = factor_dtype(p)
-    state: dict[str, Any] = {"step": torch.zeros((), dtype=torch.float32, device=sharding.local(p).device)}
+    device = sharding.local(p).device
+    state: dict[str, Any] = {
+        "step": torch.zeros((), dtype=torch.float32, device=device),
+        "skipped": torch.zeros((), dtype=torch.float32, device=device),
+    }
     if is_factored(p.shape, vector_reshape):
         lengths = sharding.state_lengths(p, sign_bits)
         state["row_v"] = sharding.zeros_like_state(p, lengths["row_v"], fd)
@@ -56,6 +66,25 @@ def init_state(p: Tensor, vector_reshape: bool, sign_bits: int) -> dict[str, Any
     else:
         state["exp_avg_sq"] = torch.zeros_like(p, dtype=fd)
     return state
+
+
+def ensure_skipped(p: Tensor, state: dict[str, Any]) -> bool:
+    """Add the skipped-step counter to a state saved before it existed; returns whether it was added."""
+    if "skipped" in state:
+        return False
+    state["skipped"] = torch.zeros((), dtype=torch.float32, device=sharding.local(p).device)
+    return True
+
+
+def ensure_seed(p: Tensor, state: dict[str, Any], index: int) -> bool:
+    """Give a bf16 parameter's state the seed of its stochastic rounding (a 0-d int64 tensor): derived
+    from torch's initial seed and the parameter's index, so runs are reproducible and the global random
+    stream is not consumed. Returns whether it was added."""
+    if "seed" in state or p.dtype != torch.bfloat16:
+        return False
+    value = (torch.initial_seed() * 1_000_003 + index * 7_919) & rounding.MASK31
+    state["seed"] = torch.tensor(value, dtype=torch.int64, device=sharding.local(p).device)
+    return True
 
 
 def ensure_momentum(p: Tensor, state: dict[str, Any], beta: float | None, sign_bits: int) -> bool:

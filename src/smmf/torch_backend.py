@@ -35,16 +35,17 @@ _WIDE_NUMEL = 1 << 16
 _FACTOR_KEYS = ("sign", "row_m", "col_m", "row_v", "col_v")
 
 
-def _whole_step(p: Tensor, g: Tensor, state: dict[str, Any], hp: Tensor, sched: Tensor, fused: bool) -> None:
+def _whole_step(p: Tensor, g: Tensor, state: dict[str, Any], hp: Tensor, sched: Tensor, fused: bool) -> Tensor:
     """One kernel call for a whole (n, m) tensor, or a (B, n, m) batch with its state stacked the same
-    way: ``state`` maps the factorized state keys to tensors shaped to match ``p``."""
+    way: ``state`` maps the factorized state keys to tensors shaped to match ``p``. Returns whether each
+    tensor stepped (:func:`smmf.kernels.step_allowed`)."""
     sign, packed = sign_as_bytes(state.get("sign"))
     row_m, col_m, row_v, col_v = state.get("row_m"), state.get("col_m"), state["row_v"], state["col_v"]
     wide = fused and p.shape[-2] * p.shape[-1] >= _WIDE_NUMEL
     if wide:
         kernels.mark_block((sign, row_m, row_v), (p, g, col_m, col_v))
     fn = kernels.compiled(kernels.factored_step, wide) if fused else kernels.factored_step
-    fn(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed)
+    return fn(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed, state.get("seed"))
 
 
 def _block_size(requested: int | None, device: torch.device, items: list[Item]) -> int:
@@ -72,7 +73,7 @@ def _plan(items: list[Item], block_size: int) -> tuple[list[list[int]], list[int
             singles.append(i)
             continue
         sign = state.get("sign")
-        key = (square_matricize(numel), p.dtype, grad.dtype, None if sign is None else sign.dtype)
+        key = (square_matricize(numel), p.dtype, grad.dtype, None if sign is None else sign.dtype, "seed" in state)
         groups.setdefault(key, []).append(i)
     batches = []
     for key, members in groups.items():
@@ -98,55 +99,55 @@ def compiler_available(device_type: str) -> bool:
         from torch._inductor.cpp_builder import get_cpp_compiler
 
         get_cpp_compiler()
-    except Exception:  # no compiler found: inductor cannot build CPU kernels
+    except Exception:  # noqa: BLE001 - torch raises various types when no C++ compiler is found
         return False
     return True
 
 
 def step(items: list[Item], hp: Tensor, block_size: int | None, compiled: bool) -> None:
-    """Advance step counters and schedules for all tensors of a bucket at once, then update same-shaped
-    small tensors a batch per kernel call and the rest one by one; ``hp`` holds the hyperparameters
-    (:mod:`smmf.kernels` layout) and ``compiled`` picks inductor over eager."""
-    block_size = _block_size(block_size, items[0][0].device, items)
+    """Update same-shaped small tensors a batch per kernel call and the rest one by one, then advance
+    each tensor's step counter, or its skipped-step counter where its gradient was not finite, all at
+    once; ``hp`` holds the hyperparameters (:mod:`smmf.kernels` layout) and ``compiled`` picks inductor
+    over eager."""
+    device = items[0][0].device
+    block_size = _block_size(block_size, device, items)
     batches, singles = _plan(items, block_size)
     items = [items[i] for batch in batches for i in batch] + [items[i] for i in singles]
     steps = [state["step"] for _, _, state in items]
-    torch._foreach_add_(steps, 1)
     # detach(): rows are aliases without a view base, so that dynamo does not guard on the base's shape
-    scheds = kernels.schedules(hp, torch.stack(steps)).detach()
-    fused = compiled
+    scheds = kernels.schedules(hp, torch.stack(steps) + 1).detach()
+    allowed: list[Tensor] = []
     start = 0
     for batch in batches:
         stop = start + len(batch)
-        _factored_batch(items[start:stop], hp, scheds[start:stop], fused)
+        allowed += _factored_batch(items[start:stop], hp, scheds[start:stop], compiled).unbind()
         start = stop
     for i in range(start, len(items)):
         p, grad, state = items[i]
         if p.numel() == 0:
+            allowed.append(torch.ones((), dtype=torch.bool, device=device))
             continue
-        sched = scheds[i]
         work = p if p.is_contiguous() else p.contiguous()
-        grad = grad.contiguous()
         if "row_v" in state:
-            _factored_step(work, grad, state, block_size, hp, sched, fused)
+            allowed.append(_factored_step(work, grad.contiguous(), state, block_size, hp, scheds[i], compiled))
         else:
-            exp_avg = state.get("exp_avg")
-            fn = kernels.compiled(kernels.dense_step) if fused else kernels.dense_step
-            fn(
-                work.view(-1).detach(),
-                grad.view(-1).detach(),
-                None if exp_avg is None else exp_avg.view(-1).detach(),
-                state["exp_avg_sq"].view(-1).detach(),
-                hp,
-                sched,
-            )
+            allowed.append(_dense_step(work, grad.contiguous(), state, hp, scheds[i], compiled))
         if work is not p:
             p.copy_(work)
+    stepped = torch.stack(allowed).to(torch.float32)
+    torch._foreach_add_(steps, list(stepped.unbind()))
+    torch._foreach_add_([state["skipped"] for _, _, state in items], list((1 - stepped).unbind()))
 
 
-def _factored_batch(
-    items: list[Item], hp: Tensor, sched: Tensor, fused: bool
-) -> None:
+def _dense_step(p: Tensor, grad: Tensor, state: dict[str, Any], hp: Tensor, sched: Tensor, fused: bool) -> Tensor:
+    exp_avg = state.get("exp_avg")
+    fn = kernels.compiled(kernels.dense_step) if fused else kernels.dense_step
+    flat_avg = None if exp_avg is None else exp_avg.view(-1).detach()
+    moments = (flat_avg, state["exp_avg_sq"].view(-1).detach())
+    return fn(p.view(-1).detach(), grad.view(-1).detach(), *moments, hp, sched, state.get("seed"))
+
+
+def _factored_batch(items: list[Item], hp: Tensor, sched: Tensor, fused: bool) -> Tensor:
     """Update B same-shaped factorized tensors in one kernel call: stack them, step the (B, n, m)
     batch, and copy every result back with one foreach call. Small tensors are where per-call
     overhead (Python, guards, kernel launches) outweighs the arithmetic, on GPUs most of all."""
@@ -156,21 +157,25 @@ def _factored_batch(
     p_b = torch.stack(views)
     g_b = torch.stack([g.reshape(n, m) for _, g, _ in items])
     state_b = {key: torch.stack([state[key] for _, _, state in items]) for key in keys}
-    _whole_step(p_b, g_b, state_b, hp, sched, fused)
+    seeds = [state["seed"] for _, _, state in items if "seed" in state]
+    stepped = {**state_b, "seed": torch.stack(seeds)} if seeds else state_b  # read, not written back
+    allowed = _whole_step(p_b, g_b, stepped, hp, sched, fused)
     targets = views + [state[key] for key in keys for _, _, state in items]
     results = list(p_b.unbind()) + [row for key in keys for row in state_b[key].unbind()]
     torch._foreach_copy_(targets, results)
+    return allowed
 
 
 def _factored_step(
     p: Tensor, grad: Tensor, state: dict[str, Any], block_size: int, hp: Tensor, sched: Tensor, fused: bool
-) -> None:
-    """Update one factorized tensor: in one kernel call if it fits a block, else row block by row block."""
+) -> Tensor:
+    """Update one factorized tensor: in one kernel call if it fits a block, else row block by row block
+    (whether the gradient allows a step is decided over the whole tensor first). Returns that flag."""
     n, m = square_matricize(p.numel())
     pv, gv = p.view(n, m).detach(), grad.view(n, m).detach()
     if n * m <= block_size:
-        _whole_step(pv, gv, state, hp, sched, fused)
-        return
+        return _whole_step(pv, gv, state, hp, sched, fused)
+    allowed = (kernels.compiled(kernels.step_allowed) if fused else kernels.step_allowed)(gv, hp.dtype, 2)
     sign, packed = sign_as_bytes(state.get("sign"))
     row_m, col_m = state.get("row_m"), state.get("col_m")
     row_v, col_v = state["row_v"], state["col_v"]
@@ -190,12 +195,27 @@ def _factored_step(
             sign_blk = (sign[start * width : stop * width] if packed else sign[start * m : stop * m]).detach()
         if wide:
             kernels.mark_block((sign_blk, row_m_blk, row_v_blk), (p_blk, g_blk, col_m, col_v))
-        part_m, part_v = block_fn(p_blk, g_blk, sign_blk, row_m_blk, col_m, row_v_blk, col_v, hp, sched, packed)
+        part_m, part_v = block_fn(
+            p_blk,
+            g_blk,
+            sign_blk,
+            row_m_blk,
+            col_m,
+            row_v_blk,
+            col_v,
+            hp,
+            sched,
+            packed,
+            allowed,
+            state.get("seed"),
+            start,
+        )
         sum_v = part_v if sum_v is None else sum_v + part_v
         if part_m is not None:
             sum_m = part_m if sum_m is None else sum_m + part_m
     norm = kernels.compiled(kernels.normalize_columns) if fused else kernels.normalize_columns
     if sum_v is not None:
-        norm(col_v, sum_v)
+        norm(col_v, sum_v, allowed)
     if sum_m is not None and col_m is not None:
-        norm(col_m, sum_m)
+        norm(col_m, sum_m, allowed)
+    return allowed

@@ -1,14 +1,15 @@
-"""The Triton backend: every tensor of a bucket stepped in two kernel launches.
+"""The Triton backend: every tensor of a bucket stepped in three kernel launches.
 
 A bucket is one param group's tensors of one device, parameter dtype and gradient dtype. Its
 :class:`Plan` (the device table of addresses and shapes, the tile map, the tiling) is built once and
-reused while the same tensors have gradients at the same addresses, so a step costs the two launches
+reused while the same tensors have gradients at the same addresses, so a step costs the three launches
 of :mod:`smmf.triton_kernels`, plus one small fill when a hyperparameter changed, with no host sync
 and no host-to-device copy: ``optimizer.step()`` can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from torch import Tensor
 from .matricization import square_matricize
 from .signpack import row_bytes
 
-__all__ = ["available", "Plan", "plan_key", "build_plan", "step"]
+__all__ = ["available", "Plan", "layout_key", "gradient_addresses", "build_plan", "with_gradients", "step"]
 
 # A sub-block is BLOCK_R rows by 8 * BLOCK_J columns (2048 elements); a tile is a whole number of them.
 BLOCK_R = 16
@@ -48,22 +49,39 @@ def available(device: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class Plan:
-    """What the kernels need beyond the hyperparameters: built once per set of tensors."""
+    """What the kernels need beyond the hyperparameters: built once per set of tensors, and only its
+    gradient column rewritten when gradients move (``zero_grad(set_to_none=True)`` may reallocate)."""
 
-    key: tuple[Any, ...]
+    layout: tuple[Any, ...]
+    gradients: tuple[int, ...]
     table: Tensor  # (tensors, TABLE_COLS) int64 on the device
     tile_map: Tensor  # (tiles,) int32: the tensor each tile belongs to
+    flags: Tensor  # (tensors,) int32: 1 where pass 0 found a non-finite gradient; cleared by pass 2
     tile_rows: int
     tile_bytes: int
     scratch_numel: int
     has_m: bool
     packed: bool
+    stochastic: bool  # every tensor's state has a seed: stochastic rounding to bf16
 
 
-def plan_key(items: list[Item], state_epoch: int) -> tuple[Any, ...]:
-    """What a plan depends on: the parameters' and gradients' addresses and the optimizer's state
-    epoch (bumped whenever state tensors are created or replaced)."""
-    return (state_epoch, tuple((p.data_ptr(), g.data_ptr()) for p, g, _ in items))
+def layout_key(items: list[Item], state_epoch: int) -> tuple[Any, ...]:
+    """What a plan's layout depends on: the parameters' addresses and the optimizer's state epoch
+    (bumped whenever state tensors are created or replaced)."""
+    seeded = all("seed" in state for _, _, state in items)  # stochastic rounding can be switched off
+    return (state_epoch, seeded, tuple(p.data_ptr() for p, _, _ in items))
+
+
+def gradient_addresses(items: list[Item]) -> tuple[int, ...]:
+    return tuple(g.data_ptr() for _, g, _ in items)
+
+
+def with_gradients(plan: Plan, gradients: tuple[int, ...]) -> Plan:
+    """The plan with its gradient column rewritten (one small host-to-device copy)."""
+    from . import triton_kernels as tk
+
+    plan.table[:, int(tk.COL_G)].copy_(torch.tensor(gradients, dtype=torch.int64), non_blocking=True)
+    return dataclasses.replace(plan, gradients=gradients)
 
 
 def _tensor_shape(p: Tensor, state: dict[str, Any]) -> tuple[int, int, int, bool]:
@@ -77,7 +95,9 @@ def _counts(shape: tuple[int, int, int, bool], tile_rows: int, tile_bytes: int) 
     return math.ceil(n / tile_rows), math.ceil(width / tile_bytes)
 
 
-def _extra_numel(shapes: list[tuple[int, int, int, bool]], tile_rows: int, tile_bytes: int, moments: int) -> tuple[int, int]:
+def _extra_numel(
+    shapes: list[tuple[int, int, int, bool]], tile_rows: int, tile_bytes: int, moments: int
+) -> tuple[int, int]:
     """(scratch elements, tiles) of a tiling."""
     scratch = tiles = 0
     for shape in shapes:
@@ -108,7 +128,7 @@ def _tiling(shapes: list[tuple[int, int, int, bool]], moments: int, acc_bytes: i
             return tile_rows, tile_bytes
 
 
-def build_plan(items: list[Item], key: tuple[Any, ...], acc_dtype: torch.dtype, has_m: bool, packed: bool) -> Plan:
+def build_plan(items: list[Item], layout: tuple[Any, ...], acc_dtype: torch.dtype, has_m: bool, packed: bool) -> Plan:
     """The table, tile map and tiling for ``items`` (all on one device)."""
     from . import triton_kernels as tk
 
@@ -119,15 +139,17 @@ def build_plan(items: list[Item], key: tuple[Any, ...], acc_dtype: torch.dtype, 
     budget = max(int(SCRATCH_FRACTION * largest), _MIN_SCRATCH_BYTES)
     moments = 2 if has_m else 1
     tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget)
-    rows, tile_owner = [], []
+    rows: list[list[int]] = []
+    tile_counts: list[int] = []
     scratch = 0
-    for index, ((p, g, state), shape) in enumerate(zip(items, shapes)):
+    for (p, g, state), shape in zip(items, shapes, strict=True):
         n, m, width, dense = shape
         row_tiles, col_tiles = _counts(shape, tile_rows, tile_bytes)
         entry = [0] * int(tk.TABLE_COLS)
-        entry[tk.COL_TILE0] = len(tile_owner)
-        tile_owner.extend([index] * (row_tiles * col_tiles))
-        entry[tk.COL_P], entry[tk.COL_G], entry[tk.COL_STEP] = p.data_ptr(), g.data_ptr(), state["step"].data_ptr()
+        entry[tk.COL_TILE0] = sum(tile_counts)
+        tile_counts.append(row_tiles * col_tiles)
+        entry[tk.COL_P], entry[tk.COL_G] = p.data_ptr(), g.data_ptr()
+        entry[tk.COL_STEP], entry[tk.COL_SKIPPED] = state["step"].data_ptr(), state["skipped"].data_ptr()
         entry[tk.COL_N], entry[tk.COL_M], entry[tk.COL_B] = n, m, width
         entry[tk.COL_COL_TILES], entry[tk.COL_ROW_TILES], entry[tk.COL_DENSE] = col_tiles, row_tiles, int(dense)
         _state_addresses(entry, state, fallback=p.data_ptr())
@@ -137,15 +159,19 @@ def build_plan(items: list[Item], key: tuple[Any, ...], acc_dtype: torch.dtype, 
             entry[tk.COL_COL_PART] = scratch
             scratch += moments * m * row_tiles
         rows.append(entry)
+    owners = torch.repeat_interleave(torch.arange(len(items), dtype=torch.int32), torch.tensor(tile_counts))
     return Plan(
-        key=key,
+        layout=layout,
+        gradients=gradient_addresses(items),
         table=torch.tensor(rows, dtype=torch.int64).to(device),
-        tile_map=torch.tensor(tile_owner, dtype=torch.int32).to(device),
+        tile_map=owners.to(device),
+        flags=torch.zeros(len(items), dtype=torch.int32, device=device),
         tile_rows=tile_rows,
         tile_bytes=tile_bytes,
         scratch_numel=scratch,
         has_m=has_m,
         packed=packed,
+        stochastic=all("seed" in state for _, _, state in items),
     )
 
 
@@ -161,6 +187,7 @@ def _state_addresses(entry: list[int], state: dict[str, Any], fallback: int) -> 
         "col_v": tk.COL_COL_V,
         "exp_avg": tk.COL_EXP_AVG,
         "exp_avg_sq": tk.COL_EXP_AVG_SQ,
+        "seed": tk.COL_SEED,
     }
     for key, col in columns.items():
         value = state.get(key)
@@ -179,17 +206,32 @@ def _triton_dtype(dtype: torch.dtype) -> Any:
 
 
 def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr: Tensor) -> None:
-    """Both passes for a bucket: ``hp`` is the hyperparameter tensor (factor dtype, on the device) and
-    ``lr`` a one-element device tensor (the group's own tensor lr, or a slot of ``hp``)."""
+    """The three passes for a bucket: ``hp`` is the hyperparameter tensor (factor dtype, on the device)
+    and ``lr`` a one-element device tensor (the group's own tensor lr, or a slot of ``hp``)."""
     from . import triton_kernels as tk
 
     acc = _triton_dtype(hp.dtype)
-    scratch = torch.empty(max(plan.scratch_numel, 1), dtype=hp.dtype, device=hp.device)
+    tensors = plan.table.shape[0]
+    scratch = torch.empty(plan.scratch_numel + tensors, dtype=hp.dtype, device=hp.device)
+    flag_copies = scratch[plan.scratch_numel :].view(-1)[:tensors]
+    blocks = {"BLOCK_R": BLOCK_R, "BLOCK_J": BLOCK_J}
     tiles = plan.tile_map.numel()
     if tiles:
-        tk.step_tiles[(tiles,)](
-            plan.table, plan.tile_map, hp, lr, scratch, plan.tile_rows, plan.tile_bytes,
-            P_DT=_triton_dtype(p_dtype), G_DT=_triton_dtype(g_dtype), ACC=acc,
-            HAS_M=plan.has_m, PACKED=plan.packed, BLOCK_R=BLOCK_R, BLOCK_J=BLOCK_J,
+        tk.check_gradients[(tiles,)](
+            plan.table,
+            plan.tile_map,
+            plan.flags,
+            plan.tile_rows,
+            plan.tile_bytes,
+            G_DT=_triton_dtype(g_dtype),
+            ACC=acc,
+            **blocks,
         )
-    tk.reduce_factors[(plan.table.shape[0], 2)](plan.table, scratch, ACC=acc, HAS_M=plan.has_m, BLOCK=_REDUCE_BLOCK)
+        dtypes = {"P_DT": _triton_dtype(p_dtype), "G_DT": _triton_dtype(g_dtype), "ACC": acc}
+        tk.step_tiles[(tiles,)](
+            plan.table, plan.tile_map, plan.flags, hp, lr, scratch, flag_copies, plan.tile_rows, plan.tile_bytes,
+            HAS_M=plan.has_m, PACKED=plan.packed, STOCHASTIC=plan.stochastic, **dtypes, **blocks,
+        )  # fmt: skip
+    tk.reduce_factors[(tensors, 2)](
+        plan.table, scratch, plan.flags, flag_copies, ACC=acc, HAS_M=plan.has_m, BLOCK=_REDUCE_BLOCK
+    )

@@ -10,12 +10,20 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import triton
+import triton.language as tl
 from torch import nn
 
 from golden_replay import CASES, max_relative_error, replay
-from smmf import SMMF, triton_backend
+from smmf import SMMF, rounding, triton_backend
 from smmf import triton_kernels as tk
-from step_helpers import assert_format1_resume_is_exact, assert_same, run
+from step_helpers import (
+    NON_FINITE_CASES,
+    assert_bad_step_is_skipped,
+    assert_format1_resume_is_exact,
+    assert_same,
+    run,
+)
 
 # prime (97,) -> (97, 1), zero-size, widths with and without whole sign bytes, one tensor of several tiles
 SHAPES = [(), (1,), (7,), (97,), (0,), (0, 3), (6, 5), (33, 12), (4, 1, 3), (24, 16), (250, 240)]
@@ -45,7 +53,10 @@ def test_half_precision_parameters_use_float32_math(dtype: torch.dtype) -> None:
 
 
 def test_float64_parameters_use_float64_math() -> None:
-    triton_run, eager_run = run(SHAPES, dtype=torch.float64, backend="triton"), run(SHAPES, dtype=torch.float64, backend="eager")
+    triton_run, eager_run = (
+        run(SHAPES, dtype=torch.float64, backend="triton"),
+        run(SHAPES, dtype=torch.float64, backend="eager"),
+    )
     assert triton_run[1].state[triton_run[0][-1]]["row_v"].dtype == torch.float64
     assert_same(triton_run, eager_run, rtol=1e-12, atol=1e-14)
 
@@ -58,10 +69,12 @@ def test_mixed_dtypes_in_one_group_each_get_their_bucket() -> None:
         opt = SMMF(params, lr=0.01, backend=backend)
         for step in range(3):
             for p in params:
-                p.grad = torch.full_like(p, 0.1 * (step + 1)) + torch.linspace(-1, 1, p.numel()).view(p.shape).to(p.dtype)
+                p.grad = torch.full_like(p, 0.1 * (step + 1)) + torch.linspace(-1, 1, p.numel()).view(p.shape).to(
+                    p.dtype
+                )
             opt.step()
         runs.append(params)
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
 
 
@@ -95,7 +108,7 @@ def test_scratch_stays_within_a_quarter_of_the_largest_parameter() -> None:
 
 def test_two_runs_are_bitwise_equal() -> None:
     first, second = run(SHAPES, backend="triton"), run(SHAPES, backend="triton")
-    for a, b in zip(first[0], second[0]):
+    for a, b in zip(first[0], second[0], strict=True):
         assert torch.equal(a, b)
         for key, value in first[1].state[a].items():
             assert torch.equal(value, second[1].state[b][key]) if isinstance(value, torch.Tensor) else True
@@ -110,29 +123,32 @@ class _CountingKernel:
         return self.kernel[grid]
 
 
-def test_two_launches_per_step_and_the_table_is_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_three_launches_per_step_and_the_table_is_reused(monkeypatch: pytest.MonkeyPatch) -> None:
     launches: list[int] = []
+    monkeypatch.setattr(tk, "check_gradients", _CountingKernel(tk.check_gradients, launches))
     monkeypatch.setattr(tk, "step_tiles", _CountingKernel(tk.step_tiles, launches))
     monkeypatch.setattr(tk, "reduce_factors", _CountingKernel(tk.reduce_factors, launches))
     params = [nn.Parameter(torch.randn(s)) for s in [(6, 5), (33, 12), (7,), (24, 16)]]
     opt = SMMF(params, lr=0.01, backend="triton")
     plans = []
-    for step in range(4):
+    for step in range(5):
         for p in params:  # gradients written in place keep their addresses, as the caching allocator's reuse does
             if step == 2 and p is params[0]:
                 p.grad = None
-            elif p.grad is None:
+            elif p.grad is None or step == 4:
                 p.grad = torch.randn_like(p)
             else:
                 p.grad.copy_(torch.randn_like(p))
         launches.clear()
         opt.step()
-        assert len(launches) == 2
+        assert len(launches) == 3
         plans.append(next(iter(opt._caches[0].plans.values())))
     assert plans[0] is plans[1]  # same tensors with gradients: the table is not rebuilt
     assert plans[2] is not plans[1]  # one parameter without a gradient: a new table
-    assert plans[3] is not plans[2]  # its new gradient lives at a new address
-    assert opt.state[params[0]]["step"].item() == 3 and opt.state[params[1]]["step"].item() == 4
+    assert plans[3].layout != plans[2].layout  # it has a gradient again: a new table
+    assert plans[4].table is plans[3].table  # new gradients, same tensors: only the gradient column is rewritten
+    assert plans[4].gradients != plans[3].gradients
+    assert opt.state[params[0]]["step"].item() == 4 and opt.state[params[1]]["step"].item() == 5
 
 
 def test_tensor_lr_changed_in_place_is_read_on_device() -> None:
@@ -145,19 +161,22 @@ def test_tensor_lr_changed_in_place_is_read_on_device() -> None:
     for step in range(3):
         lr.fill_(0.01 / (step + 1))  # in place, as a scheduler of a captured CUDA graph would
         ref_opt.param_groups[0]["lr"] = 0.01 / (step + 1)
-        for p, q in zip(params, reference):
+        for p, q in zip(params, reference, strict=True):
             p.grad = torch.full_like(p, 0.5) + torch.arange(p.numel()).view(p.shape) / p.numel()
             q.grad = p.grad.clone()
         opt.step()
         ref_opt.step()
-    for p, q in zip(params, reference):
+    for p, q in zip(params, reference, strict=True):
         torch.testing.assert_close(p, q)
 
 
 def test_non_contiguous_parameters_fall_back_and_match_eager() -> None:
     def make() -> list[nn.Parameter]:
         torch.manual_seed(0)
-        return [nn.Parameter(torch.randn(8, 3, 3, 3).to(memory_format=torch.channels_last)), nn.Parameter(torch.randn(12, 5))]
+        return [
+            nn.Parameter(torch.randn(8, 3, 3, 3).to(memory_format=torch.channels_last)),
+            nn.Parameter(torch.randn(12, 5)),
+        ]
 
     results = []
     for backend in ("triton", "eager"):
@@ -165,10 +184,16 @@ def test_non_contiguous_parameters_fall_back_and_match_eager() -> None:
         opt = SMMF(params, lr=0.01, backend=backend)
         for _ in range(3):
             for p in params:
-                p.grad = (torch.arange(p.numel(), dtype=torch.float32).view(p.shape) % 7 - 3).contiguous(memory_format=torch.channels_last) if p.dim() == 4 else torch.ones_like(p)
+                p.grad = (
+                    (torch.arange(p.numel(), dtype=torch.float32).view(p.shape) % 7 - 3).contiguous(
+                        memory_format=torch.channels_last
+                    )
+                    if p.dim() == 4
+                    else torch.ones_like(p)
+                )
             opt.step()
         results.append(params)
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -195,3 +220,44 @@ def test_fsdp2_local_shards_match_eager(tmp_path: Any, monkeypatch: pytest.Monke
 
 def test_interpreter_is_on() -> None:
     assert os.environ["TRITON_INTERPRET"] == "1" and triton_backend.available(torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("dtype", "bad"), NON_FINITE_CASES, ids=["nan", "inf", "1e20-fp32", "1e20-bf16", "inf-fp16"])
+def test_a_bad_gradient_skips_only_its_tensor(dtype: torch.dtype, bad: float) -> None:
+    assert_bad_step_is_skipped("triton", dtype, bad)
+
+
+def test_8bit_signs_skip_too() -> None:
+    assert_bad_step_is_skipped("triton", torch.float32, float("nan"), sign_bits=8)
+
+
+@triton.jit
+def _round_kernel(x_ptr, out_ptr, seed, step, N: tl.constexpr):
+    index = tl.arange(0, N).to(tl.int64)
+    bits = tk._random_bits(seed, step, index)
+    tl.store(out_ptr + index, tk._stochastic_bf16(tl.load(x_ptr + index), bits))
+
+
+def test_triton_draws_the_same_random_bits_and_rounds_like_torch() -> None:
+    n = 4096
+    x = torch.randn(n) * torch.logspace(-3, 3, n)
+    x[:4] = torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0])
+    out = torch.empty(n, dtype=torch.bfloat16)
+    _round_kernel[(1,)](x, out, 987654321, 42, N=n)
+    expected = rounding.stochastic_round_bf16(
+        x, rounding.random_bits(torch.tensor(987654321), torch.tensor(42), torch.arange(n))
+    )
+    assert torch.equal(out[3:], expected[3:]) and out[:2].tolist() == [float("inf"), float("-inf")] and out[2].isnan()
+
+
+def test_small_lr_bf16_learns_with_stochastic_rounding_as_in_eager() -> None:
+    results = []
+    for backend in ("triton", "eager"):
+        p = nn.Parameter(torch.ones(32, 24, dtype=torch.bfloat16))
+        opt = SMMF([p], lr=1e-4, backend=backend, stochastic_rounding=True)
+        for _ in range(40):
+            p.grad = 2 * p.detach()
+            opt.step()
+        results.append(p.detach().float())
+    assert results[0].mean().item() < 1 - 40 * 1e-4 * 0.5
+    assert (results[0] != results[1]).float().mean().item() < 0.01  # the same random bits in both backends

@@ -1,0 +1,55 @@
+"""The Triton kernels compile to GPU machine code (PTX and cubin) for an H100 and an A100 without a GPU:
+what the interpreter tests cannot see (the compiler's type rules, constexpr branches, register use)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from smmf import triton_kernels as tk  # noqa: E402
+
+TARGETS = [GPUTarget("cuda", 90, 32), GPUTarget("cuda", 80, 32)]
+BLOCKS = {"BLOCK_R": 16, "BLOCK_J": 16}
+
+
+def _compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], target: GPUTarget) -> None:
+    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target)
+    assert kernel.asm["cubin"] and "ld.global" in kernel.asm["ptx"]
+
+
+def _signature(names: list[str], types: dict[str, str]) -> dict[str, str]:
+    return {name: types.get(name, "constexpr") for name in names}
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=["sm90", "sm80"])
+@pytest.mark.parametrize(
+    ("p_dt", "acc", "has_m", "packed", "stochastic"),
+    [
+        (tl.float32, tl.float32, True, True, False),
+        (tl.bfloat16, tl.float32, True, True, True),
+        (tl.float16, tl.float32, True, False, False),
+        (tl.bfloat16, tl.float32, False, True, True),
+        (tl.float64, tl.float64, True, True, False),
+    ],
+    ids=["fp32-1bit", "bf16-sr", "fp16-8bit", "bf16-no-momentum", "fp64"],
+)
+def test_the_three_kernels_compile(
+    target: GPUTarget, p_dt: Any, acc: Any, has_m: bool, packed: bool, stochastic: bool
+) -> None:
+    accs = "fp64" if acc == tl.float64 else "fp32"
+    check = ["table", "tile_map", "flags", "tile_rows", "tile_bytes", "G_DT", "ACC", "BLOCK_R", "BLOCK_J"]
+    types = {"table": "*i64", "tile_map": "*i32", "flags": "*i32", "tile_rows": "i32", "tile_bytes": "i32"}
+    _compile(tk.check_gradients, _signature(check, types), {"G_DT": p_dt, "ACC": acc, **BLOCKS}, target)
+    step = ["table", "tile_map", "flags", "hp", "lr_ptr", "scratch", "flag_copies", "tile_rows", "tile_bytes",
+            "P_DT", "G_DT", "ACC", "HAS_M", "PACKED", "STOCHASTIC", "BLOCK_R", "BLOCK_J"]  # fmt: skip
+    types |= {"hp": f"*{accs}", "lr_ptr": "*fp32", "scratch": f"*{accs}", "flag_copies": f"*{accs}"}
+    constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": acc, "HAS_M": has_m, "PACKED": packed, "STOCHASTIC": stochastic}
+    _compile(tk.step_tiles, _signature(step, types), {**constexprs, **BLOCKS}, target)
+    reduce = ["table", "scratch", "flags", "flag_copies", "ACC", "HAS_M", "BLOCK"]
+    _compile(tk.reduce_factors, _signature(reduce, types), {"ACC": acc, "HAS_M": has_m, "BLOCK": 1024}, target)
