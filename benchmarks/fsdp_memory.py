@@ -2,8 +2,15 @@
 
 Run: python benchmarks/fsdp_memory.py   (CPU, gloo; about a minute)
 """
-import json, tempfile, warnings
-import torch, torch.distributed as dist, torch.multiprocessing as mp
+
+import json
+import tempfile
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
 
 def worker(rank, world, rdzv, out):
     warnings.filterwarnings("ignore")
@@ -11,7 +18,9 @@ def worker(rank, world, rdzv, out):
     dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)
     from torch.distributed.fsdp import fully_shard
     from transformers import GPT2Config, GPT2LMHeadModel
+
     from smmf import SMMF, optimizer_state_bytes
+
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=256, n_head=4, vocab_size=8000, n_positions=128))
     for block in model.transformer.h:
@@ -22,12 +31,15 @@ def worker(rank, world, rdzv, out):
     model(input_ids=ids, labels=ids).loss.backward()
     opt.step()
     local = sum(p.to_local().numel() for p in model.parameters())
-    json.dump({"rank": rank, "state_bytes": optimizer_state_bytes(opt), "local_params": local}, open(f"{out}.{world}.{rank}", "w"))
+    with open(f"{out}.{world}.{rank}", "w") as f:
+        json.dump({"rank": rank, "state_bytes": optimizer_state_bytes(opt), "local_params": local}, f)
     dist.destroy_process_group()
+
 
 if __name__ == "__main__":
     d = tempfile.mkdtemp()
     for world in (1, 2):
         mp.start_processes(worker, args=(world, f"{d}/rdzv{world}", f"{d}/out"), nprocs=world, start_method="spawn")
         for r in range(world):
-            print(f"world {world}:", open(f"{d}/out.{world}.{r}").read())
+            with open(f"{d}/out.{world}.{r}") as f:
+                print(f"world {world}:", f.read())

@@ -9,5 +9,5 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 timeout 240 python -m pytest -q -x tests/test_cuda.py 2>&1 | tail -15
-timeout 420 python -m smmf.bench --mode train --device cuda --steps 10 --warmup 3 \
+timeout 420 python -m smmf bench --mode train --device cuda --steps 10 --warmup 3 \
     --optimizers adamw-fused,adamw,smmf,smmf8,smmf-inductor --out "$out/bench-train-cuda" 2>&1 | tail -40

@@ -43,15 +43,15 @@ class ReferenceSMMF(torch.optim.Optimizer):
         vector_reshape: bool = True,
         weight_decay_mode: str = "adamw",
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            beta=beta,
-            eps=eps,
-            weight_decay=weight_decay,
-            decay_rate=decay_rate,
-            growth_rate=growth_rate,
-            vector_reshape=vector_reshape,
-        )
+        defaults = {
+            "lr": lr,
+            "beta": beta,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "decay_rate": decay_rate,
+            "growth_rate": growth_rate,
+            "vector_reshape": vector_reshape,
+        }
         super().__init__(params, defaults)
         self.weight_decay_mode = weight_decay_mode  # not a group entry, as in the reference
 

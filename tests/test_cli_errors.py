@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from smmf.cli import main
+from smmf.commands.main import main
 
 
 @pytest.mark.parametrize("command", [[], ["compare"], ["train"], ["memory"], ["bench"]])
@@ -20,7 +20,9 @@ def test_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_python_m_smmf() -> None:
-    proc = subprocess.run([sys.executable, "-m", "smmf", "--version"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "smmf", "--version"], capture_output=True, text=True, check=False, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("smmf ")
 
 
@@ -38,8 +40,9 @@ def _error(capsys: pytest.CaptureFixture[str], argv: list[str], code: int) -> st
 
 def test_compare_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
     err = _error(capsys, ["compare", "--optimizers", "adam,lion"], 2)
-    assert err == ("smmf compare: error: unknown optimizer 'lion'; "
-                   "valid: adam, adamw, adafactor, sm3, came, smmf, smmf8")
+    assert err == (
+        "smmf compare: error: unknown optimizer 'lion'; valid: adam, adamw, adafactor, sm3, came, smmf, smmf8"
+    )
     err = _error(capsys, ["compare", "--tasks", "imagenet"], 2)
     assert err == "smmf compare: error: unknown task 'imagenet'; valid: digits, text"
 
@@ -88,12 +91,24 @@ def test_train_text_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_train_missing_dataset_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["train", "--model", "mobilenet_v2", "--data-dir", str(tmp_path / "none"), "--no-download",
-            "--device", "cpu", "--out", str(tmp_path / "run")]
+    argv = [
+        "train",
+        "--model",
+        "mobilenet_v2",
+        "--data-dir",
+        str(tmp_path / "none"),
+        "--no-download",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     err = _error(capsys, argv, 1)
-    assert err == (f"smmf train: error: cifar100: no dataset in {tmp_path / 'none' / 'cifar-100-python'} "
-                   "(downloading is off); pass --data-dir with a folder holding cifar-100-python/ "
-                   "(the extracted python version), or run online to download it")
+    assert err == (
+        f"smmf train: error: cifar100: no dataset in {tmp_path / 'none' / 'cifar-100-python'} "
+        "(downloading is off); pass --data-dir with a folder holding cifar-100-python/ "
+        "(the extracted python version), or run online to download it"
+    )
 
 
 @pytest.mark.parametrize(
@@ -102,17 +117,37 @@ def test_train_missing_dataset_offline(tmp_path: Path, capsys: pytest.CaptureFix
         (["train", "--lr", "nan"], "smmf train: error: --lr: expected a finite number > 0, got nan"),
         (["train", "--lr", "inf"], "smmf train: error: --lr: expected a finite number > 0, got inf"),
         (["train", "--lr", "0"], "smmf train: error: --lr: expected a finite number > 0, got 0.0"),
-        (["train", "--growth-rate", "5"], "smmf train: error: --growth-rate: expected a finite number >= 0 and <= 1, got 5.0"),
-        (["train", "--weight-decay", "-1"], "smmf train: error: --weight-decay: expected a finite number >= 0, got -1.0"),
-        (["train", "--weight-decay", "inf"], "smmf train: error: --weight-decay: expected a finite number >= 0, got inf"),
-        (["train", "--decay-rate", "nan"], "smmf train: error: --decay-rate: expected a finite number >= -1 and <= 0, got nan"),
+        (
+            ["train", "--growth-rate", "5"],
+            "smmf train: error: --growth-rate: expected a finite number >= 0 and <= 1, got 5.0",
+        ),
+        (
+            ["train", "--weight-decay", "-1"],
+            "smmf train: error: --weight-decay: expected a finite number >= 0, got -1.0",
+        ),
+        (
+            ["train", "--weight-decay", "inf"],
+            "smmf train: error: --weight-decay: expected a finite number >= 0, got inf",
+        ),
+        (
+            ["train", "--decay-rate", "nan"],
+            "smmf train: error: --decay-rate: expected a finite number >= -1 and <= 0, got nan",
+        ),
         (["train", "--seed", "-1"], "smmf train: error: --seed: expected an integer from 0 to 4294967295, got -1"),
-        (["compare", "--steps", "9"], "smmf compare: error: --steps: expected at least 11 (the first 10 steps warm up "
-                                      "and are left out of the step-time medians), got 9"),
+        (
+            ["compare", "--steps", "9"],
+            "smmf compare: error: --steps: expected at least 11 (the first 10 steps warm up "
+            "and are left out of the step-time medians), got 9",
+        ),
         (["compare", "--seed", "-1"], "smmf compare: error: --seed: expected an integer from 0 to 4294967295, got -1"),
-        (["bench", "--threads", "0"], "smmf bench: --steps, --rounds and --threads must be >= 1, --warmup >= 0"),
-        (["memory", "--model", "llama-h0-l1"],
-         "smmf memory: error: llama hidden size must be a positive multiple of 128 (heads of 128), got 0"),
+        (
+            ["bench", "--threads", "0"],
+            "smmf bench: error: --steps, --rounds and --threads must be >= 1, --warmup >= 0",
+        ),
+        (
+            ["memory", "--model", "llama-h0-l1"],
+            "smmf memory: error: llama hidden size must be a positive multiple of 128 (heads of 128), got 0",
+        ),
         (["memory", "--model", "llama-h128-l0"], "smmf memory: error: llama needs at least one layer, got 0"),
     ],
 )
@@ -127,4 +162,15 @@ def test_bad_numbers_are_one_line_errors_before_any_work(
 
 def test_bench_unwritable_out_is_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     err = _error(capsys, ["bench", "--set", "tiny", "--optimizers", "adam", "--out", "/proc/x"], 2)
-    assert err.startswith("smmf bench: --out: cannot write to /proc/x:")
+    assert err.startswith("smmf bench: error: --out: cannot write to /proc/x:")
+
+
+def test_compare_help_names_each_task_default_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    """--steps' help reads ``default_steps`` from each class in ``compare.TASKS`` (typed as TaskClass)."""
+    from smmf.commands.compare_tasks import TASKS
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert [TASKS[name].default_steps for name in ("digits", "text")] == [400, 300]
+    assert "(default: digits 400, text 300)" in help_text

@@ -7,14 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from smmf.cli import main
+from smmf.commands.main import main
 
 pytestmark = pytest.mark.slow
 
 
 def test_compare_writes_table_json_and_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cmp"
-    argv = ["compare", "--optimizers", "adam,sm3,smmf", "--steps", "12", "--smmf-eager", "--no-progress", "--out", str(out)]
+    argv = [
+        "compare",
+        "--optimizers",
+        "adam,sm3,smmf",
+        "--steps",
+        "12",
+        "--smmf-eager",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| SMMF (1-bit) |" in printed and "held-out perplexity" in printed and "held-out accuracy (%)" in printed
@@ -34,14 +44,35 @@ def test_train_gpt2_tiny_on_text(tmp_path: Path) -> None:
     text = tmp_path / "corpus.txt"
     text.write_bytes(Path(json.__file__).read_bytes() * 2)
     out = tmp_path / "run"
-    argv = ["train", "--model", "gpt2-tiny", "--text", str(text), "--seq-len", "32", "--batch-size", "4",
-            "--max-steps", "3", "--eval-batches", "2", "--optimizer", "adamw", "--device", "cpu",
-            "--num-workers", "0", "--no-progress", "--out", str(out)]
+    argv = [
+        "train",
+        "--model",
+        "gpt2-tiny",
+        "--text",
+        str(text),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "3",
+        "--eval-batches",
+        "2",
+        "--optimizer",
+        "adamw",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["final_eval"]["perplexity"] > 1
     rows = (out / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "kind,step,epoch,batch,loss,lr,accuracy,perplexity,seconds"
+    assert rows[0] == "kind,step,epoch,batch,loss,lr,accuracy,perplexity,seconds,skipped_steps"
     assert [r.split(",")[0] for r in rows[1:]] == ["train", "train", "train", "eval"]
 
 
@@ -50,10 +81,30 @@ def test_ctrl_c_exits_130_without_traceback(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    argv = [sys.executable, "-m", "smmf", "compare", "--tasks", "digits", "--optimizers", "adam", "--steps", "1000000",
-            "--no-progress", "--out", str(tmp_path / "cmp")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    argv = [
+        sys.executable,
+        "-m",
+        "smmf",
+        "compare",
+        "--tasks",
+        "digits",
+        "--optimizers",
+        "adam",
+        "--steps",
+        "1000000",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "cmp"),
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A background shell starts its jobs with SIGINT ignored, which the child would inherit; the child
+        # only resets one signal disposition before exec, so the thread-safety caveat does not apply.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )
     assert proc.stdout is not None and proc.stdout.readline().startswith("smmf compare:")  # training has begun
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from smmf import SMMF, bench
+from smmf import SMMF
+from smmf.commands.main import main
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -24,7 +25,13 @@ GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "off
 SHAPES = [(), (1,), (97,), (33, 12), (4, 1, 3), (256, 300), (512, 2, 64), (1031, 768), (396,), (12, 33), (300, 256)]
 
 
-def _run(backend: str, dtype: torch.dtype = torch.float32, steps: int = 4, shapes: list[tuple[int, ...]] = SHAPES, **kwargs: Any) -> tuple[list[torch.Tensor], SMMF]:
+def _run(
+    backend: str,
+    dtype: torch.dtype = torch.float32,
+    steps: int = 4,
+    shapes: list[tuple[int, ...]] = SHAPES,
+    **kwargs: Any,
+) -> tuple[list[torch.Tensor], SMMF]:
     gen = torch.Generator(device="cuda").manual_seed(0)
     params = [torch.randn(s, device="cuda", dtype=dtype, generator=gen).requires_grad_() for s in shapes]
     opt = SMMF(params, lr=0.01, backend=backend, **kwargs)
@@ -35,9 +42,11 @@ def _run(backend: str, dtype: torch.dtype = torch.float32, steps: int = 4, shape
     return params, opt
 
 
-def _assert_close_runs(first: tuple[list[torch.Tensor], SMMF], second: tuple[list[torch.Tensor], SMMF], tol: float = 1e-5) -> None:
+def _assert_close_runs(
+    first: tuple[list[torch.Tensor], SMMF], second: tuple[list[torch.Tensor], SMMF], tol: float = 1e-5
+) -> None:
     (pf, of), (pe, oe) = first, second
-    for a, b in zip(pf, pe):
+    for a, b in zip(pf, pe, strict=True):
         assert a.is_cuda and of.state[a]["step"].is_cuda
         torch.testing.assert_close(a, b, rtol=tol, atol=tol / 10)
         for key, value in of.state[a].items():
@@ -70,7 +79,7 @@ def test_triton_matches_eager_on_gpt2_shapes() -> None:
 
 def test_triton_two_runs_are_bitwise_equal_on_cuda() -> None:
     (first, _), (second, _) = _run("triton"), _run("triton")
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 def test_triton_step_replays_in_a_cuda_graph_like_eager_steps() -> None:
@@ -84,13 +93,13 @@ def test_triton_step_replays_in_a_cuda_graph_like_eager_steps() -> None:
     eager_opt = SMMF(eager, lr=0.01, backend="eager")
     for step in range(6):
         eager_opt.param_groups[0]["lr"] = lrs[step]
-        for p, g in zip(eager, grads[step]):
+        for p, g in zip(eager, grads[step], strict=True):
             p.grad = g.clone()
         eager_opt.step()
     params = [p.clone().requires_grad_() for p in init]
     lr = torch.tensor(0.01, device="cuda")
     opt = SMMF(params, lr=lr, backend="triton")
-    for p, g in zip(params, grads[0]):
+    for p, g in zip(params, grads[0], strict=True):
         p.grad = g.clone()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -102,11 +111,11 @@ def test_triton_step_replays_in_a_cuda_graph_like_eager_steps() -> None:
         opt.step()  # captured, not run
     for step in range(1, 6):
         lr.fill_(lrs[step])
-        for p, g in zip(params, grads[step]):
+        for p, g in zip(params, grads[step], strict=True):
             p.grad.copy_(g)
         graph.replay()
     torch.cuda.synchronize()
-    for a, b in zip(params, eager):
+    for a, b in zip(params, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert opt.state[params[0]]["step"].item() == 6
 
@@ -114,7 +123,7 @@ def test_triton_step_replays_in_a_cuda_graph_like_eager_steps() -> None:
 @pytest.mark.parametrize("backend", ["triton", "inductor"])
 def test_compiled_backends_match_eager_on_cuda_float64(backend: str) -> None:
     (pf, _), (pe, _) = _run(backend, torch.float64), _run("eager", torch.float64)
-    for a, b in zip(pf, pe):
+    for a, b in zip(pf, pe, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -146,7 +155,7 @@ def test_golden_replay_on_cuda_float64(backend: str) -> None:
 
 def test_bench_runs_on_cuda(tmp_path: Path) -> None:
     argv = ["--set", "tiny", "--device", "cuda", "--optimizers", "smmf,reference,adam,adamw-fused"]
-    assert bench.main([*argv, "--steps", "2", "--warmup", "2", "--out", str(tmp_path)]) == 0
+    assert main(["bench", *argv, "--steps", "2", "--warmup", "2", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "bench.json").read_text())["results"]
     assert all("error" not in r and r["peak_extra_bytes"] >= 0 for r in rows), rows
 

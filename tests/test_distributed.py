@@ -47,7 +47,7 @@ def _fsdp_run(tmp_path, world, phase, checkpoint):
 
 def test_fsdp2_dcp_checkpoint_resume_continues_exactly(tmp_path):
     checkpoint = tmp_path / "dcp"
-    trained, ranks = _fsdp_run(tmp_path, 2, "train", checkpoint)
+    trained, _ = _fsdp_run(tmp_path, 2, "train", checkpoint)
     resumed, _ = _fsdp_run(tmp_path, 2, "resume", checkpoint)
     assert trained.keys() == resumed.keys()
     for name in trained:

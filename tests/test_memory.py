@@ -13,7 +13,9 @@ MIB = 2**20
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 6 * 6, 97), nn.Linear(97, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 6 * 6, 97), nn.Linear(97, 10)
+    )
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
@@ -78,3 +80,32 @@ def test_resnet50_cifar100_state_is_at_the_one_bit_limit():
     assert sizes[1] <= 3.5
     assert 22.0 <= sizes[8] <= 23.5
     assert adam_state_bytes(shapes) / MIB == pytest.approx(180.9, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"sign_bits": 8}, {"beta": None, "growth_rate": None}, {"vector_reshape": False}],
+    ids=["1-bit", "8-bit", "no-momentum", "dense-vectors"],
+)
+def test_state_bytes_formula_is_the_measured_state(options):
+    """SMMF.state_bytes() reads the formula of smmf_tensor_bytes (the one smmf memory uses); each kind and the
+    total equal the tensors allocated, for float32, float64 and complex parameters."""
+    from smmf.memory import SMMF_STATE_KINDS
+
+    torch.manual_seed(0)
+    params = [
+        nn.Parameter(torch.randn(13, 7)),
+        nn.Parameter(torch.randn(5, dtype=torch.float64)),
+        nn.Parameter(torch.randn(3, 4, dtype=torch.complex64)),
+        nn.Parameter(torch.randn(())),
+    ]
+    opt = SMMF(params, fused=False, **options)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    measured = {"sign": 0, "factors": 0, "dense": 0, "step": 0}
+    for state in opt.state.values():
+        for key, value in state.items():
+            measured[SMMF_STATE_KINDS[key]] += value.numel() * value.element_size()
+    parts = opt.state_bytes()
+    assert parts == {**measured, "total": optimizer_state_bytes(opt)}

@@ -9,25 +9,30 @@ import torch
 from torch import nn
 
 from smmf import optimizer_state_bytes
-from smmf.cli import main
+from smmf.commands.main import main
+from smmf.commands.memory import memory_table
+from smmf.commands.registry import build
 from smmf.memory import (
     adafactor_state_bytes,
     adam_state_bytes,
     allocator_bytes,
     came_state_bytes,
-    memory_table,
     sm3_state_bytes,
     smmf_state_bytes,
     state_tensor_bytes,
 )
-from smmf.optimizers import build
 
 
 def _small_model() -> nn.Module:
     """Every rank the formulas distinguish: 4-D conv (3x3 and 1x1), 2-D, 1-D, odd and prime sizes."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 16, 1), nn.Flatten(), nn.Linear(16 * 4 * 4, 7), nn.LayerNorm(7)
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.Conv2d(8, 16, 1),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 7),
+        nn.LayerNorm(7),
     )
     model.register_parameter("scalar", nn.Parameter(torch.randn(())))
     return model
@@ -80,7 +85,9 @@ def test_memory_table_rows_and_percentages() -> None:
     assert rows["SMMF 1-bit"]["bytes"] == smmf_state_bytes(shapes)
     assert rows["SMMF 8-bit"]["bytes"] == smmf_state_bytes(shapes, sign_bits=8)
     assert rows["Adafactor + momentum"]["bytes"] == adafactor_state_bytes(shapes, beta1=True)
-    assert rows["SMMF 1-bit"]["percent_of_adam"] == pytest.approx(100 * smmf_state_bytes(shapes) / adam_state_bytes(shapes))
+    assert rows["SMMF 1-bit"]["percent_of_adam"] == pytest.approx(
+        100 * smmf_state_bytes(shapes) / adam_state_bytes(shapes)
+    )
 
 
 def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
@@ -88,10 +95,10 @@ def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize(
-    ("model", "adam_paper", "smmf_paper"), [("resnet50", 184, 3.5), ("mobilenet_v2", 18, 0.7)]
-)
-def test_paper_cifar100_figures(capsys: pytest.CaptureFixture[str], model: str, adam_paper: float, smmf_paper: float) -> None:
+@pytest.mark.parametrize(("model", "adam_paper", "smmf_paper"), [("resnet50", 184, 3.5), ("mobilenet_v2", 18, 0.7)])
+def test_paper_cifar100_figures(
+    capsys: pytest.CaptureFixture[str], model: str, adam_paper: float, smmf_paper: float
+) -> None:
     """The paper (Table, CIFAR-100) measured on a GPU: each state tensor in 512-B allocator blocks and the
     reference's step counters as Python ints; that reproduces SMMF's 3.5 and 0.7 MiB to the digit shown.
     Adam's exact 180.9 MiB for ResNet-50 is 1.7% under the paper's 184 (see docs/memory.md)."""

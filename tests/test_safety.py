@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from smmf import SMMF
-from smmf.cli import main
+from smmf.commands.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,9 @@ def _refused(opt: SMMF, state_dict: dict[str, Any], *needles: str) -> str:
     return message
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"sign_bits": 8}, {"vector_reshape": False}, {"beta": None, "growth_rate": None}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"sign_bits": 8}, {"vector_reshape": False}, {"beta": None, "growth_rate": None}]
+)
 def test_valid_state_dicts_load(kwargs: dict[str, Any]) -> None:
     model, opt = _trained(**kwargs)
     fresh = SMMF(model.parameters(), fused=False, **kwargs)
@@ -184,7 +186,10 @@ def _edit(opt: SMMF, fn: Any) -> dict[str, Any]:
         (lambda sd: sd["state"][2].pop("step"), ("parameter 2", "'step'", "missing")),
         (lambda sd: sd["state"][0].update(sign=sd["state"][0]["sign"][:-1]), ("parameter 0", "'sign'", "length")),
         (lambda sd: sd["state"][0].update(col_v=torch.zeros(5)), ("parameter 0", "'col_v'", "length 7")),
-        (lambda sd: sd["state"][1].update(row_m=sd["state"][1]["row_m"].double()), ("parameter 1", "'row_m'", "float32")),
+        (
+            lambda sd: sd["state"][1].update(row_m=sd["state"][1]["row_m"].double()),
+            ("parameter 1", "'row_m'", "float32"),
+        ),
         (lambda sd: sd["state"][1].update(sign=sd["state"][1]["sign"].float()), ("parameter 1", "'sign'", "uint8")),
         (lambda sd: sd["state"][3].update(step=math.nan), ("parameter 3", "'step'")),
         (lambda sd: sd["state"][3].update(row_v=torch.zeros(3, 1)), ("parameter 3", "'row_v'", "1-D")),
@@ -207,7 +212,10 @@ def test_state_for_other_shapes_is_refused_before_step() -> None:
     torch.manual_seed(0)
     other = nn.Sequential(nn.Linear(7, 13), nn.Tanh(), nn.Linear(13, 3))
     target = SMMF(other.parameters(), fused=False)
-    with pytest.raises(ValueError, match=r"parameter 0 \(group 0\), state key 'row_v': expected a 1-D torch.float32 tensor of length 13"):
+    with pytest.raises(
+        ValueError,
+        match=r"parameter 0 \(group 0\), state key 'row_v': expected a 1-D torch.float32 tensor of length 13",
+    ):
         target.load_state_dict(opt.state_dict())
 
 
@@ -233,9 +241,9 @@ def test_old_formats_still_load() -> None:
 
 
 def test_flat_signs_are_refused_in_the_current_format_and_newer_formats_are_refused() -> None:
-    model, opt = _trained()
+    _, opt = _trained()
     flat = _as_format_1(opt.state_dict())
-    for group, own in zip(flat["param_groups"], opt.state_dict()["param_groups"]):
+    for group, own in zip(flat["param_groups"], opt.state_dict()["param_groups"], strict=True):
         group["state_format"] = own["state_format"]
     _refused(opt, flat, "parameter 0 (group 0), state key 'sign'", "length 12")
     newer = copy.deepcopy(opt.state_dict())
@@ -255,10 +263,34 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _train_args(corpus: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "train", "--model", "gpt2-tiny", "--text", str(corpus), "--seq-len", "32", "--batch-size", "4",
-        "--epochs", "1", "--limit-batches", "6", "--eval-batches", "1", "--warmup-steps", "1",
-        "--checkpoint-every", "2", "--eager", "--device", "cpu", "--num-workers", "0", "--no-progress",
-        "--out", str(out), *extra,
+        "train",
+        "--model",
+        "gpt2-tiny",
+        "--text",
+        str(corpus),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--limit-batches",
+        "6",
+        "--eval-batches",
+        "1",
+        "--warmup-steps",
+        "1",
+        "--checkpoint-every",
+        "2",
+        "--eager",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
     ]
 
 
@@ -278,7 +310,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def test_checkpoint_is_plain_data_with_manifest_and_previous(runs: dict[str, Path]) -> None:
-    from smmf.checkpoint import sha256_file
+    from smmf.commands.checkpoint import sha256_file
 
     out = runs["stopped"]
     newest = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -351,13 +383,16 @@ def test_planted_checkpoint_pickle_does_not_run(
 ) -> None:
     """Even with its checksum in the manifest (someone who can write the folder), a checkpoint holding
     a pickled object is refused by weights_only loading: the marker is never written."""
-    from smmf.checkpoint import sha256_file
+    from smmf.commands.checkpoint import sha256_file
 
     out = _copy(runs["stopped"], tmp_path / "run")
     marker = tmp_path / "marker"
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         torch.save({"config": {}, "progress": {}, "model": Planted(marker), "optimizer": {}}, out / name)
-    manifest = {"format": 1, "checkpoints": [{"sha256": sha256_file(out / n)[0]} for n in ("checkpoint.pt", "checkpoint.prev.pt")]}
+    manifest = {
+        "format": 1,
+        "checkpoints": [{"sha256": sha256_file(out / n)[0]} for n in ("checkpoint.pt", "checkpoint.prev.pt")],
+    }
     (out / "checkpoint.sha256.json").write_text(json.dumps(manifest))
     err = _one_line_error(capsys, _train_args(corpus, out, "--resume"), 1)
     assert f"checkpoint {out / 'checkpoint.pt'} cannot be loaded as plain tensors and values" in err
@@ -367,7 +402,7 @@ def test_planted_checkpoint_pickle_does_not_run(
 def test_second_run_on_the_same_folder_is_locked_out(
     runs: dict[str, Path], corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from smmf.checkpoint import lock_run_folder
+    from smmf.commands.checkpoint import lock_run_folder
 
     out = _copy(runs["stopped"], tmp_path / "run")
     rows = (out / "metrics.jsonl").read_text()
@@ -377,27 +412,31 @@ def test_second_run_on_the_same_folder_is_locked_out(
     finally:
         assert held is not None
         held.close()
-    assert err == f"smmf train: error: --out: {out} is in use by another smmf train run (process {os.getpid()}); " \
-                  "wait for it to finish or choose another --out"
+    assert (
+        err == f"smmf train: error: --out: {out} is in use by another smmf train run (process {os.getpid()}); "
+        "wait for it to finish or choose another --out"
+    )
     assert (out / "metrics.jsonl").read_text() == rows
 
 
 def test_non_finite_loss_stops_without_saving(
     corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import smmf.train
+    from smmf.commands import training
 
-    real, calls = smmf.train._loss, [0]
+    real, calls = training._loss, [0]
 
     def loss_nan_at_step_3(*args: Any) -> Any:
         calls[0] += 1
         loss, hits = real(*args)
         return (loss * math.nan if calls[0] == 3 else loss), hits
 
-    monkeypatch.setattr(smmf.train, "_loss", loss_nan_at_step_3)
+    monkeypatch.setattr(training, "_loss", loss_nan_at_step_3)
     out = tmp_path / "run"
     err = _one_line_error(capsys, _train_args(corpus, out), 1)
-    assert err.startswith("smmf train: error: non-finite training loss (nan) at step 3; stopped without saving anything new")
+    assert err.startswith(
+        "smmf train: error: non-finite training loss (nan) at step 3; stopped without saving anything new"
+    )
     assert torch.load(out / "checkpoint.pt", weights_only=True)["progress"]["step"] == 2
     assert not (out / "summary.json").exists()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
@@ -407,9 +446,8 @@ def test_non_finite_loss_stops_without_saving(
 
 
 def test_cifar_batches_load_through_the_restricted_unpickler(tmp_path: Path) -> None:
+    from smmf.commands.data import cifar_datasets
     from test_train_resume import write_fake_cifar100
-
-    from smmf.data import cifar_datasets
 
     train, test = cifar_datasets("cifar100", write_fake_cifar100(tmp_path, 8, 4), 32, download=False)
     assert len(train) == 8 and len(test) == 4 and len(train.classes) == 100
@@ -418,17 +456,28 @@ def test_cifar_batches_load_through_the_restricted_unpickler(tmp_path: Path) -> 
 
 
 def test_planted_cifar_pickle_does_not_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from smmf.commands.data import DataError, cifar_datasets
     from test_train_resume import write_fake_cifar100
-
-    from smmf.data import DataError, cifar_datasets
 
     data = write_fake_cifar100(tmp_path / "data", 8, 4)
     marker = tmp_path / "marker"
     (data / "cifar-100-python" / "test").write_bytes(pickle.dumps({"data": Planted(marker), "fine_labels": []}))
-    with pytest.raises(DataError, match="builtins.exec is not allowed in a CIFAR batch"):
+    with pytest.raises(DataError, match=r"builtins\.exec is not allowed in a CIFAR batch"):
         cifar_datasets("cifar100", data, 32, download=False)
-    argv = ["train", "--model", "mobilenet_v2", "--data-dir", str(data), "--no-download", "--image-size", "32",
-            "--device", "cpu", "--out", str(tmp_path / "run")]
+    argv = [
+        "train",
+        "--model",
+        "mobilenet_v2",
+        "--data-dir",
+        str(data),
+        "--no-download",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     err = _one_line_error(capsys, argv, 1)
     assert err.startswith(f"smmf train: error: {data / 'cifar-100-python' / 'test'}: not a CIFAR batch")
     assert not marker.exists()
@@ -454,23 +503,27 @@ def test_bench_reference_never_comes_from_the_working_directory(tmp_path: Path) 
     site, cwd, marker = tmp_path / "site", tmp_path / "cwd", tmp_path / "marker"
     shutil.copytree(ROOT / "src" / "smmf", site / "smmf", ignore=shutil.ignore_patterns("__pycache__"))
     _plant(cwd, marker, package=False)
-    code = "import smmf.bench as b; print(b._reference_path())"
+    code = "import smmf.commands.registry as r; print(r.reference_path())"
     env = {**os.environ, "PYTHONPATH": str(site)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "None"
     assert not marker.exists()
 
 
 def test_bench_from_a_planted_folder_runs_only_its_own_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from smmf import bench
+    from smmf.commands.bench_worker import run_worker
+    from smmf.commands.registry import reference_path
 
     cwd, marker = tmp_path / "cwd", tmp_path / "marker"
     _plant(cwd, marker, package=True)  # the worker subprocess must not import this smmf
     monkeypatch.chdir(cwd)
-    assert bench._reference_path() == ROOT / "benchmarks" / "reference_smmf.py"
-    result = bench.run_worker({"name": "adam", "shapes": [[4, 4]], "device": "cpu", "steps": 1, "warmup": 0,
-                                "threads": 1, "mode": "time"})
+    assert reference_path() == ROOT / "benchmarks" / "reference_smmf.py"
+    result = run_worker(
+        {"name": "adam", "shapes": [[4, 4]], "device": "cpu", "steps": 1, "warmup": 0, "threads": 1, "mode": "time"}
+    )
     assert "error" not in result, result
     assert not marker.exists()
 
@@ -481,7 +534,7 @@ _NO_EXTRAS = """
 import sys
 for name in ("torchvision", "transformers", "sklearn", "matplotlib", "tqdm", "pytorch_optimizer"):
     sys.modules[name] = None
-from smmf.cli import main
+from smmf.commands.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -491,16 +544,43 @@ sys.exit(main(sys.argv[1:]))
     [
         (["memory", "--model", "resnet50"], "--model resnet50 needs torchvision"),
         (["memory", "--model", "gpt2"], "--model gpt2 needs transformers"),
-        (["compare", "--tasks", "digits", "--optimizers", "adam,smmf"], "this comparison needs tqdm, matplotlib, scikit-learn"),
-        (["train", "--model", "mobilenet_v2", "--optimizer", "came"], "this run needs tqdm, transformers, torchvision, pytorch-optimizer"),
+        (
+            ["compare", "--tasks", "digits", "--optimizers", "adam,smmf"],
+            "this comparison needs tqdm, matplotlib, scikit-learn",
+        ),
+        (
+            ["train", "--model", "mobilenet_v2", "--optimizer", "came"],
+            "this run needs tqdm, transformers, torchvision, pytorch-optimizer",
+        ),
         (["bench", "--set", "tiny", "--optimizers", "adam"], "this benchmark needs matplotlib"),
     ],
 )
 def test_missing_optional_dependency_names_the_extra(tmp_path: Path, argv: list[str], needs: str) -> None:
     out = tmp_path / "out"
     extra = ["--out", str(out)] if argv[0] != "memory" else []
-    proc = subprocess.run([sys.executable, "-c", _NO_EXTRAS, *argv, *extra], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_EXTRAS, *argv, *extra],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr == f'smmf {argv[0]}: error: {needs}: pip install "smmf[cli]"\n'
     assert not out.exists()  # before any work
+
+
+def test_numpy_rng_state_round_trips_and_a_non_legacy_state_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from smmf.commands import checkpoint
+    from smmf.commands.common import RunError
+
+    saved = checkpoint._numpy_rng_state()
+    expected = np.random.random(3)
+    checkpoint._set_numpy_rng_state(saved)
+    assert np.array_equal(np.random.random(3), expected)
+    monkeypatch.setattr(np.random, "get_state", lambda legacy=True: {"bit_generator": "PCG64"})
+    with pytest.raises(RunError, match="'PCG64', not MT19937"):
+        checkpoint._numpy_rng_state()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from smmf.cli import main
+from smmf.commands.main import main
 
 pytestmark = pytest.mark.slow
 
@@ -34,16 +34,44 @@ def write_fake_cifar100(root: Path, n_train: int = 64, n_test: int = 16) -> Path
             "batch_label": name,
         }
         (folder / name).write_bytes(pickle.dumps(entry))
-    meta = {"fine_label_names": [f"class{i}" for i in range(100)], "coarse_label_names": [f"super{i}" for i in range(20)]}
+    meta = {
+        "fine_label_names": [f"class{i}" for i in range(100)],
+        "coarse_label_names": [f"super{i}" for i in range(20)],
+    }
     (folder / "meta").write_bytes(pickle.dumps(meta))
     return root
 
 
 def _args(data: Path, out: Path) -> list[str]:
     return [
-        "train", "--model", "mobilenet_v2", "--dataset", "cifar100", "--data-dir", str(data), "--no-download",
-        "--image-size", "32", "--batch-size", "8", "--epochs", "2", "--warmup-steps", "2", "--checkpoint-every", "3",
-        "--optimizer", "smmf", "--eager", "--num-workers", "0", "--device", "cpu", "--no-progress", "--out", str(out),
+        "train",
+        "--model",
+        "mobilenet_v2",
+        "--dataset",
+        "cifar100",
+        "--data-dir",
+        str(data),
+        "--no-download",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--warmup-steps",
+        "2",
+        "--checkpoint-every",
+        "3",
+        "--optimizer",
+        "smmf",
+        "--eager",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
     ]
 
 
@@ -67,9 +95,15 @@ def test_cifar_pickle_train_and_kill9_resume_is_bit_identical(tmp_path: Path) ->
     summary = json.loads((full / "summary.json").read_text())
     assert summary["steps"] == 16 and 0 <= summary["final_eval"]["accuracy"] <= 100
     assert summary["optimizer_state_bytes"] > 0 and summary["cpu_max_rss_bytes"] > 0
+    evals = [row for row in _log(full) if row["kind"] == "eval"]
+    assert evals and all(row["skipped_steps"] == 0 for row in evals)  # SMMF's non-finite-gradient count
 
-    proc = subprocess.Popen([sys.executable, "-m", "smmf", *_args(data, killed)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smmf", *_args(data, killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.monotonic() + 120
     while not (killed / "checkpoint.pt").exists():
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""

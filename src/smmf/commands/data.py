@@ -68,7 +68,7 @@ def _stdlib_files() -> list[Path]:
     """The standard library's .py files outside tests and site-packages, in a fixed (sorted) order."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-    files = []
+    files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in skip)
         files.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py"))
@@ -117,7 +117,7 @@ def read_text_files(paths: Sequence[str | os.PathLike[str]]) -> Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-class TextWindows(Dataset):
+class TextWindows(Dataset[tuple[Tensor, Tensor]]):
     """Non-overlapping windows of ``seq_len + 1`` bytes (input and shifted target) over a byte tensor."""
 
     def __init__(self, data: Tensor, seq_len: int) -> None:
@@ -151,8 +151,11 @@ class _CifarUnpickler(pickle.Unpickler):
     _ALLOWED = frozenset(
         (module, name)
         for core in ("numpy.core", "numpy._core")
-        for module, name in ((f"{core}.multiarray", "_reconstruct"), (f"{core}.multiarray", "scalar"),
-                             (f"{core}.numeric", "_frombuffer"))
+        for module, name in (
+            (f"{core}.multiarray", "_reconstruct"),
+            (f"{core}.multiarray", "scalar"),
+            (f"{core}.numeric", "_frombuffer"),
+        )
     ) | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str) -> Any:
@@ -168,25 +171,32 @@ def _read_batch(path: Path) -> dict[str, Any]:
             entry = _CifarUnpickler(f, encoding="latin1").load()
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except Exception as exc:  # UnpicklingError, EOFError, ValueError, ...: not a valid batch
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, EOFError, ValueError, ...: not a valid batch
         raise DataError(f"{path}: not a CIFAR batch in the python pickle format ({exc})") from None
     if not isinstance(entry, dict):
         raise DataError(f"{path}: not a CIFAR batch (a {type(entry).__name__}, expected a dict)")
     return entry
 
 
-class CifarDataset(Dataset):
+class CifarDataset(Dataset[tuple[Any, int]]):
     """CIFAR-10/100 from the extracted python-version files, as torchvision's classes read them (HWC
     uint8 images, integer targets, PIL images through ``transform``), with every file checked."""
 
     def __init__(self, folder: Path, files: Sequence[str], meta: dict[str, str], classes: int, transform: Any) -> None:
-        images, self.targets = [], []
+        images: list[np.ndarray[Any, Any]] = []
+        self.targets: list[int] = []
         for name in files:
             entry = _read_batch(folder / name)
             data, labels = entry.get("data"), entry.get("labels", entry.get("fine_labels"))
-            ok = isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072
-            ok = ok and isinstance(labels, list) and len(labels) == len(data)
-            if not ok or not all(isinstance(t, (int, np.integer)) and 0 <= t < classes for t in labels):
+            if not (
+                isinstance(data, np.ndarray)
+                and data.dtype == np.uint8
+                and data.ndim == 2
+                and data.shape[1] == 3072
+                and isinstance(labels, list)
+                and len(labels) == len(data)
+                and all(isinstance(t, (int, np.integer)) and 0 <= t < classes for t in labels)
+            ):
                 raise DataError(f"{folder / name}: expected 'data' (N x 3072 uint8) and N labels in [0, {classes})")
             images.append(data)
             self.targets.extend(int(t) for t in labels)
@@ -217,7 +227,9 @@ def _download_cifar(base: Any, root: Path) -> None:
             raise DataError(f"{folder / name}: MD5 mismatch after download; delete {folder} and try again")
 
 
-def cifar_datasets(name: str, data_dir: str | os.PathLike[str], image_size: int, download: bool) -> tuple[Any, Any]:
+def cifar_datasets(
+    name: str, data_dir: str | os.PathLike[str], image_size: int, download: bool
+) -> tuple[CifarDataset, CifarDataset]:
     """(train, test) CIFAR datasets with the paper's augmentation (resize, flip, 15° rotation).
 
     An existing extracted copy in ``data_dir`` is used as it is (a user's copy, or a small file in the
@@ -231,7 +243,9 @@ def cifar_datasets(name: str, data_dir: str | os.PathLike[str], image_size: int,
     base = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
     mean, std = CIFAR_STATS[name]
     resize = [T.Resize(image_size)] if image_size != 32 else []
-    train_tf = T.Compose([*resize, T.RandomHorizontalFlip(), T.RandomRotation(15), T.ToTensor(), T.Normalize(mean, std)])
+    train_tf = T.Compose(
+        [*resize, T.RandomHorizontalFlip(), T.RandomRotation(15), T.ToTensor(), T.Normalize(mean, std)]
+    )
     test_tf = T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
     folder = Path(data_dir) / base.base_folder
     files = [n for n, _ in base.train_list + base.test_list] + [base.meta["filename"]]
@@ -271,8 +285,18 @@ class EpochBatches:
     """
 
     def __init__(
-        self, size: int, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True, skip: int = 0,
-        limit: int | None = None, drop_last: bool = False, rank: int = 0, world: int = 1,
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        shuffle: bool = True,
+        skip: int = 0,
+        limit: int | None = None,
+        drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is outside a world of {world}")
@@ -299,18 +323,18 @@ class EpochBatches:
             yield [(idx[j], self.sample_seeds[start + j]) for j in range(self.rank, keep, self.world)]
 
 
-class SeededDataset(Dataset):
+class SeededDataset(Dataset[Any]):
     """Wraps a dataset so that item (index, seed) is produced under its own RNG seed.
 
     Random transforms then depend only on the sample's seed, not on how many samples came before, on
     which worker loaded it, or on whether the run was resumed; the caller's global RNG is untouched.
     """
 
-    def __init__(self, base: Dataset) -> None:
+    def __init__(self, base: Dataset[Any]) -> None:
         self.base = base
 
     def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
+        return len(self.base)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours all have one
 
     def __getitem__(self, item: tuple[int, int]) -> Any:
         index, seed = item

@@ -19,128 +19,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-from . import optimizers
-from .cli import UsageError, check_seed, positive_int, resolve_device, writable_dir
-from .data import load_digits, stdlib_corpus
-from .memory import optimizer_state_bytes
-from .models import DigitsCNN, gpt2_config
+from ..memory import optimizer_state_bytes
+from . import registry
+from .common import (
+    UsageError,
+    check_names,
+    check_seed,
+    markdown_table,
+    positive_int,
+    resolve_device,
+    split_names,
+    writable_dir,
+)
+from .compare_tasks import TASKS, Task
 
-__all__ = ["TASKS", "RunResult", "run_task", "compare", "register", "run"]
+__all__ = ["RunResult", "train_one", "run_task", "table", "compare", "register", "run"]
 
 TIMING_WARMUP = 10  # steps excluded from step-time medians (compilation, allocator warm-up)
-
-
-class Task(Protocol):
-    """One benchmark: a model, a fixed batch sequence, a loss and a held-out metric."""
-
-    name: str
-    title: str
-    metric: str
-    higher_is_better: bool
-    decay_rate: float
-    default_steps: int
-
-    def model(self) -> nn.Module: ...
-    def batch(self, step: int) -> tuple[Tensor, Tensor]: ...
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor: ...
-    def evaluate(self, model: nn.Module) -> float: ...
-
-
-class DigitsTask:
-    """A small CNN on scikit-learn's 8x8 digits; held-out accuracy (%) on a stratified 20% split."""
-
-    name = "digits"
-    title = "CNN on scikit-learn digits (8x8, 10 classes)"
-    metric = "accuracy (%)"
-    higher_is_better = True
-    decay_rate = -0.5  # the paper's recommendation for CNNs
-    default_steps = 400
-
-    def __init__(self, steps: int, seed: int, device: torch.device, batch_size: int = 64) -> None:
-        self.device = device
-        self.data = load_digits(seed=seed)
-        n = len(self.data.y_train)
-        gen = torch.Generator().manual_seed(seed)
-        epochs = -(-steps * batch_size // n)
-        order = torch.cat([torch.randperm(n, generator=gen) for _ in range(epochs)])
-        self.order = order[: steps * batch_size].view(steps, batch_size)
-
-    def model(self) -> nn.Module:
-        return DigitsCNN(width=16)
-
-    def batch(self, step: int) -> tuple[Tensor, Tensor]:
-        idx = self.order[step]
-        return self.data.x_train[idx].to(self.device), self.data.y_train[idx].to(self.device)
-
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        return F.cross_entropy(model(batch[0]), batch[1])
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> float:
-        model.eval()
-        logits = model(self.data.x_test.to(self.device))
-        model.train()
-        return 100.0 * (logits.argmax(1).cpu() == self.data.y_test).float().mean().item()
-
-
-class TextTask:
-    """A 2-layer GPT-2 (byte-level, 0.44 M parameters) on Python standard-library source; perplexity on
-    held-out files. Sized so that six optimizers train in a few minutes on two CPU cores."""
-
-    name = "text"
-    title = "GPT-2 byte-level LM on Python stdlib source"
-    metric = "perplexity"
-    higher_is_better = False
-    decay_rate = -0.8  # the paper's recommendation for transformers
-    default_steps = 300
-    seq_len = 64
-    batch_size = 16
-
-    def __init__(self, steps: int, seed: int, device: torch.device) -> None:
-        self.device = device
-        self.train_data, self.val_data = stdlib_corpus(train_bytes=4_000_000, val_bytes=65_536)
-        gen = torch.Generator().manual_seed(seed)
-        high = self.train_data.numel() - self.seq_len - 1
-        self.offsets = torch.randint(0, high, (steps, self.batch_size), generator=gen)
-
-    def model(self) -> nn.Module:
-        from transformers import GPT2LMHeadModel
-
-        return GPT2LMHeadModel(gpt2_config(n_embd=128, n_layer=2, n_head=4, n_positions=self.seq_len))
-
-    def _windows(self, data: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
-        idx = starts.unsqueeze(1) + torch.arange(self.seq_len + 1)
-        tokens = data[idx].long().to(self.device)
-        return tokens[:, :-1], tokens[:, 1:]
-
-    def batch(self, step: int) -> tuple[Tensor, Tensor]:
-        return self._windows(self.train_data, self.offsets[step])
-
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        logits = model(input_ids=batch[0]).logits
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[1].reshape(-1))
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> float:
-        """exp(mean next-byte cross-entropy) over all non-overlapping windows of the held-out files."""
-        model.eval()
-        starts = torch.arange(0, self.val_data.numel() - self.seq_len - 1, self.seq_len)
-        total, count = 0.0, 0
-        for chunk in starts.split(128):
-            batch = self._windows(self.val_data, chunk)
-            total += self.loss(model, batch).item() * batch[1].numel()
-            count += batch[1].numel()
-        model.train()
-        return math.exp(total / count)
-
-
-TASKS: dict[str, Callable[[int, int, torch.device], Task]] = {"digits": DigitsTask, "text": TextTask}
 
 
 @dataclass
@@ -194,7 +93,7 @@ def train_one(
     start = time.perf_counter()
     torch.manual_seed(seed)
     model = task.model().to(device)
-    opt = optimizers.build(name, model.parameters(), decay_rate=task.decay_rate, fused=smmf_fused)
+    opt = registry.build(name, model.parameters(), decay_rate=task.decay_rate, fused=smmf_fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps))
     losses: list[float] = []
     step_times: list[float] = []
@@ -222,7 +121,7 @@ def train_one(
     tail = losses[-max(1, steps // 10) :]
     return RunResult(
         optimizer=name,
-        label=optimizers.OPTIMIZERS[name].label,
+        label=registry.OPTIMIZERS[name].label,
         lr=opt.defaults["lr"],
         weight_decay=opt.defaults.get("weight_decay", 0.0),
         final_train_loss=sum(tail) / len(tail),
@@ -236,7 +135,12 @@ def train_one(
 
 
 def run_task(
-    task: Task, names: Sequence[str], steps: int, seed: int, device: torch.device, progress: bool,
+    task: Task,
+    names: Sequence[str],
+    steps: int,
+    seed: int,
+    device: torch.device,
+    progress: bool,
     smmf_fused: bool | None = None,
 ) -> list[RunResult]:
     return [train_one(task, name, steps, seed, device, progress, smmf_fused) for name in names]
@@ -252,20 +156,29 @@ def _mib(n: int) -> str:
 def table(task: Task, results: Sequence[RunResult]) -> str:
     """A Markdown table: loss, held-out metric, state memory vs Adam, step time vs Adam."""
     adam = next((r for r in results if r.optimizer == "adam"), None)
+
+    def rel(value: float, base: float | None) -> str:
+        return f"{value / base:.2f}" if base else "n/a"
+
+    header = (
+        "optimizer", "lr, wd", "final train loss", f"held-out {task.metric}", "state memory", "% of Adam",
+        "opt.step() ms", "step × Adam", "iteration × Adam",
+    )  # fmt: skip
     rows = [
-        f"| optimizer | lr, wd | final train loss | held-out {task.metric} | state memory | % of Adam "
-        "| opt.step() ms | step × Adam | iteration × Adam |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in results:
-        rel = lambda a, b: f"{a / b:.2f}" if adam else "n/a"  # noqa: E731
-        mem_pct = f"{100 * r.state_bytes / adam.state_bytes:.1f}%" if adam else "n/a"
-        rows.append(
-            f"| {r.label} | {r.lr:g}, {r.weight_decay:g} | {r.final_train_loss:.4f} | {r.metric:.2f} | {_mib(r.state_bytes)} "
-            f"({r.state_bytes:,} B) | {mem_pct} | {r.step_ms:.2f} | "
-            f"{rel(r.step_ms, adam.step_ms if adam else 1)} | {rel(r.iteration_ms, adam.iteration_ms if adam else 1)} |"
+        (
+            r.label,
+            f"{r.lr:g}, {r.weight_decay:g}",
+            f"{r.final_train_loss:.4f}",
+            f"{r.metric:.2f}",
+            f"{_mib(r.state_bytes)} ({r.state_bytes:,} B)",
+            f"{100 * r.state_bytes / adam.state_bytes:.1f}%" if adam else "n/a",
+            f"{r.step_ms:.2f}",
+            rel(r.step_ms, adam.step_ms if adam else None),
+            rel(r.iteration_ms, adam.iteration_ms if adam else None),
         )
-    return "\n".join(rows)
+        for r in results
+    ]
+    return markdown_table(header, rows)
 
 
 def _smooth(values: Sequence[float], alpha: float = 0.1) -> list[float]:
@@ -284,7 +197,7 @@ def figure(tasks: Sequence[Task], results: dict[str, list[RunResult]], path: Pat
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4.2 * len(tasks)), squeeze=False)
-    for row, task in zip(axes, tasks):
+    for row, task in zip(axes, tasks, strict=True):
         runs = results[task.name]
         for r in runs:
             row[0].plot(_smooth(r.losses), label=f"{r.label}: {task.metric.split(' ')[0]} {r.metric:.2f}", lw=1.3)
@@ -294,9 +207,17 @@ def figure(tasks: Sequence[Task], results: dict[str, list[RunResult]], path: Pat
         base = adam.state_bytes if adam else max(r.state_bytes for r in runs)
         pct = [100 * r.state_bytes / base for r in runs]
         bars = row[1].bar([r.label for r in runs], pct, color="tab:blue")
-        for b, r, p in zip(bars, runs, pct):
-            row[1].annotate(f"{p:.1f}%\n{_mib(r.state_bytes)}", (b.get_x() + b.get_width() / 2, p), ha="center", va="bottom", fontsize=7)
-        row[1].set(title="optimizer state memory", ylabel="% of Adam" if adam else "% of largest", ylim=(0, max(pct) * 1.25))
+        for b, r, p in zip(bars, runs, pct, strict=True):
+            row[1].annotate(
+                f"{p:.1f}%\n{_mib(r.state_bytes)}",
+                (b.get_x() + b.get_width() / 2, p),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        row[1].set(
+            title="optimizer state memory", ylabel="% of Adam" if adam else "% of largest", ylim=(0, max(pct) * 1.25)
+        )
         row[1].tick_params(axis="x", labelrotation=30, labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -304,16 +225,22 @@ def figure(tasks: Sequence[Task], results: dict[str, list[RunResult]], path: Pat
 
 
 def compare(
-    task_names: Sequence[str], names: Sequence[str], steps: int | None, seed: int, device: torch.device,
-    out: Path, progress: bool = True, smmf_fused: bool | None = None,
-) -> dict:
+    task_names: Sequence[str],
+    names: Sequence[str],
+    steps: int | None,
+    seed: int,
+    device: torch.device,
+    out: Path,
+    progress: bool = True,
+    smmf_fused: bool | None = None,
+) -> dict[str, Any]:
     """Run every optimizer on every task; write results.json, compare.md and compare.png into ``out``."""
     start = time.perf_counter()
     tasks: list[Task] = []
     results: dict[str, list[RunResult]] = {}
     for task_name in task_names:
         cls = TASKS[task_name]
-        n = steps or cls.default_steps  # type: ignore[attr-defined]
+        n = steps or cls.default_steps
         task = cls(n, seed, device)
         tasks.append(task)
         warm_up(task, device)
@@ -359,7 +286,7 @@ def compare(
 # ---------------------------------------------------------------------------------------- CLI
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "compare",
         help="compare optimizers on offline tasks (digits CNN, stdlib GPT-2)",
@@ -369,23 +296,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "to Adam; write results.json, compare.md and compare.png into --out. Runs offline."
         ),
     )
-    p.add_argument("--optimizers", default=",".join(n for n in optimizers.NAMES if n != "smmf8"),
-                   help="comma-separated, from: " + ", ".join(optimizers.NAMES) + " (default: %(default)s)")
-    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated, from: " + ", ".join(TASKS) + " (default: %(default)s)")
-    p.add_argument("--steps", type=positive_int, default=None,
-                   help="training steps per run (default: " + ", ".join(f"{k} {v.default_steps}" for k, v in TASKS.items()) + ")")
+    p.add_argument(
+        "--optimizers",
+        default=",".join(n for n in registry.MAIN_NAMES if n != "smmf8"),
+        help="comma-separated, from: " + ", ".join(registry.MAIN_NAMES) + " (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tasks",
+        default=",".join(TASKS),
+        help="comma-separated, from: " + ", ".join(TASKS) + " (default: %(default)s)",
+    )
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="training steps per run (default: " + ", ".join(f"{k} {v.default_steps}" for k, v in TASKS.items()) + ")",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="model init and data order seed (default: %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: ./smmf-compare-<date-time>)")
-    p.add_argument("--smmf-eager", action="store_true",
-                   help="run SMMF's eager step instead of compiling it (skips the one-off compile; slower steps)")
+    p.add_argument(
+        "--smmf-eager",
+        action="store_true",
+        help="run SMMF's eager step instead of compiling it (skips the one-off compile; slower steps)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    names = optimizers.check_names([s.strip() for s in args.optimizers.split(",") if s.strip()], optimizers.NAMES, "optimizer")
-    task_names = optimizers.check_names([s.strip() for s in args.tasks.split(",") if s.strip()], TASKS, "task")
+    names = check_names(split_names(args.optimizers), registry.MAIN_NAMES, "optimizer")
+    task_names = check_names(split_names(args.tasks), TASKS, "task")
     if args.steps is not None and args.steps <= TIMING_WARMUP:
         raise UsageError(
             f"--steps: expected at least {TIMING_WARMUP + 1} (the first {TIMING_WARMUP} steps warm up and are "
@@ -395,6 +336,14 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     out = writable_dir(args.out or Path(f"smmf-compare-{datetime.now():%Y%m%d-%H%M%S}"), "--out")
     print(f"smmf compare: {', '.join(task_names)} x {', '.join(names)} on {device}; writing to {out}", flush=True)
-    compare(task_names, names, args.steps, args.seed, device, out, progress=not args.no_progress,
-            smmf_fused=False if args.smmf_eager else None)
+    compare(
+        task_names,
+        names,
+        args.steps,
+        args.seed,
+        device,
+        out,
+        progress=not args.no_progress,
+        smmf_fused=False if args.smmf_eager else None,
+    )
     return 0

@@ -1,4 +1,5 @@
-"""Model builders for the command line: trainable models and shape-only (meta-device) architectures.
+"""Model builders for the commands, their one source of model shapes: trainable models and shape-only
+(meta-device) architectures.
 
 Everything is built from a configuration in code, never from downloaded weights, so every command
 works offline: torchvision models from scratch, GPT-2/BERT/Llama from explicit transformers configs.
@@ -9,11 +10,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .optimizers import UnknownNameError
+from .common import UnknownNameError
+
+if TYPE_CHECKING:  # transformers is an optional dependency, imported where a model is built
+    from transformers import GPT2Config
 
 __all__ = [
     "DigitsCNN",
@@ -26,6 +31,8 @@ __all__ = [
     "TRANSFORMER_NAMES",
     "LLAMA_PRESETS",
     "build_meta_model",
+    "meta_shapes",
+    "build_transformer",
 ]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the Hub; fail fast if code tries
@@ -50,9 +57,7 @@ class DigitsCNN(nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Linear(128, num_classes)
-        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -60,7 +65,7 @@ class DigitsCNN(nn.Module):
 
 def gpt2_config(
     n_embd: int, n_layer: int, n_head: int, *, vocab_size: int = 256, n_positions: int = 256, dropout: float = 0.0
-):
+) -> GPT2Config:
     """A GPT2Config built in code (no Hub access); dropout defaults to 0 for short deterministic runs."""
     from transformers import GPT2Config
     from transformers.utils import logging as hf_logging
@@ -108,7 +113,12 @@ LLAMA_PRESETS: dict[str, tuple[int, int, int, int, int, int]] = {
     "llama-13b": (5120, 40, 40, 40, 13824, 32000),
     "llama-70b": (8192, 80, 64, 8, 28672, 128256),
 }
-_GPT2_SIZES = {"gpt2": (768, 12, 12), "gpt2-medium": (1024, 24, 16), "gpt2-large": (1280, 36, 20), "gpt2-xl": (1600, 48, 25)}
+_GPT2_SIZES = {
+    "gpt2": (768, 12, 12),
+    "gpt2-medium": (1024, 24, 16),
+    "gpt2-large": (1280, 36, 20),
+    "gpt2-xl": (1600, 48, 25),
+}
 _LLAMA_CUSTOM = re.compile(r"^llama-h(\d+)-l(\d+)$")
 
 
@@ -136,8 +146,10 @@ def _transformer_builder(name: str, num_classes: int | None) -> Callable[[], nn.
     if name.startswith("bert-"):
         from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
-        config = BertConfig() if name == "bert-base-uncased" else BertConfig(
-            hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+        config = (
+            BertConfig()
+            if name == "bert-base-uncased"
+            else BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
         )
         if num_classes is not None:
             config.num_labels = num_classes
@@ -179,10 +191,17 @@ def build_meta_model(name: str, num_classes: int | None = None) -> nn.Module:
         return builder()
 
 
+def meta_shapes(model: nn.Module) -> list[tuple[int, ...]]:
+    """The shapes of ``model``'s parameters, in order (tied parameters once)."""
+    return [tuple(p.shape) for p in model.parameters()]
+
+
 def build_transformer(name: str) -> nn.Module:
     """A transformers model of a named architecture (GPT-2 and BERT sizes, the Llama presets,
     llama-h<HIDDEN>-l<LAYERS>) with random weights, on the current default device."""
     builder = _transformer_builder(name, None)
     if builder is None:
-        raise UnknownNameError(f"unknown transformer {name!r}; valid: {', '.join(TRANSFORMER_NAMES)}, {', '.join(LLAMA_PRESETS)}")
+        raise UnknownNameError(
+            f"unknown transformer {name!r}; valid: {', '.join(TRANSFORMER_NAMES)}, {', '.join(LLAMA_PRESETS)}"
+        )
     return builder()

@@ -11,7 +11,7 @@ import argparse
 import importlib.util
 from collections.abc import Iterable
 
-from .cli import RunError
+from .common import RunError
 
 __all__ = ["EXTRA", "missing", "message", "needs", "bench_needs", "train_bench_needs", "check"]
 
@@ -63,7 +63,12 @@ def bench_needs(param_set: str, optimizer_names: Iterable[str]) -> list[str]:
 
 def train_bench_needs(workloads: Iterable[str], optimizer_names: Iterable[str]) -> list[str]:
     """``smmf bench --mode train``: torchvision for ResNet-50, transformers for the language models."""
-    model = {"resnet50": ["torchvision"], "gpt2": ["transformers"], "llama-7b": ["transformers"], "tiny-llama": ["transformers"]}
+    model = {
+        "resnet50": ["torchvision"],
+        "gpt2": ["transformers"],
+        "llama-7b": ["transformers"],
+        "tiny-llama": ["transformers"],
+    }
     return [m for w in workloads for m in model.get(w, [])] + _optimizer_needs(optimizer_names)
 
 
@@ -74,9 +79,7 @@ def needs(args: argparse.Namespace) -> tuple[str, list[str]]:
         return f"--model {args.model}", ["transformers" if transformer else "torchvision"]
     if args.command == "train":
         model = ["torchvision"] if args.model in ("resnet50", "mobilenet_v2") else []
-        return "this run", [
-            "tqdm", "transformers", *model, *_optimizer_needs([args.optimizer])
-        ]
+        return "this run", ["tqdm", "transformers", *model, *_optimizer_needs([args.optimizer])]
     if args.command == "compare":
         tasks = _names(args.tasks)
         per_task = [m for t, m in (("digits", "sklearn"), ("text", "transformers")) if t in tasks]

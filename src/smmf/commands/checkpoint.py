@@ -26,16 +26,29 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from .cli import RunError, UsageError
+from .common import RunError, UsageError
 
 try:
     import fcntl
+
+    _HAVE_FCNTL = True
 except ImportError:  # pragma: no cover - not POSIX: no lock
-    fcntl = None  # type: ignore[assignment]
+    _HAVE_FCNTL = False
 
 __all__ = [
-    "CHECKPOINT", "PREVIOUS", "MANIFEST", "LOCK", "CheckpointError", "Checkpoints", "save_checkpoint",
-    "load_plain", "lock_run_folder", "remove_stale_temporaries", "rng_state", "set_rng_state", "swap_in_folder",
+    "CHECKPOINT",
+    "PREVIOUS",
+    "MANIFEST",
+    "LOCK",
+    "CheckpointError",
+    "Checkpoints",
+    "save_checkpoint",
+    "load_plain",
+    "lock_run_folder",
+    "remove_stale_temporaries",
+    "rng_state",
+    "set_rng_state",
+    "swap_in_folder",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -109,7 +122,7 @@ def load_plain(path: Path) -> Any:
     """``torch.load(weights_only=True)`` on the CPU; CheckpointError naming ``path`` if that fails."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, EOFError, RuntimeError (zip), ... all mean "unusable"
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError (zip), ...: all mean "unusable"
         raise CheckpointError(
             f"checkpoint {path} cannot be loaded as plain tensors and values ({_load_failure(exc)})"
         ) from None
@@ -181,8 +194,12 @@ class Checkpoints:
             if candidate == self.previous:
                 self._newest_good = False  # never keep the damaged file as "previous"
                 if announce:
-                    print(f"smmf train: warning: {problems[0]}; resuming from the previous checkpoint {candidate} "
-                          f"(step {obj['progress'].get('step')})", file=sys.stderr, flush=True)
+                    print(
+                        f"smmf train: warning: {problems[0]}; resuming from the previous checkpoint {candidate} "
+                        f"(step {obj['progress'].get('step')})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             return obj
         raise CheckpointError(f"{problems[0]}, and there is no usable previous checkpoint ({problems[1]})")
 
@@ -208,9 +225,9 @@ class Checkpoints:
 def lock_run_folder(out: Path) -> IO[str] | None:
     """An exclusive lock on ``out`` for this process's lifetime (keep the returned file open);
     UsageError if another run holds it. None where fcntl is unavailable."""
-    if fcntl is None:  # pragma: no cover
+    if not _HAVE_FCNTL:  # pragma: no cover
         return None
-    f = open(out / LOCK, "a+")
+    f = open(out / LOCK, "a+")  # noqa: SIM115 - stays open: the lock lasts as long as the file does
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -239,9 +256,19 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
 
 def _numpy_rng_state() -> dict[str, Any]:
     """numpy's global RNG state as plain values and a tensor (its key array), for weights_only files."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    # legacy=True, numpy's default, spelled out: its stub types the bare call as returning a dict. The state
+    # is a tuple for MT19937 (the global RNG's generator) and a dict for any other.
+    state = np.random.get_state(legacy=True)
+    if not isinstance(state, tuple):
+        raise RunError(f"numpy's global RNG uses {state.get('bit_generator')!r}, not MT19937; cannot checkpoint it")
+    name, keys, pos, has_gauss, cached = state
+    return {
+        "name": str(name),
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
 
 
 def _set_numpy_rng_state(state: dict[str, Any]) -> None:
@@ -251,7 +278,7 @@ def _set_numpy_rng_state(state: dict[str, Any]) -> None:
 
 
 def rng_state(ctx: Any, device: torch.device) -> Any:
-    """Every RNG's state as plain values and tensors (``ctx``: a ``smmf.train.Dist``); distributed: a
+    """Every RNG's state as plain values and tensors (``ctx``: a ``smmf.commands.training.Dist``); distributed: a
     list with one entry per rank (rank 0 saves them all).
 
     A rank records only its own GPU's CUDA state: asking for all devices would make every rank open a

@@ -23,6 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..memory import optimizer_state_bytes
+from . import registry
+from .bench_worker import machine, run_worker
+from .common import UsageError, check_names, markdown_table, resolve_device, split_names, writable_dir
+from .models import DigitsCNN, build_image_model, build_transformer
+
 __all__ = ["WORKLOADS", "CUDA_WORKLOADS", "CPU_WORKLOADS", "TRAIN_OPTIMIZERS", "measure", "markdown", "run"]
 
 
@@ -38,7 +44,9 @@ class Workload:
     checkpointing: bool = False
 
 
-def _image_loss(batch: int, classes: int, size: int, channels: int = 3) -> Callable[[nn.Module, torch.device], torch.Tensor]:
+def _image_loss(
+    batch: int, classes: int, size: int, channels: int = 3
+) -> Callable[[nn.Module, torch.device], torch.Tensor]:
     def loss(model: nn.Module, device: torch.device) -> torch.Tensor:
         gen = torch.Generator(device=device).manual_seed(0)
         x = torch.randn(batch, channels, size, size, device=device, generator=gen)
@@ -58,23 +66,14 @@ def _lm_loss(batch: int, tokens: int, vocab: int) -> Callable[[nn.Module, torch.
 
 
 def _resnet50() -> nn.Module:
-    import torchvision
-
-    return torchvision.models.resnet50(num_classes=100)
+    return build_image_model("resnet50", num_classes=100)
 
 
 def _transformer(name: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        from .models import build_transformer
-
-        return build_transformer(name)
-
-    return build
+    return lambda: build_transformer(name)
 
 
 def _tiny_cnn() -> nn.Module:
-    from .models import DigitsCNN
-
     return DigitsCNN(num_classes=10, width=8)
 
 
@@ -82,14 +81,20 @@ WORKLOADS: dict[str, Workload] = {
     "resnet50": Workload("ResNet-50 / CIFAR-100, 256 x 3x32x32", _resnet50, _image_loss(256, 100, 32)),
     "gpt2": Workload("GPT-2 124M, 8 x 1024 tokens", _transformer("gpt2"), _lm_loss(8, 1024, 50257)),
     "llama-7b": Workload(
-        "Llama-2-7B shape, bf16 weights, 1 x 512 tokens, checkpointing", _transformer("llama-7b"), _lm_loss(1, 512, 32000),
-        bf16_weights=True, checkpointing=True,
-    ),  # fmt: skip
+        "Llama-2-7B shape, bf16 weights, 1 x 512 tokens, checkpointing",
+        _transformer("llama-7b"),
+        _lm_loss(1, 512, 32000),
+        bf16_weights=True,
+        checkpointing=True,
+    ),
     "tiny-cnn": Workload("digits CNN (width 8), 16 x 1x8x8", _tiny_cnn, _image_loss(16, 10, 8, channels=1)),
     "tiny-llama": Workload(
-        "Llama shape, hidden 128, 1 layer, bf16 weights, 1 x 32 tokens, checkpointing", _transformer("llama-h128-l1"),
-        _lm_loss(1, 32, 32000), bf16_weights=True, checkpointing=True,
-    ),  # fmt: skip
+        "Llama shape, hidden 128, 1 layer, bf16 weights, 1 x 32 tokens, checkpointing",
+        _transformer("llama-h128-l1"),
+        _lm_loss(1, 32, 32000),
+        bf16_weights=True,
+        checkpointing=True,
+    ),
 }
 CUDA_WORKLOADS = ("resnet50", "gpt2", "llama-7b")
 CPU_WORKLOADS = ("tiny-cnn", "tiny-llama")
@@ -104,6 +109,10 @@ def _build(spec: dict[str, Any], device: torch.device) -> tuple[nn.Module, Workl
     if workload.bf16_weights:
         model = model.to(torch.bfloat16)
     if workload.checkpointing:
+        from transformers import PreTrainedModel
+
+        if not isinstance(model, PreTrainedModel):
+            raise TypeError(f"{spec['workload']}: gradient checkpointing needs a transformers model")
         model.gradient_checkpointing_enable()
     model.train()
     return model, workload
@@ -113,23 +122,21 @@ def _launches(opt: torch.optim.Optimizer, device: torch.device) -> int | None:
     """Kernels one ``step()`` launches on the GPU, from torch.profiler (None on CPU)."""
     if device.type != "cuda":
         return None
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import DeviceType, ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         opt.step()
         torch.cuda.synchronize(device)
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """In this (fresh) process: time full steps and ``step()`` of one workload with one optimizer."""
-    from . import bench, optimizer_state_bytes
-
     device = torch.device(spec["device"])
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     try:
         model, workload = _build(spec, device)
-        opt = bench.OPTIMIZERS[spec["name"]][1](list(model.parameters()))
+        opt = registry.build(spec["name"], list(model.parameters()), lr=1e-3, foreach=True)
 
         def forward_backward() -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -186,9 +193,38 @@ def _cell(value: float | None, digits: int = 1, scale: float = 1.0) -> str:
     return "-" if value is None else f"{value / scale:,.{digits}f}"
 
 
+def _table(group: list[dict[str, Any]]) -> str:
+    """One workload's rows; ratios against AdamW(fused) measured in the same run."""
+    base = next((r for r in group if r["name"] == "adamw-fused" and "error" not in r), None)
+    header = (
+        "optimizer", "`step()` ms", "x AdamW(fused)", "full step ms", "x AdamW(fused)", "peak GiB", "state MiB",
+        "launches / step",
+    )  # fmt: skip
+    body: list[tuple[str, ...]] = []
+    for r in group:
+        if "error" in r:
+            body.append((r["label"], r["error"]))
+            continue
+        step_x = r["step_ms"] / base["step_ms"] if base else None
+        full_x = r["full_step_ms"] / base["full_step_ms"] if base else None
+        launches = r["launches_per_step"]
+        body.append(
+            (
+                r["label"],
+                _cell(r["step_ms"], 2),
+                _cell(step_x, 2),
+                _cell(r["full_step_ms"]),
+                _cell(full_x, 2),
+                _cell(r["peak_bytes"], 2, 1024**3),
+                _cell(r["state_bytes"], 1, 1024**2),
+                str(launches) if launches is not None else "-",
+            )
+        )
+    return markdown_table(header, body)
+
+
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """One table per workload; ratios against AdamW(fused) measured in the same run."""
-    gib = 1024**3
     lines = [
         f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}. Command: `{meta['command']}`",
         f"Full step: mean of {meta['steps']} back-to-back steps after {meta['warmup']} warm-up steps (bf16 autocast); "
@@ -196,62 +232,41 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     ]
     for workload in dict.fromkeys(r["workload"] for r in rows):
         group = [r for r in rows if r["workload"] == workload]
-        base = next((r for r in group if r["name"] == "adamw-fused" and "error" not in r), None)
-        lines += ["", f"#### {WORKLOADS[workload].label}", "",
-                  "| optimizer | `step()` ms | x AdamW(fused) | full step ms | x AdamW(fused) | peak GiB | state MiB | launches / step |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
-        for r in group:
-            if "error" in r:
-                lines.append(f"| {r['label']} | {r['error']} | | | | | | |")
-                continue
-            step_x = r["step_ms"] / base["step_ms"] if base else None
-            full_x = r["full_step_ms"] / base["full_step_ms"] if base else None
-            lines.append(
-                f"| {r['label']} | {_cell(r['step_ms'], 2)} | {_cell(step_x, 2)} | {_cell(r['full_step_ms'])} "
-                f"| {_cell(full_x, 2)} | {_cell(r['peak_bytes'], 2, gib)} | {_cell(r['state_bytes'], 1, 1024**2)} "
-                f"| {r['launches_per_step'] if r['launches_per_step'] is not None else '-'} |"
-            )
+        lines += ["", f"#### {WORKLOADS[workload].label}", "", _table(group)]
     return "\n".join(lines) + "\n"
 
 
-def _choices(text: str | None, default: tuple[str, ...], valid: dict[str, Any], option: str) -> list[str]:
-    from .cli import UsageError
-
-    names = [n.strip() for n in text.split(",") if n.strip()] if text else list(default)
-    unknown = [n for n in names if n not in valid]
-    if unknown or not names:
-        raise UsageError(f"{option}: unknown {', '.join(map(repr, unknown)) or '(none)'} (valid: {', '.join(valid)})")
-    return names
+def _choices(text: str | None, default: tuple[str, ...], valid: Any, what: str) -> list[str]:
+    return check_names(split_names(text) if text else list(default), valid, what)
 
 
 def run(args: argparse.Namespace) -> int:
     """Every workload with every optimizer, each in a fresh process; writes bench-train.md and .json."""
-    from . import bench
-    from .cli import UsageError, resolve_device, writable_dir
-
-    try:
-        device = resolve_device(args.device)
-        workloads = _choices(args.set, CUDA_WORKLOADS if device.type == "cuda" else CPU_WORKLOADS, WORKLOADS, "--set")
-        names = _choices(args.optimizers, TRAIN_OPTIMIZERS, bench.OPTIMIZERS, "--optimizers")
-        if args.steps < 1 or args.warmup < 1:
-            raise UsageError("--steps and --warmup must be >= 1 in train mode")
-        out = writable_dir(Path(args.out or f"runs/bench-train-{device.type}"), "--out")
-    except UsageError as exc:
-        print(f"smmf bench: {exc}", file=sys.stderr)
-        return 2
+    device = resolve_device(args.device)
+    workloads = _choices(args.set, CUDA_WORKLOADS if device.type == "cuda" else CPU_WORKLOADS, WORKLOADS, "workload")
+    names = _choices(args.optimizers, TRAIN_OPTIMIZERS, registry.NAMES, "optimizer")
+    if args.steps < 1 or args.warmup < 1:
+        raise UsageError("--steps and --warmup must be >= 1 in train mode")
+    out = writable_dir(Path(args.out or f"runs/bench-train-{device.type}"), "--out")
     meta = {
-        "machine": bench._machine(str(device), args.threads), "torch": torch.__version__,
-        "date": dt.date.today().isoformat(), "steps": args.steps, "warmup": args.warmup,
-        "command": f"smmf bench --mode train --device {device} --set {','.join(workloads)} --optimizers {','.join(names)} "
-        f"--steps {args.steps} --warmup {args.warmup}",
-    }  # fmt: skip
+        "machine": machine(str(device), args.threads),
+        "torch": torch.__version__,
+        "date": dt.date.today().isoformat(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "command": f"smmf bench --mode train --device {device} --set {','.join(workloads)} "
+        f"--optimizers {','.join(names)} --steps {args.steps} --warmup {args.warmup}",
+    }
     rows = []
     for workload in workloads:
         for name in names:
-            spec = {"workload": workload, "name": name, "device": str(device), "steps": args.steps, "warmup": args.warmup}
-            result = bench.run_worker(spec, module="smmf.bench_train")
-            rows.append({"workload": workload, "name": name, "label": bench.OPTIMIZERS[name][0], **result})
-            status = result.get("error") or f"step {result['step_ms']:.2f} ms, full step {result['full_step_ms']:.1f} ms"
+            spec = {"workload": workload, "name": name, "device": str(device), "steps": args.steps}
+            spec["warmup"] = args.warmup
+            result = run_worker(spec, module="smmf.commands.bench_train")
+            rows.append({"workload": workload, "name": name, "label": registry.OPTIMIZERS[name].label, **result})
+            status = (
+                result.get("error") or f"step {result['step_ms']:.2f} ms, full step {result['full_step_ms']:.1f} ms"
+            )
             print(f"[{workload}] {name}: {status}", file=sys.stderr, flush=True)
     report = markdown(meta, rows)
     (out / "bench-train.md").write_text(report)

@@ -1,8 +1,8 @@
-"""The ``smmf`` command: ``compare``, ``train``, ``memory`` and ``bench`` subcommands.
+"""What every subcommand shares: its errors, argument types and checks, and the markdown table renderer.
 
-Each subcommand lives in its own module with ``register(subparsers)`` and ``run(args) -> int``. Errors a
-user can fix (an unknown name, a missing dataset, an unwritable folder) print one line to stderr and
-exit non-zero, never a traceback; Ctrl-C exits with 130.
+Errors a user can fix (an unknown name, a missing dataset, an unwritable folder) are raised as
+``UsageError`` (exit status 2) or ``RunError`` (status 1); :func:`smmf.commands.main.main` prints them on
+one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,20 +10,33 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
-from .data import DataError
-from .optimizers import UnknownNameError
-
-__all__ = ["UsageError", "RunError", "positive_int", "non_negative_int", "check_number", "check_seed", "resolve_device", "writable_dir", "build_parser", "main"]
+__all__ = [
+    "UsageError",
+    "UnknownNameError",
+    "RunError",
+    "positive_int",
+    "non_negative_int",
+    "check_number",
+    "check_seed",
+    "split_names",
+    "check_names",
+    "resolve_device",
+    "writable_dir",
+    "markdown_table",
+]
 
 
 class UsageError(ValueError):
     """A bad argument found after parsing; ``main`` prints it on one line and exits with status 2."""
+
+
+class UnknownNameError(UsageError):
+    """A name (optimizer, task, model) that is not in its registry; the message lists the valid ones."""
 
 
 class RunError(RuntimeError):
@@ -69,6 +82,23 @@ def check_seed(value: int, option: str = "--seed") -> None:
         raise UsageError(f"{option}: expected an integer from 0 to {SEED_MAX}, got {value}")
 
 
+def split_names(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']: a comma-separated option value."""
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def check_names(names: Iterable[str], valid: Iterable[str], what: str) -> list[str]:
+    """Return ``names`` as a list, or raise UnknownNameError with a one-line message listing the valid names."""
+    valid = list(valid)
+    names = list(names)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise UnknownNameError(f"unknown {what} {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+    if not names:
+        raise UnknownNameError(f"no {what} given; valid: {', '.join(valid)}")
+    return names
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; UsageError for anything torch cannot use here."""
     if name == "auto":
@@ -96,36 +126,12 @@ def writable_dir(path: Path, option: str) -> Path:
     return path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``smmf`` parser; subcommand modules are imported here so that helpers above load first."""
-    from . import __version__, bench, compare, memory, train
-
-    parser = argparse.ArgumentParser(
-        prog="smmf",
-        description="SMMF optimizer tools: compare optimizers, train with the paper's recipe, report memory.",
-    )
-    parser.add_argument("--version", action="version", version=f"smmf {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (compare, train, memory, bench):
-        module.register(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``smmf`` console script and of ``python -m smmf``."""
-    from . import extras
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        extras.check(args)  # a missing optional dependency is named before any work
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        print("\nsmmf: interrupted", file=sys.stderr)
-        return 130
-    except (UsageError, UnknownNameError) as exc:
-        print(f"smmf {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (DataError, RunError) as exc:
-        print(f"smmf {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], *, left: int = 1) -> str:
+    """A markdown table: the first ``left`` columns aligned left (names), the others right (numbers).
+    A row shorter than the header is padded with empty cells (a failed run's row)."""
+    align = ["---" if i < left else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    for row in rows:
+        cells = [str(c) for c in row] + [""] * (len(header) - len(row))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
