@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor
@@ -22,13 +22,21 @@ from .signpack import packed_numel
 
 __all__ = ["is_dtensor", "local", "local_grad", "factored_lengths", "state_lengths", "zeros_like_state"]
 
-try:  # torch.distributed is optional in some builds
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-except ImportError:  # pragma: no cover - builds without distributed
+# The public DTensor module (torch>=2.5; smmf supports torch>=2.13). Only a torch built without distributed
+# support may lack it: there no parameter can be a DTensor. Anywhere else a failed import is an error, not a
+# reason to treat FSDP2 parameters as plain tensors.
+if torch.distributed.is_available():
+    try:
+        from torch.distributed.tensor import DTensor, Replicate, Shard
+    except ImportError as e:
+        raise ImportError(
+            f"smmf needs torch>=2.13 (torch.distributed.tensor); this is torch {torch.__version__}"
+        ) from e
+else:  # pragma: no cover - builds without distributed
     DTensor = None  # type: ignore[assignment,misc]
 
 
-def is_dtensor(t: Any) -> bool:
+def is_dtensor(t: object) -> TypeGuard[DTensor]:
     return DTensor is not None and isinstance(t, DTensor)
 
 
@@ -41,7 +49,7 @@ def local_grad(param: Tensor, grad: Tensor) -> Tensor:
     """The gradient shard that matches the parameter's local shard (redistributing partial/other layouts)."""
     if not is_dtensor(grad):
         return grad
-    if grad.placements != param.placements:
+    if is_dtensor(param) and grad.placements != param.placements:
         grad = grad.redistribute(param.device_mesh, param.placements)
     return grad.to_local()
 
@@ -54,14 +62,16 @@ def factored_lengths(numel: int, sign_bits: int) -> dict[str, int]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _local_shapes(shape: tuple[int, ...], mesh_shape: tuple[int, ...], placements: tuple[Any, ...]) -> frozenset[tuple[int, ...]]:
+def _local_shapes(
+    shape: tuple[int, ...], mesh_shape: tuple[int, ...], placements: tuple[Any, ...]
+) -> frozenset[tuple[int, ...]]:
     """Every local shard shape that some rank holds (torch.chunk semantics, as DTensor shards)."""
     shapes = {shape}
-    for size, placement in zip(mesh_shape, placements):
+    for size, placement in zip(mesh_shape, placements, strict=True):
         if isinstance(placement, Shard):
             dim = placement.dim
             shapes = {
-                s[:dim] + (Shard.local_shard_size_and_offset(s[dim], size, r)[0],) + s[dim + 1 :]
+                (*s[:dim], Shard.local_shard_size_and_offset(s[dim], size, r)[0], *s[dim + 1 :])
                 for s in shapes
                 for r in range(size)
             }
