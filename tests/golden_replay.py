@@ -8,10 +8,20 @@ from typing import Any
 import numpy as np
 import torch
 
-CASES = ["defaults", "transformer_decay", "decoupled_wd", "no_first_moment", "no_vector_reshape", "fast_growth", "sparse_rows"]
+CASES = [
+    "defaults",
+    "transformer_decay",
+    "decoupled_wd",
+    "no_first_moment",
+    "no_vector_reshape",
+    "fast_growth",
+    "sparse_rows",
+]
 
 
-def replay(data: Any, manifest: dict[str, Any], case: dict[str, Any], make_optimizer: Callable[..., Any]) -> tuple[list[torch.nn.Parameter], Any]:
+def replay(
+    data: Any, manifest: dict[str, Any], case: dict[str, Any], make_optimizer: Callable[..., Any]
+) -> tuple[list[torch.nn.Parameter], Any]:
     """Run ``case`` for all recorded steps in float64; returns the parameters and the optimizer."""
     name = case["name"]
     params = [

@@ -21,7 +21,7 @@ def test_unknown_backend_is_a_value_error_naming_it() -> None:
 
 
 def test_fused_false_with_a_compiled_backend_is_refused() -> None:
-    with pytest.raises(ValueError, match="backend.*fused=False"):
+    with pytest.raises(ValueError, match=r"backend.*fused=False"):
         SMMF([nn.Parameter(torch.zeros(3))], backend="inductor", fused=False)
 
 
@@ -30,7 +30,7 @@ def test_triton_on_cpu_tensors_without_the_interpreter_names_the_backend() -> No
     p = nn.Parameter(torch.zeros(3))
     opt = SMMF([p], backend="triton")
     p.grad = torch.ones(3)
-    with pytest.raises(ValueError, match="backend.*TRITON_INTERPRET"):
+    with pytest.raises(ValueError, match=r"backend.*TRITON_INTERPRET"):
         opt.step()
     assert torch.equal(p, torch.zeros(3))
 
@@ -49,7 +49,7 @@ def test_functional_step_equals_the_class() -> None:
     torch.manual_seed(0)
     mine = [torch.randn(s) for s in shapes]
     states = [state_format.init_state(p, vector_reshape=True, sign_bits=1) for p in mine]
-    for p, state in zip(mine, states):
+    for p, state in zip(mine, states, strict=True):
         state_format.ensure_momentum(p, state, beta=0.9, sign_bits=1)
     gen = torch.Generator().manual_seed(1)
     cache = functional.StepCache()
@@ -59,7 +59,7 @@ def test_functional_step_equals_the_class() -> None:
             mine, grads, states, lr=0.01, beta=0.9, eps=1e-8, weight_decay=0.0, decay_rate=-0.5,
             growth_rate=0.999, backend="eager", cache=cache,
         )  # fmt: skip
-    for a, b, state in zip(mine, params, states):
+    for a, b, state in zip(mine, params, states, strict=True):
         assert torch.equal(a, b.detach())
         assert torch.equal(state["sign"], opt.state[b]["sign"])
 

@@ -34,7 +34,12 @@ def test_fused_matches_eager(kwargs):
 
 
 def test_fused_matches_eager_bf16():
-    _assert_same(_run([(64, 48), (10,)], dtype=torch.bfloat16, fused=True), _run([(64, 48), (10,)], dtype=torch.bfloat16, fused=False), rtol=1e-2, atol=1e-2)
+    _assert_same(
+        _run([(64, 48), (10,)], dtype=torch.bfloat16, fused=True),
+        _run([(64, 48), (10,)], dtype=torch.bfloat16, fused=False),
+        rtol=1e-2,
+        atol=1e-2,
+    )
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
@@ -56,7 +61,7 @@ def test_fullgraph_compile_accepts_the_update_functions():
     ref = [t.clone() for t in (p, sign, row_m, col_m, row_v, col_v)]
     graph(p, g, sign, row_m, col_m, row_v, col_v, hp, sched)
     kernels.factored_step(ref[0], g, ref[1], ref[2], ref[3], ref[4], ref[5], hp, sched)
-    for a, b in zip((p, sign, row_m, col_m, row_v, col_v), ref):
+    for a, b in zip((p, sign, row_m, col_m, row_v, col_v), ref, strict=True):
         torch.testing.assert_close(a, b)
     dense = torch.compile(kernels.dense_step, fullgraph=True, backend="eager")
     dense(torch.randn(5), torch.randn(5), torch.zeros(5), torch.zeros(5), hp, sched)
@@ -102,7 +107,7 @@ def test_batched_same_shapes_equal_one_by_one(fused, kwargs):
             p.grad = grads[step][i]
             opt.step()
         alone.append(opt)
-    state = {p: opt.state[p] for p, opt in zip(params, alone)}
+    state = {p: opt.state[p] for p, opt in zip(params, alone, strict=True)}
     _assert_same(batched, (params, SimpleNamespace(state=state)), rtol=1e-6, atol=1e-7)
 
 

@@ -6,8 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
-from golden_replay import CASES, max_relative_error, replay
 
+from golden_replay import CASES, max_relative_error, replay
 from smmf import SMMF
 from smmf.signpack import unpack_signs
 

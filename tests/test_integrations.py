@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -63,11 +64,11 @@ def test_hf_trainer_trains_and_resumes_from_its_checkpoint_exactly(tmp_path):
     full.train()
     assert isinstance(full.optimizer.optimizer if hasattr(full.optimizer, "optimizer") else full.optimizer, SMMF)
     losses = [log["loss"] for log in full.state.log_history if "loss" in log]
-    assert len(losses) == 6 and all(l == l for l in losses)
+    assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
 
     resumed = _hf_trainer(tmp_path / "full", 6)
     resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
-    for (name, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+    for (name, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -91,10 +92,15 @@ def test_lightning_configure_optimizers(tmp_path):
     module = Module()
     before = copy.deepcopy(module.net.state_dict())
     trainer = lightning.Trainer(
-        max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=str(tmp_path),
+        max_steps=5,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
     )
-    x, y = (torch.cat(t) for t in zip(*_data(5)))
+    x, y = (torch.cat(t) for t in zip(*_data(5), strict=True))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
     trainer.fit(module, train_dataloaders=loader)
     assert trainer.global_step == 5
@@ -114,7 +120,7 @@ def test_compiled_model_trains_like_the_eager_model():
             opt.zero_grad()
             _loss(model, x, y).backward()
             opt.step()
-    for a, b in zip(eager.parameters(), compiled_source.parameters()):
+    for a, b in zip(eager.parameters(), compiled_source.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -127,10 +133,10 @@ def test_gradient_accumulation_equals_the_full_batch():
         _loss(full, x, y).backward()
         opt_full.step()
         opt_acc.zero_grad()
-        for xs, ys in zip(x.chunk(2), y.chunk(2)):
+        for xs, ys in zip(x.chunk(2), y.chunk(2), strict=True):
             (_loss(accumulated, xs, ys) / 2).backward()
         opt_acc.step()
-    for a, b in zip(full.parameters(), accumulated.parameters()):
+    for a, b in zip(full.parameters(), accumulated.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -152,7 +158,7 @@ def test_grad_scaler_skips_inf_steps_and_leaves_state_untouched():
     scaler.step(opt)
     scaler.update()
     assert scaler.get_scale() < scale
-    for a, b in zip(params, model.parameters()):
+    for a, b in zip(params, model.parameters(), strict=True):
         assert torch.equal(a, b)
     for index, saved in state.items():
         for key, value in saved.items():

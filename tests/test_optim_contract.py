@@ -120,7 +120,7 @@ def test_tensor_lr_equals_float_lr():
         model = _model()
         _train(model, SMMF(model.parameters(), lr=lr, fused=False), 5)
         results.append(list(model.parameters()))
-    for x, y in zip(*results):
+    for x, y in zip(*results, strict=True):
         assert torch.equal(x, y)
 
 
@@ -149,7 +149,7 @@ def test_lr_schedulers_drive_the_learning_rate(make_scheduler):
             o.step()
         scheduler.step()
     assert len(set(lrs)) > 1
-    for x, y in zip(model.parameters(), reference.parameters()):
+    for x, y in zip(model.parameters(), reference.parameters(), strict=True):
         assert torch.equal(x, y)
 
 
@@ -277,7 +277,7 @@ def test_one_and_eight_bit_signs_give_identical_trajectories(fused):
         opt = SMMF(model.parameters(), sign_bits=bits, fused=fused)
         _train(model, opt, 6)
         runs.append((model, opt))
-    for x, y in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+    for x, y in zip(runs[0][0].parameters(), runs[1][0].parameters(), strict=True):
         assert torch.equal(x, y)
     signs = [s["sign"] for s in runs[0][1].state.values()]
     assert all(s.dtype == torch.uint8 for s in signs)
@@ -314,7 +314,7 @@ def test_changing_sign_bits_converts_the_stored_signs():
     opt.param_groups[0]["sign_bits"] = 8
     _train(model, opt, 2, seed=5)
     _train(reference[0], reference[1], 2, seed=5)
-    for x, y in zip(model.parameters(), reference[0].parameters()):
+    for x, y in zip(model.parameters(), reference[0].parameters(), strict=True):
         assert torch.equal(x, y)
 
 
@@ -339,7 +339,7 @@ def test_state_dict_round_trip_continues_bit_for_bit(fused, sign_bits):
     resumed_opt.load_state_dict(saved["optimizer"])
     assert resumed_opt.param_groups[0]["lr"] == 0.01 and resumed_opt.param_groups[0]["sign_bits"] == sign_bits
     _train(resumed, resumed_opt, 10, seed=2)
-    for x, y in zip(model.parameters(), resumed.parameters()):
+    for x, y in zip(model.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
@@ -405,7 +405,7 @@ def test_deepcopy_is_independent():
     twin_model, twin_opt = copy.deepcopy((model, opt))
     _train(model, opt, 2, seed=7)
     _train(twin_model, twin_opt, 2, seed=7)
-    for x, y in zip(model.parameters(), twin_model.parameters()):
+    for x, y in zip(model.parameters(), twin_model.parameters(), strict=True):
         assert torch.equal(x, y) and x.data_ptr() != y.data_ptr()
 
 

@@ -21,7 +21,9 @@ def test_square_matricize_is_the_most_square_factorization(numel):
     assert not any(numel % d == 0 for d in range(m + 1, math.isqrt(numel) + 1))
 
 
-@given(st.integers(min_value=0, max_value=64), st.integers(min_value=0, max_value=64), st.randoms(use_true_random=False))
+@given(
+    st.integers(min_value=0, max_value=64), st.integers(min_value=0, max_value=64), st.randoms(use_true_random=False)
+)
 @settings(max_examples=200, deadline=None)
 def test_pack_unpack_is_identity(rows, cols, rng):
     gen = torch.Generator().manual_seed(rng.randrange(2**31))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from golden_replay import CASES, replay
 
 ROOT = Path(__file__).resolve().parents[1]
