@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_args import train_argv
 from smmf.commands.main import main
 
 pytestmark = pytest.mark.slow
@@ -44,30 +45,8 @@ def test_train_gpt2_tiny_on_text(tmp_path: Path) -> None:
     text = tmp_path / "corpus.txt"
     text.write_bytes(Path(json.__file__).read_bytes() * 2)
     out = tmp_path / "run"
-    argv = [
-        "train",
-        "--model",
-        "gpt2-tiny",
-        "--text",
-        str(text),
-        "--seq-len",
-        "32",
-        "--batch-size",
-        "4",
-        "--max-steps",
-        "3",
-        "--eval-batches",
-        "2",
-        "--optimizer",
-        "adamw",
-        "--device",
-        "cpu",
-        "--num-workers",
-        "0",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    options = {"seq_len": 32, "batch_size": 4, "max_steps": 3, "eval_batches": 2, "optimizer": "adamw"}
+    argv = train_argv(model="gpt2-tiny", text=text, out=out, **options)
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["final_eval"]["perplexity"] > 1

@@ -24,6 +24,7 @@ import pytest
 import torch
 from torch import nn
 
+from cli_args import train_argv
 from smmf import SMMF
 from smmf.commands.main import main
 
@@ -262,36 +263,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train_args(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--model",
-        "gpt2-tiny",
-        "--text",
-        str(corpus),
-        "--seq-len",
-        "32",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1",
-        "--limit-batches",
-        "6",
-        "--eval-batches",
-        "1",
-        "--warmup-steps",
-        "1",
-        "--checkpoint-every",
-        "2",
-        "--eager",
-        "--device",
-        "cpu",
-        "--num-workers",
-        "0",
-        "--no-progress",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    options = {"seq_len": 32, "batch_size": 4, "epochs": 1, "limit_batches": 6, "eval_batches": 1, "warmup_steps": 1}
+    return [*train_argv("eager", model="gpt2-tiny", text=corpus, checkpoint_every=2, out=out, **options), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -464,20 +437,7 @@ def test_planted_cifar_pickle_does_not_run(tmp_path: Path, capsys: pytest.Captur
     (data / "cifar-100-python" / "test").write_bytes(pickle.dumps({"data": Planted(marker), "fine_labels": []}))
     with pytest.raises(DataError, match=r"builtins\.exec is not allowed in a CIFAR batch"):
         cifar_datasets("cifar100", data, 32, download=False)
-    argv = [
-        "train",
-        "--model",
-        "mobilenet_v2",
-        "--data-dir",
-        str(data),
-        "--no-download",
-        "--image-size",
-        "32",
-        "--device",
-        "cpu",
-        "--out",
-        str(tmp_path / "run"),
-    ]
+    argv = train_argv("no-download", model="mobilenet_v2", data_dir=data, image_size=32, out=tmp_path / "run")
     err = _one_line_error(capsys, argv, 1)
     assert err.startswith(f"smmf train: error: {data / 'cifar-100-python' / 'test'}: not a CIFAR batch")
     assert not marker.exists()

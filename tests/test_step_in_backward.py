@@ -102,6 +102,7 @@ def test_accumulate_steps_on_the_sum_of_micro_batches() -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # no "lr_scheduler.step() before optimizer.step()" warning
 def test_lr_scheduler_and_remove() -> None:
     model = _model()
     handle = step_in_backward(model, **KWARGS)

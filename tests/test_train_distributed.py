@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from cli_args import train_argv
 from smmf.commands.main import main
 
 needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
@@ -28,37 +29,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _args(corpus: Path, out: Path, mode: str) -> list[str]:
-    return [
-        "train",
-        "--distributed",
-        mode,
-        "--model",
-        "gpt2-tiny",
-        "--text",
-        str(corpus),
-        "--seq-len",
-        "32",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1",
-        "--limit-batches",
-        str(STEPS),
-        "--eval-batches",
-        "2",
-        "--warmup-steps",
-        "2",
-        "--checkpoint-every",
-        "2",
-        "--eager",
-        "--device",
-        "cpu",
-        "--num-workers",
-        "0",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    options = {"seq_len": 32, "batch_size": 4, "epochs": 1, "eval_batches": 2, "warmup_steps": 2}
+    return train_argv(
+        "eager",
+        distributed=mode,
+        model="gpt2-tiny",
+        text=corpus,
+        limit_batches=STEPS,
+        checkpoint_every=2,
+        out=out,
+        **options,
+    )
 
 
 def _torchrun(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -143,36 +124,11 @@ def test_image_model_trains_under_ddp_and_fsdp(tmp_path: Path) -> None:
     summaries = {}
     for mode in ("ddp", "fsdp"):
         out = tmp_path / mode
+        options = {"dataset": "cifar100", "image_size": 32, "batch_size": 8, "epochs": 1, "max_steps": 3}
         _torchrun(
-            [
-                "train",
-                "--distributed",
-                mode,
-                "--model",
-                "mobilenet_v2",
-                "--dataset",
-                "cifar100",
-                "--data-dir",
-                str(data),
-                "--no-download",
-                "--image-size",
-                "32",
-                "--batch-size",
-                "8",
-                "--epochs",
-                "1",
-                "--max-steps",
-                "3",
-                "--eval-batches",
-                "1",
-                "--device",
-                "cpu",
-                "--num-workers",
-                "0",
-                "--no-progress",
-                "--out",
-                str(out),
-            ]
+            train_argv(
+                "no-download", distributed=mode, model="mobilenet_v2", data_dir=data, eval_batches=1, out=out, **options
+            )
         )
         summaries[mode] = json.loads((out / "summary.json").read_text())
     ddp, fsdp = summaries["ddp"], summaries["fsdp"]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_args import train_argv
 from smmf.commands.main import main
 
 pytestmark = pytest.mark.slow
@@ -43,36 +44,17 @@ def write_fake_cifar100(root: Path, n_train: int = 64, n_test: int = 16) -> Path
 
 
 def _args(data: Path, out: Path) -> list[str]:
-    return [
-        "train",
-        "--model",
-        "mobilenet_v2",
-        "--dataset",
-        "cifar100",
-        "--data-dir",
-        str(data),
-        "--no-download",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "2",
-        "--warmup-steps",
-        "2",
-        "--checkpoint-every",
-        "3",
-        "--optimizer",
-        "smmf",
-        "--eager",
-        "--num-workers",
-        "0",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    options = {"dataset": "cifar100", "image_size": 32, "batch_size": 8, "epochs": 2, "warmup_steps": 2}
+    return train_argv(
+        "no-download",
+        "eager",
+        model="mobilenet_v2",
+        data_dir=data,
+        checkpoint_every=3,
+        optimizer="smmf",
+        out=out,
+        **options,
+    )
 
 
 def _load(out: Path) -> dict:

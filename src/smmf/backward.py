@@ -53,6 +53,9 @@ class StepInBackward:
         cache = self._caches.setdefault(id(p), StepCache())
         self.optimizer.step_group(self._group_of[id(p)], cache, only=[p])
         p.grad = None  # freed now, not at zero_grad()
+        # what a wrapped optimizer.step() records for LR schedulers, which otherwise warn that
+        # scheduler.step() came before any optimizer step
+        self.optimizer._opt_called = True  # type: ignore[attr-defined]
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:

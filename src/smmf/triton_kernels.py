@@ -112,24 +112,10 @@ def check_gradients(
 
 @triton.jit
 def step_tiles(
-    table,
-    tile_map,
-    flags,
-    hp,
-    lr_ptr,
-    scratch,
-    flag_copies,
-    tile_rows,
-    tile_bytes,
-    P_DT: tl.constexpr,
-    G_DT: tl.constexpr,
-    ACC: tl.constexpr,
-    HAS_M: tl.constexpr,
-    PACKED: tl.constexpr,
-    STOCHASTIC: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    BLOCK_J: tl.constexpr,
-):
+    table, tile_map, flags, hp, lr_ptr, scratch, flag_copies, tile_rows, tile_bytes,
+    P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
+    STOCHASTIC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
+):  # fmt: skip
     """Pass 1 for one tile; ``hp`` holds the hyperparameters in the layout of :mod:`smmf.kernels`.
     A tensor flagged by pass 0 is neither read nor written; its first tile copies the flag to
     ``flag_copies`` for pass 2's column programs (pass 2's row program clears the flag itself)."""
