@@ -71,18 +71,18 @@ def hyperparameter_values(
     weight_decay_mode: str,
     maximize: bool,
 ) -> tuple[float, ...]:
-    """The hyperparameter tensor's values (layout of :mod:`smmf.kernels`; a tensor lr's slot is 0)."""
+    """The hyperparameter tensor's values, named (:class:`smmf.kernels.Hyperparameters`)."""
     decoupled = weight_decay_mode == "adamw"
-    values = [0.0] * kernels.HP_SIZE
-    values[kernels.HP_LR] = 0.0 if isinstance(lr, Tensor) else float(lr)
-    values[kernels.HP_BETA] = 0.0 if beta is None else float(beta)
-    values[kernels.HP_GROWTH] = 0.0 if growth_rate is None else float(growth_rate)
-    values[kernels.HP_DECAY] = float(decay_rate)
-    values[kernels.HP_EPS] = float(eps)
-    values[kernels.HP_WD_DECOUPLED] = float(weight_decay) if decoupled else 0.0
-    values[kernels.HP_WD_COUPLED] = 0.0 if decoupled else float(weight_decay)
-    values[kernels.HP_SIGN] = -1.0 if maximize else 1.0
-    return tuple(values)
+    return kernels.Hyperparameters(
+        lr=0.0 if isinstance(lr, Tensor) else float(lr),
+        beta=0.0 if beta is None else float(beta),
+        growth_rate=0.0 if growth_rate is None else float(growth_rate),
+        decay_rate=float(decay_rate),
+        eps=float(eps),
+        wd_decoupled=float(weight_decay) if decoupled else 0.0,
+        wd_coupled=0.0 if decoupled else float(weight_decay),
+        direction=-1.0 if maximize else 1.0,
+    )
 
 
 def _device_hyperparameters(

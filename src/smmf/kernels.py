@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -19,6 +19,7 @@ from . import rounding
 from .signpack import pack_signs, unpack_bits
 
 __all__ = [
+    "Hyperparameters",
     "HP_LR",
     "HP_BETA",
     "HP_GROWTH",
@@ -38,9 +39,27 @@ __all__ = [
     "mark_block",
 ]
 
-# Layout of the hyperparameter tensor ``hp`` (factor dtype, on the parameter's device).
-HP_LR, HP_BETA, HP_GROWTH, HP_DECAY, HP_EPS, HP_WD_DECOUPLED, HP_WD_COUPLED, HP_SIGN = range(8)
-HP_SIZE = 8  # HP_SIGN is -1 for maximize (descend on -g), else +1
+
+class Hyperparameters(NamedTuple):
+    """The hyperparameter tensor ``hp`` (factor dtype, on the parameter's device), slot by slot: one
+    weight-decay coefficient is 0 (the mode not chosen); ``direction`` is -1 for maximize, else +1; a
+    tensor lr's slot is filled on the device."""
+
+    lr: float
+    beta: float
+    growth_rate: float
+    decay_rate: float
+    eps: float
+    wd_decoupled: float
+    wd_coupled: float
+    direction: float
+
+
+# Slot indices of ``hp``, for the kernels (which index a tensor, not the tuple).
+HP_LR, HP_BETA, HP_GROWTH, HP_DECAY, HP_EPS, HP_WD_DECOUPLED, HP_WD_COUPLED, HP_SIGN = range(
+    len(Hyperparameters._fields)
+)
+HP_SIZE = len(Hyperparameters._fields)
 
 
 def schedules(hp: Tensor, steps: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ step's temporary memory). Each call is one function of :mod:`smmf.kernels`, comp
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,6 +36,11 @@ _WIDE_NUMEL = 1 << 16
 _FACTOR_KEYS = ("sign", "row_m", "col_m", "row_v", "col_v")
 
 
+def _kernel(fn: Callable[..., Any], fused: bool, wide: bool = False) -> Callable[..., Any]:
+    """``fn`` compiled (per column count where ``wide``) for the inductor backend, as is for eager."""
+    return kernels.compiled(fn, wide) if fused else fn
+
+
 def _whole_step(p: Tensor, g: Tensor, state: dict[str, Any], hp: Tensor, sched: Tensor, fused: bool) -> Tensor:
     """One kernel call for a whole (n, m) tensor, or a (B, n, m) batch with its state stacked the same
     way: ``state`` maps the factorized state keys to tensors shaped to match ``p``. Returns whether each
@@ -44,7 +50,7 @@ def _whole_step(p: Tensor, g: Tensor, state: dict[str, Any], hp: Tensor, sched: 
     wide = fused and p.shape[-2] * p.shape[-1] >= _WIDE_NUMEL
     if wide:
         kernels.mark_block((sign, row_m, row_v), (p, g, col_m, col_v))
-    fn = kernels.compiled(kernels.factored_step, wide) if fused else kernels.factored_step
+    fn = _kernel(kernels.factored_step, fused, wide)
     return fn(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed, state.get("seed"))
 
 
@@ -141,7 +147,7 @@ def step(items: list[Item], hp: Tensor, block_size: int | None, compiled: bool) 
 
 def _dense_step(p: Tensor, grad: Tensor, state: dict[str, Any], hp: Tensor, sched: Tensor, fused: bool) -> Tensor:
     exp_avg = state.get("exp_avg")
-    fn = kernels.compiled(kernels.dense_step) if fused else kernels.dense_step
+    fn = _kernel(kernels.dense_step, fused)
     flat_avg = None if exp_avg is None else exp_avg.view(-1).detach()
     moments = (flat_avg, state["exp_avg_sq"].view(-1).detach())
     return fn(p.view(-1).detach(), grad.view(-1).detach(), *moments, hp, sched, state.get("seed"))
@@ -175,14 +181,14 @@ def _factored_step(
     pv, gv = p.view(n, m).detach(), grad.view(n, m).detach()
     if n * m <= block_size:
         return _whole_step(pv, gv, state, hp, sched, fused)
-    allowed = (kernels.compiled(kernels.step_allowed) if fused else kernels.step_allowed)(gv, hp.dtype, 2)
+    allowed = _kernel(kernels.step_allowed, fused)(gv, hp.dtype, 2)
     sign, packed = sign_as_bytes(state.get("sign"))
     row_m, col_m = state.get("row_m"), state.get("col_m")
     row_v, col_v = state["row_v"], state["col_v"]
     wide = fused and n * m >= _WIDE_NUMEL
     rows = max(8, block_size // m // 8 * 8)  # a multiple of 8 rows, as wide graphs were compiled for
     width = row_bytes(m)
-    block_fn = kernels.compiled(kernels.factored_block_step, wide) if fused else kernels.factored_block_step
+    block_fn = _kernel(kernels.factored_block_step, fused, wide)
     sum_m: Tensor | None = None
     sum_v: Tensor | None = None
     for start in range(0, n, rows):
@@ -213,7 +219,7 @@ def _factored_step(
         sum_v = part_v if sum_v is None else sum_v + part_v
         if part_m is not None:
             sum_m = part_m if sum_m is None else sum_m + part_m
-    norm = kernels.compiled(kernels.normalize_columns) if fused else kernels.normalize_columns
+    norm = _kernel(kernels.normalize_columns, fused)
     if sum_v is not None:
         norm(col_v, sum_v, allowed)
     if sum_m is not None and col_m is not None:
