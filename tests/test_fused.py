@@ -59,12 +59,13 @@ def test_fullgraph_compile_accepts_the_update_functions():
     sched = kernels.schedules(hp, torch.tensor([1.0]))[0]
     graph = torch.compile(kernels.factored_step, fullgraph=True, backend="eager")
     ref = [t.clone() for t in (p, sign, row_m, col_m, row_v, col_v)]
-    graph(p, g, sign, row_m, col_m, row_v, col_v, hp, sched)
-    kernels.factored_step(ref[0], g, ref[1], ref[2], ref[3], ref[4], ref[5], hp, sched)
+    allowed = torch.tensor(True)
+    graph(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, True, allowed)
+    kernels.factored_step(ref[0], g, ref[1], ref[2], ref[3], ref[4], ref[5], hp, sched, True, allowed)
     for a, b in zip((p, sign, row_m, col_m, row_v, col_v), ref, strict=True):
         torch.testing.assert_close(a, b)
     dense = torch.compile(kernels.dense_step, fullgraph=True, backend="eager")
-    dense(torch.randn(5), torch.randn(5), torch.zeros(5), torch.zeros(5), hp, sched)
+    dense(torch.randn(5), torch.randn(5), torch.zeros(5), torch.zeros(5), hp, sched, allowed)
 
 
 def test_changing_lr_does_not_recompile():

@@ -9,6 +9,7 @@ learning rate or step count does not recompile. The optimizer class only slices 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -75,12 +76,13 @@ def schedules(hp: Tensor, steps: Tensor) -> Tensor:
     return torch.stack([beta1, beta2, t], dim=-1)
 
 
-def step_allowed(g: Tensor, dtype: torch.dtype, dims: int) -> Tensor:
-    """Whether each tensor may step: every gradient element finite and its square too (|g| >= ~1.8e19
-    overflows the second moment in fp32). Reduces the last ``dims`` dimensions, so a (B, n, m) batch
-    gives (B,). A tensor that may not step keeps its parameter and state (the non-finite rule)."""
-    g32 = g.to(dtype)
-    return (g32 * g32 < torch.inf).flatten(-dims).all(dim=-1)
+def step_allowed(grads: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """(k,) bool: whether each of k tensors may step: its gradient's sum of squares finite in ``dtype``,
+    so no element is NaN or inf and neither the second moment nor its row and column sums overflow
+    (|g| >= ~1.8e19 in fp32). One multi-tensor 2-norm over all gradients, NaN propagating (on CPU it is
+    about 3x faster than the max-norm). A tensor that may not step keeps its parameter and state."""
+    limit = math.sqrt(torch.finfo(dtype).max)
+    return torch.stack(torch._foreach_norm(grads, 2)).to(dtype) < limit
 
 
 def _bcast(t: Tensor | None) -> Tensor | None:
@@ -135,7 +137,7 @@ def factored_block_step(
     loads and stores are ~20x slower, and some versions cannot lower a bool dtype view in a graph);
     ``None`` together with the first-moment factors when beta is None. ``sched`` (..., 2) is this
     tensor's row of :func:`schedules`. Leading dimensions batch same-shaped tensors, so that many small
-    tensors cost one kernel call. ``allowed`` (...) is :func:`step_allowed` of the whole tensor: where
+    tensors cost one kernel call. ``allowed`` (...) is :func:`step_allowed` of each whole tensor: where
     False, nothing changes. ``seed`` (...) turns on stochastic rounding of bf16 parameters (``row0``: the
     block's first row, for the random bits' element index). Updates ``p``, ``sign``, ``row_m`` and
     ``row_v`` in place and returns
@@ -163,9 +165,11 @@ def factored_block_step(
         m_abs = m.abs()
         row_m.copy_(torch.where(per_row, m_abs.sum(dim=-1), row_m))
         col_sum_m = m_abs.sum(dim=-2)
-    index = rounding.element_index(rows, cols, row0, p.device)
-    step = sched[..., 2].to(torch.int64)[..., None, None]
-    new_p = rounding.to_param_dtype(p32 - hp[HP_LR] * update, p.dtype, _bcast(seed), step, index)
+    new_p = (p32 - hp[HP_LR] * update).to(p.dtype)
+    if seed is not None:  # stochastic rounding (bf16 parameters): random bits per element
+        index = rounding.element_index(rows, cols, row0, p.device)
+        step = sched[..., 2].to(torch.int64)[..., None, None]
+        new_p = rounding.to_param_dtype(p32 - hp[HP_LR] * update, p.dtype, _bcast(seed), step, index)
     p.copy_(torch.where(allowed[..., None, None], new_p, p))
     row_v.copy_(torch.where(per_row, v.sum(dim=-1), row_v))
     return col_sum_m, v.sum(dim=-2)
@@ -181,17 +185,16 @@ def factored_step(
     col_v: Tensor,
     hp: Tensor,
     sched: Tensor,
-    packed: bool = True,
+    packed: bool,
+    allowed: Tensor,
     seed: Tensor | None = None,
-) -> Tensor:
+) -> None:
     """A whole (..., n, m) tensor in one block: :func:`factored_block_step` then both column
-    normalizations. Returns :func:`step_allowed` of each tensor."""
-    allowed = step_allowed(g, hp.dtype, 2)
+    normalizations."""
     sum_m, sum_v = factored_block_step(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed, allowed, seed)
     normalize_columns(col_v, sum_v, allowed)
     if sum_m is not None and col_m is not None:
         normalize_columns(col_m, sum_m, allowed)
-    return allowed
 
 
 def normalize_columns(col: Tensor, col_sum: Tensor, allowed: Tensor) -> None:
@@ -213,11 +216,11 @@ def dense_step(
     exp_avg_sq: Tensor,
     hp: Tensor,
     sched: Tensor,
+    allowed: Tensor,
     seed: Tensor | None = None,
-) -> Tensor:
-    """Uncompressed step for 1-D tensors when vector_reshape=False: full moments, same schedules.
-    Returns :func:`step_allowed` (nothing changes where it is False)."""
-    allowed = step_allowed(g, hp.dtype, 1)
+) -> None:
+    """Uncompressed step for 1-D tensors when vector_reshape=False: full moments, same schedules
+    (nothing changes where ``allowed`` is False)."""
     g32, p32 = _prepare(p, g, hp)
     beta1, beta2 = sched[0], sched[1]
     v = beta2 * exp_avg_sq + (1 - beta2) * (g32 * g32)
@@ -229,10 +232,11 @@ def dense_step(
         m = beta1 * exp_avg + (1 - beta1) * g32
         exp_avg.copy_(torch.where(allowed, m, exp_avg))
         update = _ratio(m, denom)
-    index = torch.arange(p.shape[-1], device=p.device, dtype=torch.int64)
-    new_p = rounding.to_param_dtype(p32 - hp[HP_LR] * update, p.dtype, seed, sched[2].to(torch.int64), index)
+    new_p = (p32 - hp[HP_LR] * update).to(p.dtype)
+    if seed is not None:  # stochastic rounding (bf16 parameters): random bits per element
+        index = torch.arange(p.shape[-1], device=p.device, dtype=torch.int64)
+        new_p = rounding.to_param_dtype(p32 - hp[HP_LR] * update, p.dtype, seed, sched[2].to(torch.int64), index)
     p.copy_(torch.where(allowed, new_p, p))
-    return allowed
 
 
 # Graph variants per kernel: sizes 0 and 1 (m = 1 for prime numel), partial sign bytes and dtypes

@@ -41,17 +41,19 @@ def _kernel(fn: Callable[..., Any], fused: bool, wide: bool = False) -> Callable
     return kernels.compiled(fn, wide) if fused else fn
 
 
-def _whole_step(p: Tensor, g: Tensor, state: dict[str, Any], hp: Tensor, sched: Tensor, fused: bool) -> Tensor:
+def _whole_step(
+    p: Tensor, g: Tensor, state: dict[str, Any], hp: Tensor, sched: Tensor, fused: bool, allowed: Tensor
+) -> None:
     """One kernel call for a whole (n, m) tensor, or a (B, n, m) batch with its state stacked the same
-    way: ``state`` maps the factorized state keys to tensors shaped to match ``p``. Returns whether each
-    tensor stepped (:func:`smmf.kernels.step_allowed`)."""
+    way: ``state`` maps the factorized state keys to tensors shaped to match ``p``; ``allowed``: whether
+    each tensor steps (:func:`smmf.kernels.step_allowed`)."""
     sign, packed = sign_as_bytes(state.get("sign"))
     row_m, col_m, row_v, col_v = state.get("row_m"), state.get("col_m"), state["row_v"], state["col_v"]
     wide = fused and p.shape[-2] * p.shape[-1] >= _WIDE_NUMEL
     if wide:
         kernels.mark_block((sign, row_m, row_v), (p, g, col_m, col_v))
     fn = _kernel(kernels.factored_step, fused, wide)
-    return fn(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed, state.get("seed"))
+    fn(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed, allowed, state.get("seed"))
 
 
 def _block_size(requested: int | None, device: torch.device, items: list[Item]) -> int:
@@ -122,38 +124,37 @@ def step(items: list[Item], hp: Tensor, block_size: int | None, compiled: bool) 
     steps = [state["step"] for _, _, state in items]
     # detach(): rows are aliases without a view base, so that dynamo does not guard on the base's shape
     scheds = kernels.schedules(hp, torch.stack(steps) + 1).detach()
-    allowed: list[Tensor] = []
+    allowed = kernels.step_allowed([g for _, g, _ in items], hp.dtype).detach()
     start = 0
     for batch in batches:
         stop = start + len(batch)
-        allowed += _factored_batch(items[start:stop], hp, scheds[start:stop], compiled).unbind()
+        _factored_batch(items[start:stop], hp, scheds[start:stop], compiled, allowed[start:stop].detach())
         start = stop
     for i in range(start, len(items)):
         p, grad, state = items[i]
         if p.numel() == 0:
-            allowed.append(torch.ones((), dtype=torch.bool, device=device))
             continue
         work = p if p.is_contiguous() else p.contiguous()
-        if "row_v" in state:
-            allowed.append(_factored_step(work, grad.contiguous(), state, block_size, hp, scheds[i], compiled))
-        else:
-            allowed.append(_dense_step(work, grad.contiguous(), state, hp, scheds[i], compiled))
+        step_one = _factored_step if "row_v" in state else _dense_step
+        step_one(work, grad.contiguous(), state, block_size, hp, scheds[i], compiled, allowed[i].detach())
         if work is not p:
             p.copy_(work)
-    stepped = torch.stack(allowed).to(torch.float32)
+    stepped = allowed.to(torch.float32)
     torch._foreach_add_(steps, list(stepped.unbind()))
     torch._foreach_add_([state["skipped"] for _, _, state in items], list((1 - stepped).unbind()))
 
 
-def _dense_step(p: Tensor, grad: Tensor, state: dict[str, Any], hp: Tensor, sched: Tensor, fused: bool) -> Tensor:
+def _dense_step(
+    p: Tensor, grad: Tensor, state: dict[str, Any], _: int, hp: Tensor, sched: Tensor, fused: bool, allowed: Tensor
+) -> None:
     exp_avg = state.get("exp_avg")
     fn = _kernel(kernels.dense_step, fused)
     flat_avg = None if exp_avg is None else exp_avg.view(-1).detach()
     moments = (flat_avg, state["exp_avg_sq"].view(-1).detach())
-    return fn(p.view(-1).detach(), grad.view(-1).detach(), *moments, hp, sched, state.get("seed"))
+    fn(p.view(-1).detach(), grad.view(-1).detach(), *moments, hp, sched, allowed, state.get("seed"))
 
 
-def _factored_batch(items: list[Item], hp: Tensor, sched: Tensor, fused: bool) -> Tensor:
+def _factored_batch(items: list[Item], hp: Tensor, sched: Tensor, fused: bool, allowed: Tensor) -> None:
     """Update B same-shaped factorized tensors in one kernel call: stack them, step the (B, n, m)
     batch, and copy every result back with one foreach call. Small tensors are where per-call
     overhead (Python, guards, kernel launches) outweighs the arithmetic, on GPUs most of all."""
@@ -165,23 +166,29 @@ def _factored_batch(items: list[Item], hp: Tensor, sched: Tensor, fused: bool) -
     state_b = {key: torch.stack([state[key] for _, _, state in items]) for key in keys}
     seeds = [state["seed"] for _, _, state in items if "seed" in state]
     stepped = {**state_b, "seed": torch.stack(seeds)} if seeds else state_b  # read, not written back
-    allowed = _whole_step(p_b, g_b, stepped, hp, sched, fused)
+    _whole_step(p_b, g_b, stepped, hp, sched, fused, allowed)
     targets = views + [state[key] for key in keys for _, _, state in items]
     results = list(p_b.unbind()) + [row for key in keys for row in state_b[key].unbind()]
     torch._foreach_copy_(targets, results)
-    return allowed
 
 
 def _factored_step(
-    p: Tensor, grad: Tensor, state: dict[str, Any], block_size: int, hp: Tensor, sched: Tensor, fused: bool
-) -> Tensor:
+    p: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    block_size: int,
+    hp: Tensor,
+    sched: Tensor,
+    fused: bool,
+    allowed: Tensor,
+) -> None:
     """Update one factorized tensor: in one kernel call if it fits a block, else row block by row block
-    (whether the gradient allows a step is decided over the whole tensor first). Returns that flag."""
+    (``allowed``, decided over the whole tensor beforehand, holds in every block)."""
     n, m = square_matricize(p.numel())
     pv, gv = p.view(n, m).detach(), grad.view(n, m).detach()
     if n * m <= block_size:
-        return _whole_step(pv, gv, state, hp, sched, fused)
-    allowed = _kernel(kernels.step_allowed, fused)(gv, hp.dtype, 2)
+        _whole_step(pv, gv, state, hp, sched, fused, allowed)
+        return
     sign, packed = sign_as_bytes(state.get("sign"))
     row_m, col_m = state.get("row_m"), state.get("col_m")
     row_v, col_v = state["row_v"], state["col_v"]
@@ -224,4 +231,3 @@ def _factored_step(
         norm(col_v, sum_v, allowed)
     if sum_m is not None and col_m is not None:
         norm(col_m, sum_m, allowed)
-    return allowed
