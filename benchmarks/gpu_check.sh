@@ -11,3 +11,4 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 timeout 240 python -m pytest -q -x tests/test_cuda.py 2>&1 | tail -15
 timeout 420 python -m smmf bench --mode train --device cuda --steps 10 --warmup 3 \
     --optimizers adamw-fused,adamw,smmf,smmf8,smmf-inductor --out "$out/bench-train-cuda" 2>&1 | tail -40
+timeout 420 python -m smmf bench --mode memory --device cuda --out "$out/bench-memory-cuda" 2>&1 | tail -20

@@ -95,3 +95,22 @@ def test_train_mode_gradient_checkpointing_needs_a_transformers_model(monkeypatc
 def test_train_mode_rejects_an_unknown_workload(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--mode", "train", "--device", "cpu", "--set", "resnet9000"]) == 2
     assert "unknown workload 'resnet9000'; valid: resnet50," in capsys.readouterr().err
+
+
+def test_memory_mode_runs_every_way_of_training_on_a_tiny_llama(tmp_path: Path) -> None:
+    assert main(["bench", "--mode", "memory", "--device", "cpu", "--set", "llama-tiny", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench-memory.json").read_text())["results"]
+    assert [r["config"] for r in rows] == ["adamw-fp32", "adamw-bf16", "smmf", "smmf-backward"]
+    assert all(r["fits"] and r["step_ms"] > 0 and r["params"] > 0 for r in rows)
+    assert "step inside backward" in (tmp_path / "bench-memory.md").read_text()
+
+
+def test_memory_mode_reports_out_of_memory_as_does_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smmf.commands import bench_memory
+
+    def too_big(name: str) -> torch.nn.Module:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(bench_memory, "build_transformer", too_big)
+    result = bench_memory.measure({"model": "llama-tiny", "config": "smmf", "device": "cpu"})
+    assert result == {"fits": False, "error": "does not fit"}

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from . import bench_chart, bench_train, registry
+from . import bench_chart, bench_memory, bench_train, registry
 from .bench_worker import machine, measure_memory, run_worker
 from .common import UsageError, check_names, markdown_table, resolve_device, split_names, writable_dir
 from .models import build_meta_model, meta_shapes
@@ -104,10 +104,12 @@ def _markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mode",
-        choices=("step", "train"),
+        choices=("step", "train", "memory"),
         default="step",
         help="step: optimizer step() alone on a model's parameter shapes; train: whole training steps of real "
-        "models (forward, backward, step), with peak memory and kernel launches (default step)",
+        "models (forward, backward, step), with peak memory and kernel launches; memory: the peak memory of a "
+        "training step of Llama-shaped models, per way of training (--set models, --optimizers ways; "
+        "default step)",
     )
     parser.add_argument(
         "--set",
@@ -240,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
     """Benchmark the chosen optimizers on the chosen set; writes bench.md, bench.json and bench.png."""
     if args.mode == "train":
         return bench_train.run(args)
+    if args.mode == "memory":
+        return bench_memory.run(args)
     dev, names, out = _check(args)
     device = args.device if args.device != "auto" else dev.type
     shapes = PARAM_SETS[args.set]()

@@ -86,6 +86,8 @@ def needs(args: argparse.Namespace) -> tuple[str, list[str]]:
         return "this comparison", ["tqdm", "matplotlib", *per_task, *_optimizer_needs(_names(args.optimizers))]
     if args.command == "bench":
         names = _names(args.optimizers) if args.optimizers else list(_THIRD_PARTY_OPTIMIZERS)
+        if args.mode == "memory":
+            return "this benchmark", ["transformers"]
         if args.mode == "train":
             return "this benchmark", train_bench_needs(_names(args.set or "resnet50,gpt2"), names)
         return "this benchmark", bench_needs(args.set or "resnet50", names)
