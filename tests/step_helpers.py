@@ -140,3 +140,19 @@ def assert_bad_step_is_skipped(backend: str, dtype: torch.dtype, bad: float, **k
     assert moved > (0.9 if dtype == torch.float32 else 0.5), moved  # (half dtypes round small updates away)
     with pytest.warns(RuntimeWarning, match="skipped 1 step"):
         assert opt.skipped_steps() == {0: 1}
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    """A two-layer regression net (the contract tests' model), seeded."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(7, 12), nn.Tanh(), nn.Linear(12, 3), nn.Flatten(0))
+
+
+def train_tiny(model: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int = 1) -> None:
+    """``steps`` steps on seeded random inputs, minimising the mean square of the output."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(16, 7, generator=gen)
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()

@@ -13,20 +13,8 @@ import torch
 from torch import nn
 
 from smmf import SMMF
-
-
-def _model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(7, 12), nn.Tanh(), nn.Linear(12, 3), nn.Flatten(0))
-
-
-def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int = 1) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x = torch.randn(16, 7, generator=gen)
-        opt.zero_grad()
-        model(x).square().mean().backward()
-        opt.step()
+from step_helpers import tiny_model as _model
+from step_helpers import train_tiny as _train
 
 
 def _assert_same(a: Any, b: Any, path: str = "") -> None:

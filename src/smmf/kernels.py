@@ -165,11 +165,13 @@ def factored_block_step(
         m_abs = m.abs()
         row_m.copy_(torch.where(per_row, m_abs.sum(dim=-1), row_m))
         col_sum_m = m_abs.sum(dim=-2)
-    new_p = (p32 - hp[HP_LR] * update).to(p.dtype)
-    if seed is not None:  # stochastic rounding (bf16 parameters): random bits per element
+    new_p = p32 - hp[HP_LR] * update
+    if seed is None:
+        new_p = new_p.to(p.dtype)
+    else:  # stochastic rounding (bf16 parameters): random bits per element
         index = rounding.element_index(rows, cols, row0, p.device)
         step = sched[..., 2].to(torch.int64)[..., None, None]
-        new_p = rounding.to_param_dtype(p32 - hp[HP_LR] * update, p.dtype, _bcast(seed), step, index)
+        new_p = rounding.to_param_dtype(new_p, p.dtype, _bcast(seed), step, index)
     p.copy_(torch.where(allowed[..., None, None], new_p, p))
     row_v.copy_(torch.where(per_row, v.sum(dim=-1), row_v))
     return col_sum_m, v.sum(dim=-2)
@@ -232,10 +234,12 @@ def dense_step(
         m = beta1 * exp_avg + (1 - beta1) * g32
         exp_avg.copy_(torch.where(allowed, m, exp_avg))
         update = _ratio(m, denom)
-    new_p = (p32 - hp[HP_LR] * update).to(p.dtype)
-    if seed is not None:  # stochastic rounding (bf16 parameters): random bits per element
+    new_p = p32 - hp[HP_LR] * update
+    if seed is None:
+        new_p = new_p.to(p.dtype)
+    else:  # stochastic rounding (bf16 parameters): random bits per element
         index = torch.arange(p.shape[-1], device=p.device, dtype=torch.int64)
-        new_p = rounding.to_param_dtype(p32 - hp[HP_LR] * update, p.dtype, seed, sched[2].to(torch.int64), index)
+        new_p = rounding.to_param_dtype(new_p, p.dtype, seed, sched[2].to(torch.int64), index)
     p.copy_(torch.where(allowed, new_p, p))
 
 

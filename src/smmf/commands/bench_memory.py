@@ -105,11 +105,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _worker_cli() -> None:
-    """Entry of a worker subprocess: argv = [spec JSON, output path]."""
-    Path(sys.argv[2]).write_text(json.dumps(measure(json.loads(sys.argv[1]))))
-
-
 def _cell(row: dict[str, Any]) -> str:
     if "error" in row:
         return row["error"]
@@ -156,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for model in models:
         for config in configs:
-            result = run_worker({"model": model, "config": config, "device": str(device)}, module=__name__)
+            result = run_worker(
+                {"model": model, "config": config, "device": str(device)}, module=__name__, function="measure"
+            )
             rows.append({"model": model, "config": config, **result})
             print(f"[{model}] {config}: {_cell(rows[-1])}", file=sys.stderr, flush=True)
     report = markdown(meta, rows, models, configs)

@@ -184,11 +184,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _worker_cli() -> None:
-    """Entry of a worker subprocess: argv = [spec JSON, output path]."""
-    Path(sys.argv[2]).write_text(json.dumps(measure(json.loads(sys.argv[1]))))
-
-
 def _cell(value: float | None, digits: int = 1, scale: float = 1.0) -> str:
     return "-" if value is None else f"{value / scale:,.{digits}f}"
 
@@ -262,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             spec = {"workload": workload, "name": name, "device": str(device), "steps": args.steps}
             spec["warmup"] = args.warmup
-            result = run_worker(spec, module="smmf.commands.bench_train")
+            result = run_worker(spec, module="smmf.commands.bench_train", function="measure")
             rows.append({"workload": workload, "name": name, "label": registry.OPTIMIZERS[name].label, **result})
             status = (
                 result.get("error") or f"step {result['step_ms']:.2f} ms, full step {result['full_step_ms']:.1f} ms"

@@ -136,22 +136,23 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _worker_cli() -> None:
-    """Entry of a worker subprocess: argv = [spec JSON, output path]."""
-    Path(sys.argv[2]).write_text(json.dumps(_measure(json.loads(sys.argv[1]))))
-
-
 def run_worker(
-    spec: dict[str, Any], extra_env: dict[str, str] | None = None, module: str = "smmf.commands.bench_worker"
+    spec: dict[str, Any],
+    extra_env: dict[str, str] | None = None,
+    module: str = "smmf.commands.bench_worker",
+    function: str = "_measure",
 ) -> dict[str, Any]:
-    """Run one measurement (``module``'s ``_worker_cli``) in a fresh interpreter; returns its result or
-    ``{"error": ...}``."""
+    """Run ``module.function(spec)`` (a dict of plain values in, one out) in a fresh interpreter;
+    returns its result or ``{"error": ...}``."""
     env = {**os.environ, **(extra_env or {})}
     src = str(Path(__file__).resolve().parents[2])  # the import root of this smmf, so the child imports the same one
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        code = f"from {module} import _worker_cli; _worker_cli()"
+        code = (
+            f"import json, sys; from {module} import {function} as measure; "
+            "open(sys.argv[2], 'w').write(json.dumps(measure(json.loads(sys.argv[1]))))"
+        )
         proc = subprocess.run(  # cwd: ``-c`` puts the working directory first on sys.path
             [sys.executable, "-c", code, json.dumps(spec), str(out)],
             cwd=tmp,
