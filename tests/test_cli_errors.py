@@ -41,10 +41,13 @@ def _error(capsys: pytest.CaptureFixture[str], argv: list[str], code: int) -> st
 def test_compare_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
     err = _error(capsys, ["compare", "--optimizers", "adam,lion"], 2)
     assert err == (
-        "smmf compare: error: unknown optimizer 'lion'; valid: adam, adamw, adafactor, sm3, came, smmf, smmf8"
+        "smmf compare: error: unknown optimizer 'lion'; valid: adam, adamw, adafactor, sm3, came, smmf, smmf8, sgd, "
+        "smmf-sr"
     )
     err = _error(capsys, ["compare", "--tasks", "imagenet"], 2)
-    assert err == "smmf compare: error: unknown task 'imagenet'; valid: digits, text"
+    assert err == "smmf compare: error: unknown task 'imagenet'; valid: digits, text, text-gpu"
+    err = _error(capsys, ["compare", "--preset", "huge"], 2)
+    assert err.startswith("smmf compare: error: argument --preset: invalid choice: 'huge'")
 
 
 @pytest.mark.parametrize("value", ["-5", "0", "ten"])
@@ -70,8 +73,10 @@ def test_bad_device(capsys: pytest.CaptureFixture[str]) -> None:
 def test_train_unknown_model_and_optimizer(capsys: pytest.CaptureFixture[str]) -> None:
     err = _error(capsys, ["train", "--model", "vgg16"], 2)
     assert err == "smmf train: error: unknown model 'vgg16'; valid: resnet50, mobilenet_v2, gpt2-small, gpt2-tiny"
-    err = _error(capsys, ["train", "--optimizer", "sgd"], 2)
-    assert err == "smmf train: error: unknown optimizer 'sgd'; valid: adam, adamw, adafactor, sm3, came, smmf, smmf8"
+    err = _error(capsys, ["train", "--optimizer", "lion"], 2)
+    assert err == (
+        "smmf train: error: unknown optimizer 'lion'; valid: adam, adamw, adafactor, sm3, came, smmf, smmf8, sgd"
+    )
 
 
 @pytest.mark.parametrize("option", ["--max-steps", "--epochs", "--batch-size"])
@@ -140,6 +145,8 @@ def test_train_missing_dataset_offline(tmp_path: Path, capsys: pytest.CaptureFix
             "and are left out of the step-time medians), got 9",
         ),
         (["compare", "--seed", "-1"], "smmf compare: error: --seed: expected an integer from 0 to 4294967295, got -1"),
+        (["compare", "--lr", "0"], "smmf compare: error: --lr: expected a finite number > 0, got 0.0"),
+        (["compare", "--lr", "nan"], "smmf compare: error: --lr: expected a finite number > 0, got nan"),
         (
             ["bench", "--threads", "0"],
             "smmf bench: error: --steps, --rounds and --threads must be >= 1, --warmup >= 0",
@@ -172,5 +179,5 @@ def test_compare_help_names_each_task_default_steps(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert [TASKS[name].default_steps for name in ("digits", "text")] == [400, 300]
-    assert "(default: digits 400, text 300)" in help_text
+    assert [TASKS[name].default_steps for name in TASKS] == [60, 800, 1000]
+    assert "(default: digits 60, text 800, text-gpu 1000)" in help_text

@@ -13,30 +13,30 @@ from smmf.commands.main import main
 pytestmark = pytest.mark.slow
 
 
-def test_compare_writes_table_json_and_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_searches_lr_and_reports_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cmp"
-    argv = [
-        "compare",
-        "--optimizers",
-        "adam,sm3,smmf",
-        "--steps",
-        "12",
-        "--smmf-eager",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
-    assert main(argv) == 0
+    argv = ["compare", "--optimizers", "adam,smmf", "--steps", "12", "--seeds", "2", "--smmf-eager", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| SMMF (1-bit) |" in printed and "held-out perplexity" in printed and "held-out accuracy (%)" in printed
+    assert "| SMMF (1-bit) |" in printed and "test perplexity, mean ± std" in printed
+    assert "test accuracy (%)" in printed and "searched: grid x0.3, x1, x3" in printed
     payload = json.loads((out / "results.json").read_text())
     assert set(payload["tasks"]) == {"digits", "text"}
-    for task in payload["tasks"].values():
-        runs = {r["optimizer"]: r for r in task["results"]}
-        assert list(runs) == ["adam", "sm3", "smmf"]
-        assert all(len(r["losses"]) == 12 and r["state_bytes"] > 0 and r["step_ms"] > 0 for r in runs.values())
-        assert runs["smmf"]["state_bytes"] < runs["sm3"]["state_bytes"] < runs["adam"]["state_bytes"]
-        assert runs["adam"]["losses"][0] == runs["smmf"]["losses"][0]  # same init, same first batch
+    for task_name, task in payload["tasks"].items():
+        per_point = 2 if task_name == "digits" else 1  # digits trains every seed at every grid point
+        searches = {s["optimizer"]: s for s in task["searches"]}
+        assert list(searches) == ["adam", "smmf"]
+        for s in searches.values():
+            lrs = sorted({r["lr"] for r in s["runs"]})
+            assert 3 <= len(lrs) <= 6 and s["best_lr"] in lrs  # 3 points, grown up to 3 times
+            best = [r for r in s["runs"] if r["lr"] == s["best_lr"]]
+            assert sorted(r["seed"] for r in best) == [0, 1]
+            assert all(r["test"] for r in best) and not any(r["test"] for r in s["runs"] if r["lr"] != s["best_lr"])
+            scored = [(r["lr"], r["val"][task["metric"]]) for r in s["runs"] if r["seed"] < per_point]
+            score = {lr: sum(v for x, v in scored if x == lr) for lr in lrs}
+            assert min(lrs, key=score.__getitem__) == s["best_lr"]  # chosen on validation
+        adam, smmf = (searches[n]["runs"][0] for n in ("adam", "smmf"))
+        assert smmf["state_bytes"] < adam["state_bytes"] and adam["losses"][0] == smmf["losses"][0]
     assert (out / "compare.png").stat().st_size > 10_000
     assert "| Adam |" in (out / "compare.md").read_text()
 

@@ -42,26 +42,37 @@ class DataError(RuntimeError):
 
 @dataclass
 class Digits:
-    """scikit-learn's 8x8 digits, scaled to [0, 1], split into train and held-out test tensors."""
+    """scikit-learn's 8x8 digits, scaled to [0, 1], split into train, validation and held-out test tensors."""
 
     x_train: Tensor
     y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
     x_test: Tensor
     y_test: Tensor
 
 
-def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Digits:
-    """The 1797 bundled digits (no download), a stratified split fixed by ``seed``."""
+def load_digits(val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0) -> Digits:
+    """The 1797 bundled digits (no download), stratified into train / validation / test by ``seed``.
+
+    The validation split is for choosing hyperparameters, the test split only for reporting them.
+    """
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
 
     bunch = sk_load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(bunch.target, dtype=torch.long)
-    idx_train, idx_test = train_test_split(
+    idx_rest, idx_test = train_test_split(
         list(range(len(y))), test_size=test_fraction, random_state=seed, stratify=bunch.target
     )
-    return Digits(x[idx_train], y[idx_train], x[idx_test], y[idx_test])
+    idx_train, idx_val = train_test_split(
+        idx_rest,
+        test_size=val_fraction / (1 - test_fraction),
+        random_state=seed,
+        stratify=bunch.target[idx_rest],
+    )
+    return Digits(x[idx_train], y[idx_train], x[idx_val], y[idx_val], x[idx_test], y[idx_test])
 
 
 def _stdlib_files() -> list[Path]:
@@ -75,32 +86,31 @@ def _stdlib_files() -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def stdlib_corpus(train_bytes: int, val_bytes: int, val_every: int = 10) -> tuple[Tensor, Tensor]:
-    """Byte tensors (uint8) of Python standard-library source: every ``val_every``-th file is held out.
+def stdlib_corpus(train_bytes: int, val_bytes: int, test_bytes: int, every: int = 10) -> tuple[Tensor, Tensor, Tensor]:
+    """Byte tensors (uint8) of Python standard-library source: train, validation and test text.
 
-    Holding out whole files means perplexity is measured on code the model never saw. The text differs
-    a little between Python versions, so figures are comparable within one interpreter.
+    Of every ``every`` files (in sorted order) the fifth goes to validation and the last to test, so
+    that both are whole files the model never saw, and validation (for choosing hyperparameters) never
+    overlaps test (for reporting). The text differs a little between Python versions, so figures are
+    comparable within one interpreter.
     """
-    train: list[bytes] = []
-    val: list[bytes] = []
-    n_train = n_val = 0
+    wanted = {"train": train_bytes, "val": val_bytes, "test": test_bytes}
+    chunks: dict[str, list[bytes]] = {split: [] for split in wanted}
+    sizes = dict.fromkeys(wanted, 0)
     for i, path in enumerate(_stdlib_files()):
-        if n_train >= train_bytes and n_val >= val_bytes:
-            break
-        to_val = i % val_every == val_every - 1
-        if (to_val and n_val >= val_bytes) or (not to_val and n_train >= train_bytes):
+        split = {every // 2 - 1: "val", every - 1: "test"}.get(i % every, "train")
+        if sizes[split] >= wanted[split]:
+            if all(sizes[k] >= wanted[k] for k in wanted):
+                break
             continue
         data = path.read_bytes()
-        if to_val:
-            val.append(data)
-            n_val += len(data)
-        else:
-            train.append(data)
-            n_train += len(data)
-    if n_train < train_bytes or n_val < val_bytes:
+        chunks[split].append(data)
+        sizes[split] += len(data)
+    if any(sizes[k] < wanted[k] for k in wanted):
         raise DataError(f"the standard library at {sysconfig.get_paths()['stdlib']} has too little source text")
-    as_tensor = lambda chunks, n: torch.frombuffer(bytearray(b"".join(chunks)[:n]), dtype=torch.uint8)  # noqa: E731
-    return as_tensor(train, train_bytes), as_tensor(val, val_bytes)
+    joined = {split: b"".join(parts)[: wanted[split]] for split, parts in chunks.items()}
+    train, val, test = (torch.frombuffer(bytearray(joined[k]), dtype=torch.uint8) for k in ("train", "val", "test"))
+    return train, val, test
 
 
 def read_text_files(paths: Sequence[str | os.PathLike[str]]) -> Tensor:

@@ -81,9 +81,13 @@ def needs(args: argparse.Namespace) -> tuple[str, list[str]]:
         model = ["torchvision"] if args.model in ("resnet50", "mobilenet_v2") else []
         return "this run", ["tqdm", "transformers", *model, *_optimizer_needs([args.optimizer])]
     if args.command == "compare":
-        tasks = _names(args.tasks)
-        per_task = [m for t, m in (("digits", "sklearn"), ("text", "transformers")) if t in tasks]
-        return "this comparison", ["tqdm", "matplotlib", *per_task, *_optimizer_needs(_names(args.optimizers))]
+        from .compare_search import PRESETS
+
+        plan = PRESETS[args.preset or ("gpu" if args.device.startswith("cuda") else "quick")]
+        tasks = _names(args.tasks) if args.tasks else plan.tasks
+        names = _names(args.optimizers) if args.optimizers else plan.optimizers
+        per_task = [m for t, m in (("digits", "sklearn"), ("text", "transformers")) if any(t in x for x in tasks)]
+        return "this comparison", ["tqdm", "matplotlib", *per_task, *_optimizer_needs(names)]
     if args.command == "bench":
         names = _names(args.optimizers) if args.optimizers else list(_THIRD_PARTY_OPTIMIZERS)
         if args.mode == "memory":

@@ -151,6 +151,16 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec("came", "CAME", 1e-3, _came, "pytorch_optimizer.CAME (betas 0.9, 0.999, 0.9999)"),
         OptimizerSpec("smmf", "SMMF (1-bit)", 1e-3, _smmf(), "smmf.SMMF, 1-bit packed sign"),
         OptimizerSpec("smmf8", "SMMF (8-bit)", 1e-3, _smmf(sign_bits=8), "smmf.SMMF, one byte of sign per element"),
+        OptimizerSpec(
+            "sgd", "SGD (momentum 0.9)", 1e-1, _torch(torch.optim.SGD, momentum=0.9), "torch.optim.SGD (momentum 0.9)"
+        ),
+        OptimizerSpec(
+            "smmf-sr",
+            "SMMF (1-bit, stochastic rounding)",
+            1e-3,
+            _smmf(stochastic_rounding=True),
+            "smmf.SMMF, bf16 parameters rounded stochastically (a no-op for other dtypes)",
+        ),
         # variants that smmf bench compares
         OptimizerSpec(
             "smmf-triton", "SMMF 1-bit (Triton)", 1e-3, _smmf(backend="triton"), "smmf.SMMF, Triton backend (CUDA)"
@@ -178,8 +188,9 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     )
 }
 NAMES: tuple[str, ...] = tuple(OPTIMIZERS)
-# The optimizers of the paper's comparison: what compare, train and memory offer by default.
-MAIN_NAMES: tuple[str, ...] = ("adam", "adamw", "adafactor", "sm3", "came", "smmf", "smmf8")
+# The optimizers of the paper's comparison, and SGD as the baseline every adaptive method should beat:
+# what compare, train and memory offer.
+MAIN_NAMES: tuple[str, ...] = ("adam", "adamw", "adafactor", "sm3", "came", "smmf", "smmf8", "sgd")
 
 
 def check_weight_decay(name: str, weight_decay: float, option: str = "--weight-decay") -> None:
