@@ -28,6 +28,17 @@ def test_the_skip_holds_on_every_path(kwargs: dict) -> None:
     assert_bad_step_is_skipped("eager", torch.float32, float("nan"), **kwargs)
 
 
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_a_finite_fp16_gradient_with_a_norm_above_the_fp16_range_steps(backend: str) -> None:
+    """The rule is about the factor dtype (fp32): 10,000 elements of 1000 have a 2-norm of 1e5, beyond
+    fp16's 65504, yet every square and sum is finite in fp32, so the tensor steps."""
+    p = nn.Parameter(torch.ones(100, 100, dtype=torch.float16))
+    opt = SMMF([p], lr=0.1, backend=backend)
+    p.grad = torch.full_like(p, 1000.0)
+    opt.step()
+    assert opt.skipped_steps() == {} and torch.all(p < 1)
+
+
 def test_dense_vectors_skip_too() -> None:
     p = nn.Parameter(torch.ones(10))
     opt = SMMF([p], lr=0.1, vector_reshape=False, backend="eager")
