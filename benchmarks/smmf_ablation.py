@@ -10,7 +10,7 @@ Each variant changes one thing against SMMF's defaults (the paper's, kept by ``s
   beta·0.999^(t-1)).
 - ``smmf-d5``: decay_rate -0.5, the paper's CNN value, on the transformer (whose default is -0.8).
 
-Usage (about 10 minutes on 2 CPU cores for the text task):
+Usage (about 12 minutes on 2 CPU cores for both tasks):
 
     python benchmarks/smmf_ablation.py --tasks text --out runs/ablation
 

@@ -13,7 +13,7 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -50,7 +50,7 @@ def warm_up(task: Task, spec: RunSpec, steps: int = 10) -> None:
         task.loss(model, task.batch(step)).backward()
 
 
-def _log(task: Task) -> Any:
+def _log(task: Task) -> Callable[[RunResult], None]:
     def log(r: RunResult) -> None:
         score = "diverged" if r.diverged else f"val {task.metric} {r.val[task.metric]:.4g}"
         print(f"  {task.name}/{r.optimizer} lr {r.lr:g} seed {r.seed}: {score} ({r.wall_s:.1f} s)", flush=True)

@@ -89,6 +89,9 @@ def _smooth(values: Sequence[float], alpha: float = 0.1) -> list[float]:
 
 def _sensitivity(ax: Any, task: Task, searches: Sequence[Search]) -> None:
     """Validation metric against lr per optimizer: mean over the seeds run at each point, ± std."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    plotted: list[float] = []
     for s in searches:
         points = [(lr, [r.val[task.metric] for r in s.at(lr)]) for lr in s.grid]
         finite = [(lr, v) for lr, v in points if all(math.isfinite(x) for x in v)]
@@ -98,16 +101,17 @@ def _sensitivity(ax: Any, task: Task, searches: Sequence[Search]) -> None:
             line = ax.errorbar([lr for lr, _ in finite], means, yerr=stds, marker="o", ms=4, capsize=3, label=s.label)
             best = statistics.fmean(r.val[task.metric] for r in s.best_runs())
             ax.plot([s.best_lr], [best], marker="*", ms=13, color=line[0].get_color(), zorder=5)
+            plotted += means
         diverged = [lr for lr, v in points if not all(math.isfinite(x) for x in v)]
         if diverged:
             ax.plot(diverged, [1.0] * len(diverged), "x", ms=8, transform=ax.get_xaxis_transform(), color="tab:red")
-    from matplotlib.ticker import FuncFormatter
-
-    ax.set(xscale="log", yscale="log", xlabel="peak learning rate", ylabel=f"validation {task.metric}")
-    plain = FuncFormatter(lambda value, _: f"{value:g}")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.set(xscale="log", xlabel="peak learning rate", ylabel=f"validation {task.metric}")
+    if plotted and max(plotted) > 3 * min(plotted):  # a log scale only where values span a wide range
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.set_title(f"{task.title}\nsensitivity: ★ chosen, × diverged, bars ± std over seeds", fontsize=9)
     ax.legend(fontsize=8)
 
