@@ -98,6 +98,7 @@ def test_presets_cpu_default_gpu_on_cuda_and_full_widens() -> None:
     assert name == "gpu" and "text-gpu" in plan.tasks
     name, plan = compare._plan(_args(full=True), torch.device("cpu"))
     assert name == "full quick" and plan.grid == (-2, -1, 0, 1, 2) and plan.seeds == 5 and plan.seeds_everywhere
+    assert plan.optimizers == ("adam", "adamw", "adafactor", "sm3", "came", "smmf", "sgd") == PRESETS["full"].optimizers
     assert plan.steps("text") == 2 * PRESETS["quick"].steps("text")
     _, plan = compare._plan(_args(lr=0.01, steps=50, seeds=2), torch.device("cpu"))
     assert plan.grid == (0,) and plan.extend == 0 and plan.steps("digits") == 50 and plan.seeds == 2

@@ -84,6 +84,7 @@ def needs(args: argparse.Namespace) -> tuple[str, list[str]]:
         from .compare_search import PRESETS
 
         plan = PRESETS[args.preset or ("gpu" if args.device.startswith("cuda") else "quick")]
+        plan = plan.widened() if args.full else plan
         tasks = _names(args.tasks) if args.tasks else plan.tasks
         names = _names(args.optimizers) if args.optimizers else plan.optimizers
         per_task = [m for t, m in (("digits", "sklearn"), ("text", "transformers")) if any(t in x for x in tasks)]
