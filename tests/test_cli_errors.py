@@ -145,6 +145,10 @@ def test_train_missing_dataset_offline(tmp_path: Path, capsys: pytest.CaptureFix
             "and are left out of the step-time medians), got 9",
         ),
         (["compare", "--seed", "-1"], "smmf compare: error: --seed: expected an integer from 0 to 4294967295, got -1"),
+        (
+            ["compare", "--seed", "4294967294"],
+            "smmf compare: error: --seed: 3 seeds from 4294967294 run past the largest seed, 4294967295",
+        ),
         (["compare", "--lr", "0"], "smmf compare: error: --lr: expected a finite number > 0, got 0.0"),
         (["compare", "--lr", "nan"], "smmf compare: error: --lr: expected a finite number > 0, got nan"),
         (

@@ -23,6 +23,7 @@ import torch
 
 from . import registry
 from .common import (
+    SEED_MAX,
     UsageError,
     check_names,
     check_number,
@@ -147,7 +148,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="what to search (default: gpu on a CUDA device, else quick: about 5 minutes on 2 CPU cores)",
     )
-    p.add_argument("--full", action="store_true", help="widen the preset: 5-point grid, 5 seeds everywhere, 2x steps")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="widen the preset: every optimizer, a 5-point grid, 5 seeds everywhere, 2x steps",
+    )
     p.add_argument("--optimizers", default=None, help="comma-separated, from: " + ", ".join(COMPARE_NAMES))
     p.add_argument("--tasks", default=None, help="comma-separated, from: " + ", ".join(TASKS))
     p.add_argument(
@@ -197,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
     check_seed(args.seed)
     device = resolve_device(args.device)
     preset, plan = _plan(args, device)
+    if args.seed + plan.seeds - 1 > SEED_MAX:
+        raise UsageError(f"--seed: {plan.seeds} seeds from {args.seed} run past the largest seed, {SEED_MAX}")
     out = writable_dir(args.out or Path(f"smmf-compare-{datetime.now():%Y%m%d-%H%M%S}"), "--out")
     spec = RunSpec(device, DTYPES[args.dtype], False if args.smmf_eager else None, not args.no_progress)
     print(
