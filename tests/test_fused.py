@@ -132,12 +132,12 @@ def test_automatic_block_size_grows_with_the_largest_tensor_on_gpus_only():
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 8), (5, 13), (2, 4, 17), (7, 64)])
 def test_kernel_sign_packing_matches_signpack(shape):
-    """The kernels pack new signs with float sums; the bytes are signpack's, padding bits zero, and
-    NaN and exact zeros count as negative."""
+    """The kernels pack new signs straight from the float moment, compiled; the bytes are those of the
+    bools m > 0, padding bits zero, and NaN and exact zeros count as negative."""
     from smmf.signpack import pack_signs
 
     m = torch.randn(shape)
     m.view(-1)[:: max(1, m.numel() // 3)] = 0.0
     m.view(-1)[1 :: max(2, m.numel() // 2)] = float("nan")
-    for fn in (kernels._pack_positive, torch.compile(kernels._pack_positive, fullgraph=True)):
+    for fn in (pack_signs, torch.compile(pack_signs, fullgraph=True)):
         assert torch.equal(fn(m), pack_signs(m > 0))

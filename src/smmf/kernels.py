@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import rounding
-from .signpack import row_bytes, unpack_bits
+from .signpack import pack_signs, unpack_bits
 
 __all__ = [
     "Hyperparameters",
@@ -115,18 +115,6 @@ def _signs(sign: Tensor, packed: bool, rows: int, cols: int, dtype: torch.dtype)
     return positive.to(dtype) * 2 - 1
 
 
-def _pack_positive(m: Tensor) -> Tensor:
-    """The signs of ``m`` (> 0 is 1) packed as :func:`smmf.signpack.pack_signs` packs them, with the
-    bit planes summed as exact small integers in ``m``'s float dtype (int64 sums vectorize poorly)."""
-    *lead, rows, cols = m.shape
-    width = row_bytes(cols)
-    if 8 * width != cols:
-        m = torch.nn.functional.pad(m, (0, 8 * width - cols))
-    planes = m.view(*lead, rows, 8, width) > 0
-    weights = torch.exp2(torch.arange(8, device=m.device, dtype=m.dtype)).view(8, 1)
-    return torch.where(planes, weights, 0.0).sum(dim=-2).to(torch.uint8).view(*lead, -1)
-
-
 def factored_block_step(
     p: Tensor,
     g: Tensor,
@@ -172,7 +160,7 @@ def factored_block_step(
         m = beta1 * m_hat + (1 - beta1) * g32
         update = _ratio(m, denom)
         # exact zeros count as negative, as in the reference; 0/1 bytes store far faster than bools
-        new_sign = _pack_positive(m) if packed else torch.where(m > 0, 1, 0).to(torch.uint8).view(sign.shape)
+        new_sign = pack_signs(m) if packed else torch.where(m > 0, 1, 0).to(torch.uint8).view(sign.shape)
         sign.copy_(torch.where(per_row, new_sign, sign))
         m_abs = m.abs()
         row_m.copy_(torch.where(per_row, m_abs.sum(dim=-1), row_m))

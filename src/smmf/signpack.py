@@ -31,16 +31,20 @@ def _shifts(device: torch.device) -> Tensor:
     return torch.arange(8, dtype=torch.int32, device=device).view(8, 1)
 
 
-def pack_signs(positive: Tensor) -> Tensor:
-    """Pack a (..., rows, cols) tensor of bools (or 0/1 integers) into (..., rows * ceil(cols/8))
-    uint8 (leading dimensions batch same-shaped matrices)."""
-    *lead, rows, cols = positive.shape
-    bits = positive.to(torch.int32)
-    pad = (-cols) % 8
-    if pad:
-        bits = torch.nn.functional.pad(bits, (0, pad))
-    planes = bits.view(*lead, rows, 8, row_bytes(cols)) << _shifts(positive.device)
-    return planes.sum(dim=-2).to(torch.uint8).view(*lead, -1)
+def pack_signs(values: Tensor) -> Tensor:
+    """Pack the signs of a (..., rows, cols) tensor, a bit set where a value is > 0 (bools and 0/1
+    integers: where true; NaN: unset), into (..., rows * ceil(cols/8)) uint8; leading dimensions batch
+    same-shaped matrices. The bit planes are summed as exact small integers in a float dtype: compiled
+    into the step's kernels, on the float moment itself, this is cheaper than an integer shift-and-sum."""
+    if not values.is_floating_point():
+        values = values.to(torch.float32)
+    *lead, rows, cols = values.shape
+    width = row_bytes(cols)
+    if 8 * width != cols:
+        values = torch.nn.functional.pad(values, (0, 8 * width - cols))
+    planes = values.view(*lead, rows, 8, width) > 0
+    weights = torch.exp2(torch.arange(8, dtype=values.dtype, device=values.device)).view(8, 1)
+    return torch.where(planes, weights, 0.0).sum(dim=-2).to(torch.uint8).view(*lead, -1)
 
 
 def unpack_bits(packed: Tensor, rows: int, cols: int) -> Tensor:

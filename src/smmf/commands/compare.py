@@ -13,7 +13,7 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +34,7 @@ from .common import (
     writable_dir,
 )
 from .compare_report import figure, payload, table
-from .compare_search import PRESETS, TIMING_WARMUP, Plan, RunResult, RunSpec, Search, search
+from .compare_search import PRESETS, TIMING_WARMUP, Plan, RunResult, RunSpec, Search, preset_plan, search
 from .compare_tasks import TASKS, Task
 
 __all__ = ["COMPARE_NAMES", "warm_up", "compare", "register", "run"]
@@ -59,9 +59,7 @@ def _log(task: Task) -> Callable[[RunResult], None]:
     return log
 
 
-def _search_task(
-    task_name: str, names: Sequence[str], plan: Plan, seed: int, spec: RunSpec, lr: float | None
-) -> tuple[Task, list[Search]]:
+def _search_task(task_name: str, plan: Plan, seed: int, spec: RunSpec) -> tuple[Task, list[Search]]:
     steps = plan.steps(task_name)
     cache: dict[int, Task] = {}
 
@@ -75,8 +73,7 @@ def _search_task(
     seeds = [seed + i for i in range(plan.seeds)]
     print(f"\n## {task.title} ({steps} steps)", flush=True)
     searches = [
-        search(task_for, name, lr or registry.OPTIMIZERS[name].lr, plan, seeds, steps, spec, _log(task))
-        for name in names
+        search(task_for, name, plan.center(name), plan, seeds, steps, spec, _log(task)) for name in plan.optimizers
     ]
     print(f"\n{table(task, searches)}", flush=True)
     return task, searches
@@ -101,16 +98,14 @@ def _meta(plan: Plan, spec: RunSpec, seed: int, wall: float, preset: str) -> dic
     }
 
 
-def compare(
-    plan: Plan, seed: int, spec: RunSpec, out: Path, lr: float | None = None, preset: str = "custom"
-) -> dict[str, Any]:
+def compare(plan: Plan, seed: int, spec: RunSpec, out: Path, preset: str = "custom") -> dict[str, Any]:
     """Search every optimizer on every task of ``plan``; write results.json, compare.md, compare.png."""
     start = time.perf_counter()
     print(f"searched: {plan.describe()}", flush=True)
     tasks: list[Task] = []
     results: dict[str, list[Search]] = {}
     for task_name in plan.tasks:
-        task, results[task_name] = _search_task(task_name, plan.optimizers, plan, seed, spec, lr)
+        task, results[task_name] = _search_task(task_name, plan, seed, spec)
         tasks.append(task)
     meta = _meta(plan, spec, seed, time.perf_counter() - start, preset)
     report = payload(meta, tasks, results)
@@ -177,8 +172,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _plan(args: argparse.Namespace, device: torch.device) -> tuple[str, Plan]:
-    preset = args.preset or ("gpu" if device.type == "cuda" else "quick")
-    plan = PRESETS[preset].widened() if args.full else PRESETS[preset]
+    name, plan = preset_plan(args.preset, device.type == "cuda", args.full)
     if args.optimizers is not None:
         plan = replace(plan, optimizers=tuple(check_names(split_names(args.optimizers), COMPARE_NAMES, "optimizer")))
     if args.tasks is not None:
@@ -194,8 +188,8 @@ def _plan(args: argparse.Namespace, device: torch.device) -> tuple[str, Plan]:
         plan = replace(plan, seeds=args.seeds)
     if args.lr is not None:
         check_number("--lr", args.lr, 0.0, above=True)
-        plan = replace(plan, grid=(0,), extend=0)
-    return ("full " if args.full else "") + preset, plan
+        plan = replace(plan, grid=(0,), extend=0, lr=args.lr)
+    return name, plan
 
 
 def run(args: argparse.Namespace) -> int:
@@ -210,5 +204,5 @@ def run(args: argparse.Namespace) -> int:
         f"smmf compare: {', '.join(plan.tasks)} x {', '.join(plan.optimizers)} on {device}; writing to {out}",
         flush=True,
     )
-    compare(plan, args.seed, spec, out, args.lr, preset)
+    compare(plan, args.seed, spec, out, preset)
     return 0

@@ -21,7 +21,18 @@ from ..memory import optimizer_state_bytes
 from . import registry
 from .compare_tasks import TASKS, Task
 
-__all__ = ["TIMING_WARMUP", "Plan", "PRESETS", "RunSpec", "RunResult", "Search", "lr_at", "train_one", "search"]
+__all__ = [
+    "TIMING_WARMUP",
+    "Plan",
+    "PRESETS",
+    "preset_plan",
+    "RunSpec",
+    "RunResult",
+    "Search",
+    "lr_at",
+    "train_one",
+    "search",
+]
 
 TIMING_WARMUP = 10  # steps excluded from step-time medians (compilation, allocator warm-up)
 
@@ -39,6 +50,7 @@ class Plan:
     extend: int = 3  # how many points the grid may grow past an edge that holds the best point
     step_scale: float = 1.0  # x each task's default steps
     fixed_steps: int | None = None  # every task this many steps instead (``--steps``)
+    lr: float | None = None  # the grid's centre for every optimizer instead of its usual lr (``--lr``)
 
     def widened(self) -> Plan:
         """``--full``: every optimizer of the paper's comparison, a 5-point grid, 5 seeds at every point,
@@ -56,6 +68,9 @@ class Plan:
         if self.fixed_steps is not None:
             return self.fixed_steps
         return max(TIMING_WARMUP + 1, round(TASKS[task].default_steps * self.step_scale))
+
+    def center(self, optimizer: str) -> float:
+        return self.lr if self.lr is not None else registry.OPTIMIZERS[optimizer].lr
 
     def seeds_per_point(self, task: str) -> int:
         return self.seeds if self.seeds_everywhere else min(self.seeds, self.grid_seeds.get(task, 1))
@@ -90,6 +105,12 @@ PRESETS: dict[str, Plan] = {
         grid_seeds={"digits": 3},
     ),
 }
+
+
+def preset_plan(preset: str | None, cuda: bool, full: bool) -> tuple[str, Plan]:
+    """The named preset (default: gpu on a CUDA device, else quick), widened for ``--full``, and its name."""
+    name = preset or ("gpu" if cuda else "quick")
+    return ("full " if full else "") + name, PRESETS[name].widened() if full else PRESETS[name]
 
 
 def _multiplier(offset: int) -> float:

@@ -8,6 +8,7 @@ training run sees exactly the batches the interrupted one would have.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import sysconfig
@@ -86,13 +87,15 @@ def _stdlib_files() -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
+@functools.lru_cache(maxsize=4)
 def stdlib_corpus(train_bytes: int, val_bytes: int, test_bytes: int, every: int = 10) -> tuple[Tensor, Tensor, Tensor]:
     """Byte tensors (uint8) of Python standard-library source: train, validation and test text.
 
     Of every ``every`` files (in sorted order) the fifth goes to validation and the last to test, so
     that both are whole files the model never saw, and validation (for choosing hyperparameters) never
     overlaps test (for reporting). The text differs a little between Python versions, so figures are
-    comparable within one interpreter.
+    comparable within one interpreter. Cached: each seed of a comparison builds its task from the same
+    text, read once per process (callers must not modify the tensors).
     """
     wanted = {"train": train_bytes, "val": val_bytes, "test": test_bytes}
     chunks: dict[str, list[bytes]] = {split: [] for split in wanted}

@@ -81,10 +81,9 @@ def needs(args: argparse.Namespace) -> tuple[str, list[str]]:
         model = ["torchvision"] if args.model in ("resnet50", "mobilenet_v2") else []
         return "this run", ["tqdm", "transformers", *model, *_optimizer_needs([args.optimizer])]
     if args.command == "compare":
-        from .compare_search import PRESETS
+        from .compare_search import preset_plan
 
-        plan = PRESETS[args.preset or ("gpu" if args.device.startswith("cuda") else "quick")]
-        plan = plan.widened() if args.full else plan
+        _, plan = preset_plan(args.preset, args.device.startswith("cuda"), args.full)
         tasks = _names(args.tasks) if args.tasks else plan.tasks
         names = _names(args.optimizers) if args.optimizers else plan.optimizers
         per_task = [m for t, m in (("digits", "sklearn"), ("text", "transformers")) if any(t in x for x in tasks)]
