@@ -28,6 +28,11 @@ def test_the_skip_holds_on_every_path(kwargs: dict) -> None:
     assert_bad_step_is_skipped("eager", torch.float32, float("nan"), **kwargs)
 
 
+def test_the_skip_holds_across_compiled_row_blocks() -> None:
+    """The compiled blocks normalize the column factors in the last block's call, only where allowed."""
+    assert_bad_step_is_skipped("inductor", torch.float32, float("inf"), block_size=512)
+
+
 @pytest.mark.parametrize("backend", ["eager", "inductor"])
 def test_a_finite_fp16_gradient_with_a_norm_above_the_fp16_range_steps(backend: str) -> None:
     """The rule is about the factor dtype (fp32): 10,000 elements of 1000 have a 2-norm of 1e5, beyond

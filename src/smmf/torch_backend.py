@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,24 +37,31 @@ _WIDE_NUMEL = 1 << 16
 _FACTOR_KEYS = ("sign", "row_m", "col_m", "row_v", "col_v")
 
 
-def _kernel(fn: Callable[..., Any], fused: bool, wide: bool = False) -> Callable[..., Any]:
-    """``fn`` compiled (per column count where ``wide``) for the inductor backend, as is for eager."""
-    return kernels.compiled(fn, wide) if fused else fn
+@dataclass
+class _Run:
+    """What every kernel call of one bucket's step shares: the hyperparameter tensor, whether the
+    kernels are compiled, and the block size."""
+
+    hp: Tensor
+    compiled: bool
+    block_size: int
+
+    def kernel(self, fn: Callable[..., Any], cols: int = 0) -> Callable[..., Any]:
+        """``fn`` compiled (for this column count where ``cols`` > 0), or as is for eager."""
+        return kernels.compiled(fn, cols) if self.compiled else fn
 
 
-def _whole_step(
-    p: Tensor, g: Tensor, state: dict[str, Any], hp: Tensor, sched: Tensor, fused: bool, allowed: Tensor
-) -> None:
+def _whole_step(run: _Run, p: Tensor, g: Tensor, state: dict[str, Any], sched: Tensor, allowed: Tensor) -> None:
     """One kernel call for a whole (n, m) tensor, or a (B, n, m) batch with its state stacked the same
     way: ``state`` maps the factorized state keys to tensors shaped to match ``p``; ``allowed``: whether
     each tensor steps (:func:`smmf.kernels.step_allowed`)."""
     sign, packed = sign_as_bytes(state.get("sign"))
     row_m, col_m, row_v, col_v = state.get("row_m"), state.get("col_m"), state["row_v"], state["col_v"]
-    wide = fused and p.shape[-2] * p.shape[-1] >= _WIDE_NUMEL
+    wide = run.compiled and p.shape[-2] * p.shape[-1] >= _WIDE_NUMEL
     if wide:
         kernels.mark_block((sign, row_m, row_v), (p, g, col_m, col_v))
-    fn = _kernel(kernels.factored_step, fused, wide)
-    fn(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed, allowed, state.get("seed"))
+    fn = run.kernel(kernels.factored_step, p.shape[-1] if wide else 0)
+    fn(p, g, sign, row_m, col_m, row_v, col_v, run.hp, sched, packed, allowed, state.get("seed"))
 
 
 def _block_size(requested: int | None, device: torch.device, items: list[Item]) -> int:
@@ -117,9 +125,8 @@ def step(items: list[Item], hp: Tensor, block_size: int | None, compiled: bool) 
     each tensor's step counter, or its skipped-step counter where its gradient was not finite, all at
     once; ``hp`` holds the hyperparameters (:mod:`smmf.kernels` layout) and ``compiled`` picks inductor
     over eager."""
-    device = items[0][0].device
-    block_size = _block_size(block_size, device, items)
-    batches, singles = _plan(items, block_size)
+    run = _Run(hp, compiled, _block_size(block_size, items[0][0].device, items))
+    batches, singles = _plan(items, run.block_size)
     items = [items[i] for batch in batches for i in batch] + [items[i] for i in singles]
     steps = [state["step"] for _, _, state in items]
     # detach(): rows are aliases without a view base, so that dynamo does not guard on the base's shape
@@ -128,7 +135,7 @@ def step(items: list[Item], hp: Tensor, block_size: int | None, compiled: bool) 
     start = 0
     for batch in batches:
         stop = start + len(batch)
-        _factored_batch(items[start:stop], hp, scheds[start:stop], compiled, allowed[start:stop].detach())
+        _factored_batch(run, items[start:stop], scheds[start:stop], allowed[start:stop].detach())
         start = stop
     for i in range(start, len(items)):
         p, grad, state = items[i]
@@ -136,7 +143,7 @@ def step(items: list[Item], hp: Tensor, block_size: int | None, compiled: bool) 
             continue
         work = p if p.is_contiguous() else p.contiguous()
         step_one = _factored_step if "row_v" in state else _dense_step
-        step_one(work, grad.contiguous(), state, block_size, hp, scheds[i], compiled, allowed[i].detach())
+        step_one(run, work, grad.contiguous(), state, scheds[i], allowed[i].detach())
         if work is not p:
             p.copy_(work)
     stepped = allowed.to(torch.float32)
@@ -144,17 +151,15 @@ def step(items: list[Item], hp: Tensor, block_size: int | None, compiled: bool) 
     torch._foreach_add_([state["skipped"] for _, _, state in items], list((1 - stepped).unbind()))
 
 
-def _dense_step(
-    p: Tensor, grad: Tensor, state: dict[str, Any], _: int, hp: Tensor, sched: Tensor, fused: bool, allowed: Tensor
-) -> None:
+def _dense_step(run: _Run, p: Tensor, grad: Tensor, state: dict[str, Any], sched: Tensor, allowed: Tensor) -> None:
     exp_avg = state.get("exp_avg")
-    fn = _kernel(kernels.dense_step, fused)
     flat_avg = None if exp_avg is None else exp_avg.view(-1).detach()
     moments = (flat_avg, state["exp_avg_sq"].view(-1).detach())
-    fn(p.view(-1).detach(), grad.view(-1).detach(), *moments, hp, sched, allowed, state.get("seed"))
+    fn = run.kernel(kernels.dense_step)
+    fn(p.view(-1).detach(), grad.view(-1).detach(), *moments, run.hp, sched, allowed, state.get("seed"))
 
 
-def _factored_batch(items: list[Item], hp: Tensor, sched: Tensor, fused: bool, allowed: Tensor) -> None:
+def _factored_batch(run: _Run, items: list[Item], sched: Tensor, allowed: Tensor) -> None:
     """Update B same-shaped factorized tensors in one kernel call: stack them, step the (B, n, m)
     batch, and copy every result back with one foreach call. Small tensors are where per-call
     overhead (Python, guards, kernel launches) outweighs the arithmetic, on GPUs most of all."""
@@ -166,38 +171,29 @@ def _factored_batch(items: list[Item], hp: Tensor, sched: Tensor, fused: bool, a
     state_b = {key: torch.stack([state[key] for _, _, state in items]) for key in keys}
     seeds = [state["seed"] for _, _, state in items if "seed" in state]
     stepped = {**state_b, "seed": torch.stack(seeds)} if seeds else state_b  # read, not written back
-    _whole_step(p_b, g_b, stepped, hp, sched, fused, allowed)
+    _whole_step(run, p_b, g_b, stepped, sched, allowed)
     targets = views + [state[key] for key in keys for _, _, state in items]
     results = list(p_b.unbind()) + [row for key in keys for row in state_b[key].unbind()]
     torch._foreach_copy_(targets, results)
 
 
-def _factored_step(
-    p: Tensor,
-    grad: Tensor,
-    state: dict[str, Any],
-    block_size: int,
-    hp: Tensor,
-    sched: Tensor,
-    fused: bool,
-    allowed: Tensor,
-) -> None:
-    """Update one factorized tensor: in one kernel call if it fits a block, else row block by row block
-    (``allowed``, decided over the whole tensor beforehand, holds in every block)."""
+def _factored_step(run: _Run, p: Tensor, grad: Tensor, state: dict[str, Any], sched: Tensor, allowed: Tensor) -> None:
+    """Update one factorized tensor: in one kernel call if it fits a block, else row block by row block,
+    one call per block, the last also normalizing the column factors (``allowed``, decided over the
+    whole tensor beforehand, holds in every block)."""
     n, m = square_matricize(p.numel())
     pv, gv = p.view(n, m).detach(), grad.view(n, m).detach()
-    if n * m <= block_size:
-        _whole_step(pv, gv, state, hp, sched, fused, allowed)
+    if n * m <= run.block_size:
+        _whole_step(run, pv, gv, state, sched, allowed)
         return
     sign, packed = sign_as_bytes(state.get("sign"))
-    row_m, col_m = state.get("row_m"), state.get("col_m")
-    row_v, col_v = state["row_v"], state["col_v"]
-    wide = fused and n * m >= _WIDE_NUMEL
-    rows = max(8, block_size // m // 8 * 8)  # a multiple of 8 rows, as wide graphs were compiled for
+    row_m, col_m, row_v, col_v = state.get("row_m"), state.get("col_m"), state["row_v"], state["col_v"]
+    wide = run.compiled and n * m >= _WIDE_NUMEL
+    rows = max(8, run.block_size // m // 8 * 8)  # a multiple of 8 rows, as wide graphs were compiled for
     width = row_bytes(m)
-    block_fn = _kernel(kernels.factored_block_step, fused, wide)
-    sum_m: Tensor | None = None
-    sum_v: Tensor | None = None
+    block_fn = run.kernel(kernels.factored_rows_step, m if wide else 0)
+    sum_v = torch.zeros_like(col_v)
+    sum_m = None if col_m is None else torch.zeros_like(col_m)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         # detach(): aliases without a view base, so that dynamo does not guard on the base's shape
@@ -207,27 +203,10 @@ def _factored_step(
         if sign is not None:
             sign_blk = (sign[start * width : stop * width] if packed else sign[start * m : stop * m]).detach()
         if wide:
-            kernels.mark_block((sign_blk, row_m_blk, row_v_blk), (p_blk, g_blk, col_m, col_v))
-        part_m, part_v = block_fn(
-            p_blk,
-            g_blk,
-            sign_blk,
-            row_m_blk,
-            col_m,
-            row_v_blk,
-            col_v,
-            hp,
-            sched,
-            packed,
-            allowed,
-            state.get("seed"),
-            start,
+            kernels.mark_block((sign_blk, row_m_blk, row_v_blk), (p_blk, g_blk, col_m, col_v, sum_m, sum_v))
+        finish = allowed if stop == n else torch.zeros_like(allowed)
+        seed = state.get("seed")
+        block_fn(
+            *(p_blk, g_blk, sign_blk, row_m_blk, col_m, row_v_blk, col_v, run.hp, sched, packed, allowed, seed),
+            *(start, sum_m, sum_v, finish),
         )
-        sum_v = part_v if sum_v is None else sum_v + part_v
-        if part_m is not None:
-            sum_m = part_m if sum_m is None else sum_m + part_m
-    norm = _kernel(kernels.normalize_columns, fused)
-    if sum_v is not None:
-        norm(col_v, sum_v, allowed)
-    if sum_m is not None and col_m is not None:
-        norm(col_m, sum_m, allowed)
