@@ -39,7 +39,7 @@ def test_auto_and_fused_resolve_as_documented() -> None:
     cpu = torch.device("cpu")
     assert functional.resolve_backend("auto", False, cpu) == "eager"
     assert functional.resolve_backend("eager", None, cpu) == "eager"
-    expected = "inductor" if functional.torch_backend.compiler_available("cpu") else "eager"
+    expected = "cpp" if functional.cpp_backend.available() else "eager"
     assert functional.resolve_backend("auto", None, cpu) == expected
 
 
@@ -64,7 +64,7 @@ def test_functional_step_equals_the_class() -> None:
         assert torch.equal(state["sign"], opt.state[b]["sign"])
 
 
-@pytest.mark.parametrize("backend", ["eager", "inductor"])
+@pytest.mark.parametrize("backend", ["eager", "inductor", "cpp"])
 def test_a_format1_checkpoint_loads_and_continues_exactly(backend: str) -> None:
     assert_format1_resume_is_exact(backend)
 

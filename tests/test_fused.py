@@ -1,4 +1,4 @@
-"""The fused (torch.compile) step against the eager one, row blocking, and graph capture."""
+"""The compiled steps (inductor, and the C++ kernel) against the eager one, row blocking, and graph capture."""
 
 from __future__ import annotations
 
@@ -29,24 +29,26 @@ SHAPES = [(), (1,), (7,), (97,), (6, 5), (33, 12), (4, 1, 3), (256, 300), (512, 
     ],
     ids=["defaults", "coupled-wd", "maximize", "no-momentum", "dense-vectors", "8-bit"],
 )
-def test_fused_matches_eager(kwargs):
-    _assert_same(_run(SHAPES, fused=True, **kwargs), _run(SHAPES, fused=False, **kwargs))
+@pytest.mark.parametrize("backend", ["inductor", "cpp"])
+def test_compiled_matches_eager(backend, kwargs):
+    _assert_same(_run(SHAPES, backend=backend, **kwargs), _run(SHAPES, backend="eager", **kwargs))
 
 
-def test_fused_matches_eager_bf16():
+@pytest.mark.parametrize("backend", ["inductor", "cpp"])
+def test_compiled_matches_eager_bf16(backend):
     _assert_same(
-        _run([(64, 48), (10,)], dtype=torch.bfloat16, fused=True),
-        _run([(64, 48), (10,)], dtype=torch.bfloat16, fused=False),
+        _run([(64, 48), (10,)], dtype=torch.bfloat16, backend=backend),
+        _run([(64, 48), (10,)], dtype=torch.bfloat16, backend="eager"),
         rtol=1e-2,
         atol=1e-2,
     )
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
 @pytest.mark.parametrize("shape", [(400, 300), (97, 13), (1021,)], ids=str)
-def test_row_blocks_equal_one_block(shape, fused):
-    whole = _run([shape], fused=fused)
-    blocked = _run([shape], fused=fused, block_size=8 * square_matricize(torch.Size(shape).numel())[1])
+def test_row_blocks_equal_one_block(shape, backend):
+    whole = _run([shape], backend=backend)
+    blocked = _run([shape], backend=backend, block_size=8 * square_matricize(torch.Size(shape).numel())[1])
     _assert_same(blocked, whole)
 
 
@@ -71,7 +73,7 @@ def test_fullgraph_compile_accepts_the_update_functions():
 def test_changing_lr_does_not_recompile():
     torch.manual_seed(0)
     p = nn.Parameter(torch.randn(300, 400))
-    opt = SMMF([p], fused=True)
+    opt = SMMF([p], backend="inductor")
     p.grad = torch.randn_like(p)
     opt.step()
     torch._dynamo.utils.counters.clear()
@@ -88,22 +90,22 @@ def test_changing_lr_does_not_recompile():
 BATCHED_SHAPES = [(6, 5), (30,), (5, 6), (64,), (8, 8), (4, 16), (256, 300), (300, 256), (7,)]
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+@pytest.mark.parametrize("backend", ["eager", "inductor", "cpp"])
 @pytest.mark.parametrize(
     "kwargs",
     [{}, {"sign_bits": 8}, {"beta": None, "growth_rate": None}, {"maximize": True, "weight_decay": 0.1}],
     ids=["defaults", "8-bit", "no-momentum", "maximize-wd"],
 )
-def test_batched_same_shapes_equal_one_by_one(fused, kwargs):
-    kwargs = {**kwargs, "block_size": 1 << 20}
-    batched = _run(BATCHED_SHAPES, fused=fused, **kwargs)
+def test_batched_same_shapes_equal_one_by_one(backend, kwargs):
+    kwargs = {**kwargs, "block_size": 1 << 20, "backend": backend}
+    batched = _run(BATCHED_SHAPES, **kwargs)
     torch.manual_seed(0)  # _run seeds per call, so draw the same values tensor by tensor
     params = [nn.Parameter(torch.randn(s)) for s in BATCHED_SHAPES]
     gen = torch.Generator().manual_seed(1)
     grads = [[torch.randn(p.shape, generator=gen) for p in params] for _ in range(4)]
     alone = []
     for i, p in enumerate(params):
-        opt = SMMF([p], lr=0.01, fused=fused, **kwargs)
+        opt = SMMF([p], lr=0.01, **kwargs)
         for step in range(4):
             p.grad = grads[step][i]
             opt.step()

@@ -14,11 +14,11 @@ from smmf.signpack import unpack_signs
 TOL = 1e-9
 
 
-def _make(fused: bool):
+def _make(backend: str):
     def make(params, **hyperparameters):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # beta=None with the default growth_rate warns by design
-            return SMMF(params, fused=fused, **hyperparameters)
+            return SMMF(params, backend=backend, **hyperparameters)
 
     return make
 
@@ -33,11 +33,11 @@ def test_manifest_has_the_seven_cases(golden):
 
 
 @pytest.mark.parametrize("name", CASES)
-@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
-def test_final_parameters_match_reference(golden, name, fused):
+@pytest.mark.parametrize("backend", ["eager", "inductor", "cpp"])
+def test_final_parameters_match_reference(golden, name, backend):
     data, manifest = golden
     case = _case(manifest, name)
-    params, _ = replay(data, manifest, case, _make(fused))
+    params, _ = replay(data, manifest, case, _make(backend))
     errors = [max_relative_error(p, data[f"{name}/p{i}/final"]) for i, p in enumerate(params)]
     assert max(errors) <= TOL, errors
 
@@ -46,7 +46,7 @@ def test_final_parameters_match_reference(golden, name, fused):
 def test_factors_and_signs_match_reference(golden, name):
     data, manifest = golden
     case = _case(manifest, name)
-    params, optimizer = replay(data, manifest, case, _make(False))
+    params, optimizer = replay(data, manifest, case, _make("eager"))
     checked = 0
     for i, p in enumerate(params):
         prefix = f"{name}/p{i}/"

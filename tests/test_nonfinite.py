@@ -1,5 +1,5 @@
 """Non-finite gradients never corrupt state: the tensor skips the step (parameter and state unchanged)
-and counts it, in the eager and inductor backends (Triton: tests/interpreter)."""
+and counts it, in the eager, inductor and C++ backends (Triton: tests/interpreter)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from step_helpers import NON_FINITE_CASES, assert_bad_step_is_skipped
 CASE_IDS = ["nan", "inf", "1e20-fp32", "1e20-bf16", "inf-fp16"]
 
 
-@pytest.mark.parametrize("backend", ["eager", "inductor"])
+@pytest.mark.parametrize("backend", ["eager", "inductor", "cpp"])
 @pytest.mark.parametrize(("dtype", "bad"), NON_FINITE_CASES, ids=CASE_IDS)
 def test_a_bad_gradient_skips_only_its_tensor(backend: str, dtype: torch.dtype, bad: float) -> None:
     assert_bad_step_is_skipped(backend, dtype, bad)
@@ -33,7 +33,7 @@ def test_the_skip_holds_across_compiled_row_blocks() -> None:
     assert_bad_step_is_skipped("inductor", torch.float32, float("inf"), block_size=512)
 
 
-@pytest.mark.parametrize("backend", ["eager", "inductor"])
+@pytest.mark.parametrize("backend", ["eager", "inductor", "cpp"])
 def test_a_finite_fp16_gradient_with_a_norm_above_the_fp16_range_steps(backend: str) -> None:
     """The rule is about the factor dtype (fp32): 10,000 elements of 1000 have a 2-norm of 1e5, beyond
     fp16's 65504, yet every square and sum is finite in fp32, so the tensor steps."""

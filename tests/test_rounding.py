@@ -53,7 +53,7 @@ def _bf16_run(backend: str, stochastic: bool, steps: int = 60) -> nn.Parameter:
     return p
 
 
-@pytest.mark.parametrize("backend", ["eager", "inductor"])
+@pytest.mark.parametrize("backend", ["eager", "inductor", "cpp"])
 def test_small_lr_bf16_stalls_with_round_to_nearest_and_learns_with_stochastic_rounding(backend: str) -> None:
     assert torch.equal(_bf16_run(backend, stochastic=False), torch.ones(32, 24, dtype=torch.bfloat16))
     learned = _bf16_run(backend, stochastic=True).float().mean().item()
@@ -61,13 +61,14 @@ def test_small_lr_bf16_stalls_with_round_to_nearest_and_learns_with_stochastic_r
     assert learned > 1 - 60 * 1e-4 * 1.5
 
 
-def test_stochastic_rounding_is_reproducible_and_resumes_bitwise() -> None:
+@pytest.mark.parametrize("backend", ["eager", "cpp"])
+def test_stochastic_rounding_is_reproducible_and_resumes_bitwise(backend: str) -> None:
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(40, 30, generator=gen).bfloat16() for _ in range(6)]
     start = torch.randn(40, 30, generator=gen).bfloat16()
 
     def run(first: int, last: int, p: nn.Parameter, saved: dict | None = None) -> SMMF:
-        opt = SMMF([p], lr=1e-3, backend="eager", stochastic_rounding=True)
+        opt = SMMF([p], lr=1e-3, backend=backend, stochastic_rounding=True)
         if saved is not None:
             opt.load_state_dict(saved)
         for grad in grads[first:last]:

@@ -7,9 +7,13 @@ and :func:`smmf.state_format.ensure_momentum`. Tensors are grouped into buckets 
 dtype, gradient dtype), and each bucket goes to one backend:
 
 * ``"triton"``: :mod:`smmf.triton_backend`, three kernel launches per bucket, any number of tensors.
+* ``"cpp"``: :mod:`smmf.cpp_backend`, one native call per bucket of CPU tensors, one pass over each.
 * ``"inductor"``: :mod:`smmf.torch_backend` compiled with ``torch.compile``.
 * ``"eager"``: the same torch code, uncompiled.
-* ``"auto"``: Triton on CUDA, inductor on CPU where a C++ compiler exists, eager elsewhere.
+* ``"auto"``: Triton on CUDA, C++ on CPU where a C++ compiler exists, eager elsewhere.
+
+Tensors a backend does not take (dense vectors, non-contiguous or fp16 ones for C++; non-contiguous
+ones for Triton) go to inductor where it compiles, else eager.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import kernels, torch_backend, triton_backend
+from . import cpp_backend, kernels, torch_backend, triton_backend
 from .state_format import factor_dtype
 
 __all__ = ["BACKENDS", "StepCache", "resolve_backend", "hyperparameter_values", "smmf"]
 
-BACKENDS = ("auto", "triton", "inductor", "eager")
+BACKENDS = ("auto", "triton", "cpp", "inductor", "eager")
 Item = tuple[Tensor, Tensor, dict[str, Any]]
 
 
@@ -50,12 +54,19 @@ def resolve_backend(backend: str, fused: bool | None, device: torch.device) -> s
             f"Invalid backend: 'triton' cannot run on {device.type} tensors here (it needs Triton and a CUDA "
             "device, or TRITON_INTERPRET=1 for CPU tensors)"
         )
+    if backend == "cpp" and (device.type != "cpu" or not cpp_backend.available()):
+        raise ValueError(
+            f"Invalid backend: 'cpp' cannot run on {device.type} tensors here (it needs CPU tensors and a C++ "
+            f"compiler with OpenMP): {cpp_backend.unavailable_reason()}"
+        )
     if backend != "auto":
         return backend
     if fused is False:
         return "eager"
     if device.type == "cuda" and triton_backend.available(device):
         return "triton"
+    if device.type == "cpu" and cpp_backend.available():
+        return "cpp"
     if torch_backend.compiler_available(device.type):
         return "inductor"
     return "eager"
@@ -159,8 +170,23 @@ def smmf(
             chosen = "inductor" if torch_backend.compiler_available(device.type) else "eager"
             if items and isinstance(lr, Tensor):
                 hp[kernels.HP_LR].copy_(lr.reshape(()))
+        elif chosen == "cpp":
+            items = _cpp_bucket(items, hp)
+            chosen = "inductor" if torch_backend.compiler_available(device.type) else "eager"
         if items:
             torch_backend.step(items, hp, block_size, compiled=chosen == "inductor")
+
+
+def _cpp_bucket(items: list[Item], hp: Tensor) -> list[Item]:
+    """Step the tensors of a bucket that the C++ kernel takes; returns the others."""
+    ready = [item for item in items if cpp_backend.supports(item)]
+    if ready:
+        states = [state for _, _, state in ready]
+        scheds = kernels.schedules(hp, torch.stack([state["step"] for state in states]) + 1)
+        allowed = kernels.step_allowed([grad for _, grad, _ in ready], hp.dtype)
+        cpp_backend.step(ready, hp, scheds, allowed)
+        kernels.count_steps(states, allowed)
+    return [item for item in items if not cpp_backend.supports(item)]
 
 
 def _triton_bucket(

@@ -32,6 +32,7 @@ __all__ = [
     "HP_SIZE",
     "schedules",
     "step_allowed",
+    "count_steps",
     "factored_block_step",
     "factored_step",
     "factored_rows_step",
@@ -91,6 +92,14 @@ def step_allowed(grads: list[Tensor], dtype: torch.dtype) -> Tensor:
         return torch.isfinite(torch.stack([torch.dot(flat, flat) for flat in flats]))
     limit = math.sqrt(torch.finfo(dtype).max)
     return torch.stack(torch._foreach_norm(grads, 2, dtype=dtype)) < limit
+
+
+def count_steps(states: list[dict[str, Any]], allowed: Tensor) -> None:
+    """Advance each state's step counter where its tensor stepped (``allowed``), else its skipped-step
+    counter, all at once."""
+    stepped = allowed.to(torch.float32)
+    torch._foreach_add_([state["step"] for state in states], list(stepped.unbind()))
+    torch._foreach_add_([state["skipped"] for state in states], list((1 - stepped).unbind()))
 
 
 def _bcast(t: Tensor | None) -> Tensor | None:

@@ -30,8 +30,9 @@ class SMMF(Optimizer):
     defaults. ``weight_decay_mode`` is 'adamw' (decoupled) or 'adam' (L2 added to the gradient);
     ``sign_bits`` is 1 (packed) or 8 (a byte per element, as the reference stores it). ``backend``
     picks the step's implementation: 'triton' (every tensor of a group in three kernel launches),
-    'inductor' (torch.compile), 'eager', or 'auto' (Triton on CUDA, inductor on CPU, eager where nothing
-    compiles); ``fused=False`` is the older spelling of 'eager' and ``fused=True`` of a compiled one.
+    'cpp' (CPU: every tensor in one native call, one pass each), 'inductor' (torch.compile), 'eager', or
+    'auto' (Triton on CUDA, C++ on CPU, eager where nothing compiles); ``fused=False`` is the older
+    spelling of 'eager' and ``fused=True`` of a compiled one.
     ``block_size`` bounds the elements the torch backends process at once, hence the temporary memory
     of a step (None: 2^19, and on GPUs at least 1/16 of the largest tensor). ``stochastic_rounding``
     rounds the float32 result of the update to bf16 parameters stochastically (unbiased, reproducible;

@@ -146,9 +146,7 @@ def step(items: list[Item], hp: Tensor, block_size: int | None, compiled: bool) 
         step_one(run, work, grad.contiguous(), state, scheds[i], allowed[i].detach())
         if work is not p:
             p.copy_(work)
-    stepped = allowed.to(torch.float32)
-    torch._foreach_add_(steps, list(stepped.unbind()))
-    torch._foreach_add_([state["skipped"] for _, _, state in items], list((1 - stepped).unbind()))
+    kernels.count_steps([state for _, _, state in items], allowed)
 
 
 def _dense_step(run: _Run, p: Tensor, grad: Tensor, state: dict[str, Any], sched: Tensor, allowed: Tensor) -> None:

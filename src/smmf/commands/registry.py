@@ -165,6 +165,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             "smmf-triton", "SMMF 1-bit (Triton)", 1e-3, _smmf(backend="triton"), "smmf.SMMF, Triton backend (CUDA)"
         ),
+        OptimizerSpec("smmf-cpp", "SMMF 1-bit (C++)", 1e-3, _smmf(backend="cpp"), "smmf.SMMF, one-pass C++ step (CPU)"),
         OptimizerSpec(
             "smmf-inductor", "SMMF 1-bit (inductor)", 1e-3, _smmf(backend="inductor"), "smmf.SMMF, compiled torch step"
         ),

@@ -1,0 +1,270 @@
+// The SMMF step for CPU tensors in one pass over each tensor, compiled at first use by smmf.cpp_backend.
+//
+// Each row of a factorized (n, m) tensor is read once: the old moments are rebuilt from the factors and
+// signs, the parameter and the new signs are written, and the row sums (|M| and V) and this thread's
+// column partial sums accumulate on the way, so nothing of the tensor's size is ever materialized.
+// Column factors are replaced only after every row has read the old ones; partial sums are combined in
+// thread order, so equal inputs and thread counts give bitwise equal results. The arithmetic is written
+// in the same order as smmf.kernels (the reference formulas); sums accumulate in double. Stochastic
+// rounding draws the same bits as smmf.rounding.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+
+namespace {
+
+// One tensor, as smmf.cpp_backend fills it (a ctypes Structure of the same layout).
+struct Desc {
+    void* p;
+    const void* g;
+    uint8_t* sign;  // packed bits (ceil(m/8) bytes per row), one 0/1 byte per sign, or null (beta None)
+    void* row_m;
+    void* col_m;
+    void* row_v;
+    void* col_v;
+    int64_t rows;
+    int64_t cols;
+    int64_t seed;  // stochastic rounding's per-parameter seed, or -1
+    int64_t index;  // the tensor's row in the schedule and allowed arrays
+};
+
+enum SignMode { kNoMomentum = 0, kPacked = 1, kBytes = 8 };
+
+constexpr int64_t kMask31 = 0x7FFFFFFF;
+constexpr int64_t kMix = 0x45D9F3B;
+constexpr int64_t kParallelNumel = 1 << 15;  // smaller tensors run on one thread, many at a time
+
+inline int64_t mix(int64_t x) {
+    x &= kMask31;
+    x = ((x ^ (x >> 16)) * kMix) & kMask31;
+    x = ((x ^ (x >> 16)) * kMix) & kMask31;
+    return x ^ (x >> 16);
+}
+
+inline float load(float x) { return x; }
+inline double load(double x) { return x; }
+inline float load(uint16_t x) {  // bfloat16 bits
+    uint32_t bits = static_cast<uint32_t>(x) << 16;
+    float out;
+    std::memcpy(&out, &bits, sizeof(out));
+    return out;
+}
+
+inline uint32_t float_bits(float x) {
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof(bits));
+    return bits;
+}
+
+// Round to nearest even (torch's float -> bfloat16), or stochastically with 16 random bits.
+inline uint16_t to_bf16(float x, bool stochastic, int64_t random) {
+    if (std::isnan(x)) return 0x7FC0;
+    uint32_t bits = float_bits(x);
+    if (stochastic) return static_cast<uint16_t>((bits + static_cast<uint32_t>(random & 0xFFFF)) >> 16);
+    return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
+inline void store(float* out, float x, bool, int64_t) { *out = x; }
+inline void store(double* out, double x, bool, int64_t) { *out = x; }
+inline void store(uint16_t* out, float x, bool stochastic, int64_t random) { *out = to_bf16(x, stochastic, random); }
+
+template <typename T>
+struct Scalars {
+    T lr, eps, wd_coupled, decay, direction, beta1, beta2, one_minus_beta1, one_minus_beta2;
+    int64_t step_seed;  // mix(seed ^ mix(step)), for the random bits
+    bool stochastic;
+};
+
+// Sums a row contributes: to its own factors and to its thread's column partials.
+struct RowSums {
+    double v = 0.0, m = 0.0;
+};
+
+// One row. P: the parameter and gradient storage type; T: the arithmetic type; mode: a SignMode (a
+// template argument, so that each loop is compiled and vectorized without the branches of the others).
+template <typename P, typename T, int mode>
+RowSums step_row(const Desc& d, const Scalars<T>& s, int64_t r, double* acc_v, double* acc_m, uint8_t* new_bits) {
+    const int64_t m = d.cols;
+    P* p = static_cast<P*>(d.p) + r * m;
+    const P* g = static_cast<const P*>(d.g) + r * m;
+    const T rv = static_cast<T*>(d.row_v)[r];
+    const T* cv = static_cast<const T*>(d.col_v);
+    const T rm = mode == kNoMomentum ? T(0) : static_cast<T*>(d.row_m)[r];
+    const T* cm = static_cast<const T*>(d.col_m);
+    const int64_t width = (m + 7) / 8;
+    const uint8_t* old_bits = mode == kPacked ? d.sign + r * width : (mode == kBytes ? d.sign + r * m : nullptr);
+    if (mode == kPacked) std::memset(new_bits, 0, width);
+    RowSums sums;
+    double sum_v = 0.0, sum_m = 0.0;
+    // Packed signs: bit k of byte j is column k * width + j, so each plane k is a contiguous run.
+    const int planes = mode == kPacked ? 8 : 1;
+    const int64_t run = mode == kPacked ? width : m;
+    for (int k = 0; k < planes; ++k) {
+        const int64_t c0 = k * run;
+        const int64_t len = c0 >= m ? 0 : (m - c0 < run ? m - c0 : run);
+#pragma omp simd reduction(+ : sum_v, sum_m)
+        for (int64_t j = 0; j < len; ++j) {
+            const int64_t c = c0 + j;
+            T grad = static_cast<T>(load(g[c])) * s.direction;
+            T param = static_cast<T>(load(p[c]));
+            grad = grad + s.wd_coupled * param;
+            param = param * s.decay;
+            const T v = s.beta2 * (rv * cv[c]) + s.one_minus_beta2 * (grad * grad);
+            const T denom = std::sqrt(v) + s.eps;
+            T numerator = grad;
+            if (mode != kNoMomentum) {
+                const int bit = mode == kPacked ? (old_bits[j] >> k) & 1 : old_bits[c];
+                const T sign = static_cast<T>(bit) * T(2) - T(1);
+                const T moment = s.beta1 * (sign * (rm * cm[c])) + s.one_minus_beta1 * grad;
+                numerator = moment;
+                const T magnitude = std::fabs(moment);
+                sum_m += magnitude;
+                acc_m[c] += magnitude;
+                const uint8_t positive = moment > T(0) ? 1 : 0;
+                if (mode == kPacked) {
+                    new_bits[j] |= static_cast<uint8_t>(positive << k);
+                } else {
+                    new_bits[c] = positive;
+                }
+            }
+            const T update = denom > T(0) ? numerator / denom : T(0);
+            const T result = param - s.lr * update;
+            const int64_t random = s.stochastic ? mix((r * m + c) ^ s.step_seed) : 0;
+            store(&p[c], result, s.stochastic, random);
+            sum_v += v;
+            acc_v[c] += v;
+        }
+    }
+    sums.v = sum_v;
+    sums.m = sum_m;
+    return sums;
+}
+
+// col <- col_sum / sum(col_sum) in T (left as the sums where the total is 0), as
+// smmf.kernels.normalize_columns.
+template <typename T>
+void normalize_columns(T* col, const std::vector<double>& sums, int64_t m) {
+    std::vector<T> rounded(m);
+    T total = 0;
+    for (int64_t c = 0; c < m; ++c) {
+        rounded[c] = static_cast<T>(sums[c]);
+        total += rounded[c];
+    }
+    const T divisor = total == T(0) ? T(1) : total;
+    for (int64_t c = 0; c < m; ++c) col[c] = rounded[c] / divisor;
+}
+
+template <typename P, typename T, int mode>
+void step_tensor(const Desc& d, const Scalars<T>& s, int threads) {
+    const int64_t n = d.rows, m = d.cols;
+    const int64_t width = mode == kPacked ? (m + 7) / 8 : m;
+    std::vector<double> acc(static_cast<size_t>(threads) * 2 * m, 0.0);
+    std::vector<T> row_sum_v(n), row_sum_m(n);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        const int tid = omp_get_thread_num();
+        const int count = omp_get_num_threads();
+        double* acc_v = acc.data() + static_cast<size_t>(tid) * 2 * m;
+        double* acc_m = acc_v + m;
+        std::vector<uint8_t> new_bits(mode == kNoMomentum ? 0 : width);
+        const int64_t begin = n * tid / count, end = n * (tid + 1) / count;
+        for (int64_t r = begin; r < end; ++r) {
+            const RowSums sums = step_row<P, T, mode>(d, s, r, acc_v, acc_m, new_bits.data());
+            row_sum_v[r] = static_cast<T>(sums.v);
+            row_sum_m[r] = static_cast<T>(sums.m);
+            if (mode != kNoMomentum) std::memcpy(d.sign + r * width, new_bits.data(), width);
+        }
+    }
+    // Every row has read the old row and column factors: replace them.
+    std::memcpy(d.row_v, row_sum_v.data(), n * sizeof(T));
+    std::vector<double> col_v(m, 0.0), col_m(m, 0.0);
+    for (int t = 0; t < threads; ++t) {
+        const double* part = acc.data() + static_cast<size_t>(t) * 2 * m;
+        for (int64_t c = 0; c < m; ++c) {
+            col_v[c] += part[c];
+            col_m[c] += part[m + c];
+        }
+    }
+    normalize_columns(static_cast<T*>(d.col_v), col_v, m);
+    if (mode != kNoMomentum) {
+        std::memcpy(d.row_m, row_sum_m.data(), n * sizeof(T));
+        normalize_columns(static_cast<T*>(d.col_m), col_m, m);
+    }
+}
+
+template <typename T>
+Scalars<T> scalars(const Desc& d, const T* hp, const T* sched) {
+    // hp slots as smmf.kernels.Hyperparameters: lr, beta, growth, decay, eps, wd_decoupled, wd_coupled, direction
+    const T* row = sched + 3 * d.index;
+    Scalars<T> s;
+    s.lr = hp[0];
+    s.eps = hp[4];
+    s.wd_coupled = hp[6];
+    s.decay = T(1) - hp[0] * hp[5];
+    s.direction = hp[7];
+    s.beta1 = row[0];
+    s.beta2 = row[1];
+    s.one_minus_beta1 = T(1) - row[0];
+    s.one_minus_beta2 = T(1) - row[1];
+    s.stochastic = d.seed >= 0;
+    s.step_seed = s.stochastic ? mix(d.seed ^ mix(static_cast<int64_t>(row[2]))) : 0;
+    return s;
+}
+
+// Small tensors a thread each, many at once; then large ones, each split by rows over the threads.
+template <typename P, typename T, int mode>
+void step_all(const Desc* descs, int64_t count, const T* hp, const T* sched, const uint8_t* allowed, int threads) {
+    std::vector<int64_t> small, large;
+    for (int64_t i = 0; i < count; ++i) {
+        if (!allowed[descs[i].index] || descs[i].rows * descs[i].cols == 0) continue;
+        (descs[i].rows * descs[i].cols < kParallelNumel ? small : large).push_back(i);
+    }
+    const int64_t n_small = static_cast<int64_t>(small.size());
+#pragma omp parallel for num_threads(threads) schedule(dynamic) if (threads > 1 && n_small > 1)
+    for (int64_t k = 0; k < n_small; ++k) {
+        const Desc& d = descs[small[k]];
+        step_tensor<P, T, mode>(d, scalars(d, hp, sched), 1);
+    }
+    for (const int64_t i : large) {
+        const Desc& d = descs[i];
+        step_tensor<P, T, mode>(d, scalars(d, hp, sched), threads);
+    }
+}
+
+template <typename P, typename T>
+void step_mode(const Desc* descs, int64_t count, const T* hp, const T* sched, const uint8_t* allowed, int mode,
+               int threads) {
+    if (mode == kPacked) {
+        step_all<P, T, kPacked>(descs, count, hp, sched, allowed, threads);
+    } else if (mode == kBytes) {
+        step_all<P, T, kBytes>(descs, count, hp, sched, allowed, threads);
+    } else {
+        step_all<P, T, kNoMomentum>(descs, count, hp, sched, allowed, threads);
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+int smmf_abi_version() { return 1; }
+
+void smmf_step_float32(const Desc* descs, int64_t count, const float* hp, const float* sched,
+                       const uint8_t* allowed, int mode, int threads) {
+    step_mode<float, float>(descs, count, hp, sched, allowed, mode, threads);
+}
+
+void smmf_step_float64(const Desc* descs, int64_t count, const double* hp, const double* sched,
+                       const uint8_t* allowed, int mode, int threads) {
+    step_mode<double, double>(descs, count, hp, sched, allowed, mode, threads);
+}
+
+void smmf_step_bfloat16(const Desc* descs, int64_t count, const float* hp, const float* sched,
+                        const uint8_t* allowed, int mode, int threads) {
+    step_mode<uint16_t, float>(descs, count, hp, sched, allowed, mode, threads);
+}
+}

@@ -1,0 +1,73 @@
+"""The C++ backend (smmf.cpp_backend): equal to the eager step, deterministic, falling back for what it
+does not take, and refused with a clear error where it cannot be built."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from smmf import SMMF, cpp_backend, functional
+from step_helpers import assert_same, run
+
+pytestmark = pytest.mark.skipif(not cpp_backend.available(), reason=cpp_backend.unavailable_reason())
+
+SHAPES = [(64, 48), (97, 13), (0, 4), (1021,), (300, 200), (3, 5, 7)]
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+def test_bf16_parameters_equal_eager(stochastic: bool) -> None:
+    """Same float32 arithmetic in the same order and the same random bits for stochastic rounding: the
+    first step (factors still zero) is bitwise equal; later ones read factors summed in another order
+    (double here), so a rare element lands one bf16 ulp apart."""
+    for steps, unequal in ((1, 0), (5, 1e-3)):
+        mine, _ = run(SHAPES, steps=steps, dtype=torch.bfloat16, backend="cpp", stochastic_rounding=stochastic)
+        eager, _ = run(SHAPES, steps=steps, dtype=torch.bfloat16, backend="eager", stochastic_rounding=stochastic)
+        for a, b in zip(mine, eager, strict=True):
+            assert (a != b).float().mean().item() <= unequal if a.numel() else True
+            torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+
+
+def test_two_runs_are_bitwise_equal_and_thread_counts_agree_to_rounding() -> None:
+    first, second = run(SHAPES, backend="cpp"), run(SHAPES, backend="cpp")
+    assert_same(first, second, rtol=0, atol=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = run(SHAPES, backend="cpp")
+    finally:
+        torch.set_num_threads(threads)
+    assert_same(single, first)
+
+
+def test_what_it_does_not_take_goes_to_the_torch_backends() -> None:
+    """fp16 parameters, channels-last weights and dense vectors fall back, and still equal eager."""
+    for kwargs in ({"dtype": torch.float16}, {"vector_reshape": False}):
+        assert_same(run(SHAPES, backend="cpp", **kwargs), run(SHAPES, backend="eager", **kwargs), rtol=2e-3)
+    results = []
+    for backend in ("cpp", "eager"):
+        torch.manual_seed(0)
+        weight = nn.Parameter(torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last))
+        opt = SMMF([weight], lr=0.01, backend=backend)
+        weight.grad = torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last)
+        opt.step()
+        results.append(weight.detach().clone())
+    torch.testing.assert_close(*results)
+
+
+def test_an_unbuildable_kernel_is_refused_by_name_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpp_backend, "_build", lambda: (None, "g++ failed: no OpenMP"))
+    p = nn.Parameter(torch.zeros(4, 4))
+    opt = SMMF([p], backend="cpp")
+    p.grad = torch.ones(4, 4)
+    with pytest.raises(ValueError, match=r"backend.*'cpp'.*no OpenMP"):
+        opt.step()
+    assert torch.equal(p, torch.zeros(4, 4))
+    assert functional.resolve_backend("auto", None, torch.device("cpu")) in ("inductor", "eager")
+
+
+def test_the_kernel_builds_into_the_cache_directory(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMMF_CACHE_DIR", str(tmp_path))
+    library, reason = cpp_backend._build.__wrapped__()
+    assert library is not None, reason
+    assert [path.suffix for path in tmp_path.iterdir()] == [".so"]  # the temporary build folder is gone
