@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from smmf.functional import resolve_backend
+
 from . import registry
 from .common import (
     SEED_MAX,
@@ -93,7 +95,7 @@ def _meta(plan: Plan, spec: RunSpec, seed: int, wall: float, preset: str) -> dic
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
         "first_seed": seed,
-        "smmf_step": "eager" if spec.smmf_fused is False else "compiled (torch.compile, first steps untimed)",
+        "smmf_step": f"{resolve_backend('auto', spec.smmf_fused, spec.device)} backend (step() timing as below)",
         "timing": f"median over steps {TIMING_WARMUP}.. of optimizer.step(), over the chosen point's seeds",
     }
 
