@@ -214,29 +214,14 @@ def factored_step(
         normalize_columns(col_m, sum_m, allowed)
 
 
-def factored_rows_step(
-    p: Tensor,
-    g: Tensor,
-    sign: Tensor | None,
-    row_m: Tensor | None,
-    col_m: Tensor | None,
-    row_v: Tensor,
-    col_v: Tensor,
-    hp: Tensor,
-    sched: Tensor,
-    packed: bool,
-    allowed: Tensor,
-    seed: Tensor | None,
-    row0: int,
-    sum_m: Tensor | None,
-    sum_v: Tensor,
-    finish: Tensor,
-) -> None:
-    """One row block of a tensor too large for one call: :func:`factored_block_step`, its column sums
-    added into the running ``sum_m`` and ``sum_v``, and where ``finish`` (``allowed`` on the last
-    block, else False) both column normalizations, so a tensor of k blocks costs k calls. The block
-    reads the old column factors before the graph writes them."""
-    part_m, part_v = factored_block_step(p, g, sign, row_m, col_m, row_v, col_v, hp, sched, packed, allowed, seed, row0)
+def factored_rows_step(sum_m: Tensor | None, sum_v: Tensor, finish: Tensor, *block: Any) -> None:
+    """One row block of a tensor too large for one call: :func:`factored_block_step` on ``block`` (its
+    arguments, in its order, ``row0`` included), its column sums added into the running ``sum_m`` and
+    ``sum_v``, and where ``finish`` (``allowed`` on the last block, else False) both column
+    normalizations, so a tensor of k blocks costs k calls. The block reads the old column factors
+    before the graph writes them."""
+    part_m, part_v = factored_block_step(*block)
+    col_m, col_v = block[4], block[6]
     sum_v.add_(part_v)
     normalize_columns(col_v, sum_v, finish)
     if part_m is not None and sum_m is not None and col_m is not None:

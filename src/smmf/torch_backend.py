@@ -204,7 +204,5 @@ def _factored_step(run: _Run, p: Tensor, grad: Tensor, state: dict[str, Any], sc
             kernels.mark_block((sign_blk, row_m_blk, row_v_blk), (p_blk, g_blk, col_m, col_v, sum_m, sum_v))
         finish = allowed if stop == n else torch.zeros_like(allowed)
         seed = state.get("seed")
-        block_fn(
-            *(p_blk, g_blk, sign_blk, row_m_blk, col_m, row_v_blk, col_v, run.hp, sched, packed, allowed, seed),
-            *(start, sum_m, sum_v, finish),
-        )
+        block = (p_blk, g_blk, sign_blk, row_m_blk, col_m, row_v_blk, col_v, run.hp, sched, packed, allowed, seed)
+        block_fn(sum_m, sum_v, finish, *block, start)
