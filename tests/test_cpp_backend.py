@@ -41,7 +41,8 @@ def test_two_runs_are_bitwise_equal_and_thread_counts_agree_to_rounding() -> Non
 
 
 def test_what_it_does_not_take_goes_to_the_torch_backends() -> None:
-    """fp16 parameters, channels-last weights and dense vectors fall back, and still equal eager."""
+    """fp16 parameters and dense vectors fall back, and still equal eager; a channels-last weight is
+    stepped in a contiguous copy."""
     for kwargs in ({"dtype": torch.float16}, {"vector_reshape": False}):
         assert_same(run(SHAPES, backend="cpp", **kwargs), run(SHAPES, backend="eager", **kwargs), rtol=2e-3)
     results = []

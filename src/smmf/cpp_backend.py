@@ -6,8 +6,8 @@ number of tensors (the compiled torch path costs tens of calls, each with guards
 block's moments several times). It is compiled with the C++ compiler that inductor would use, at first
 use, into a per-user cache (``SMMF_CACHE_DIR``, default ``~/.cache/smmf``), and loaded with ctypes: no
 build step at install, no Python headers. Parameters of dtype float32, float64 and bfloat16 (with or
-without stochastic rounding) with gradients of the same dtype; everything else goes to the torch
-backends.
+without stochastic rounding) with gradients of the same dtype (a non-contiguous one stepped in a
+contiguous copy); everything else (fp16, dense vectors) goes to the torch backends.
 """
 
 from __future__ import annotations
@@ -105,17 +105,10 @@ def unavailable_reason() -> str:
 
 
 def supports(item: Item) -> bool:
-    """Whether the C++ kernel steps this (parameter, gradient, state): a contiguous factorized CPU tensor
-    of a supported dtype, with a gradient of the same dtype."""
+    """Whether the C++ kernel steps this (parameter, gradient, state): a factorized CPU tensor of a
+    supported dtype, with a gradient of the same dtype."""
     p, grad, state = item
-    return (
-        p.device.type == "cpu"
-        and p.dtype in _ENTRY
-        and grad.dtype == p.dtype
-        and "row_v" in state
-        and p.is_contiguous()
-        and grad.is_contiguous()
-    )
+    return p.device.type == "cpu" and p.dtype in _ENTRY and grad.dtype == p.dtype and "row_v" in state
 
 
 def _sign_mode(items: list[Item]) -> int:
@@ -151,4 +144,9 @@ def step(items: list[Item], hp: Tensor, scheds: Tensor, allowed: Tensor) -> None
     scheds, allowed = scheds.contiguous(), allowed.to(torch.uint8).contiguous()
     fn = getattr(library, _ENTRY[items[0][0].dtype])
     addresses = (hp.data_ptr(), scheds.data_ptr(), allowed.data_ptr())
-    fn(_describe(items), len(items), *addresses, _sign_mode(items), torch.get_num_threads())
+    # a channels-last weight, say: stepped in a contiguous copy, copied back
+    work = [(p.contiguous(), grad.contiguous(), state) for p, grad, state in items]
+    fn(_describe(work), len(work), *addresses, _sign_mode(items), torch.get_num_threads())
+    for (p, _, _), (done, _, _) in zip(items, work, strict=True):
+        if done is not p:
+            p.copy_(done)

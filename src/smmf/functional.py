@@ -12,8 +12,8 @@ dtype, gradient dtype), and each bucket goes to one backend:
 * ``"eager"``: the same torch code, uncompiled.
 * ``"auto"``: Triton on CUDA, C++ on CPU where a C++ compiler exists, eager elsewhere.
 
-Tensors a backend does not take (dense vectors, non-contiguous or fp16 ones for C++; non-contiguous
-ones for Triton) go to inductor where it compiles, else eager.
+Tensors a backend does not take (dense vectors and fp16 ones for C++; non-contiguous ones for
+Triton) go to inductor where it compiles, else eager.
 """
 
 from __future__ import annotations
