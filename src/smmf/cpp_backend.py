@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .matricization import square_matricize
+
 __all__ = ["available", "unavailable_reason", "supports", "step"]
 
 Item = tuple[Tensor, Tensor, dict[str, Any]]
@@ -119,8 +121,6 @@ def _sign_mode(items: list[Item]) -> int:
 
 
 def _describe(items: list[Item]) -> ctypes.Array[_Desc]:
-    from .matricization import square_matricize
-
     descs = (_Desc * len(items))()
     for i, (p, grad, state) in enumerate(items):
         rows, cols = square_matricize(p.numel())

@@ -81,7 +81,7 @@ struct Scalars {
 
 // Sums a row contributes: to its own factors and to its thread's column partials.
 struct RowSums {
-    double v = 0.0, m = 0.0;
+    double v, m;
 };
 
 // One row. P: the parameter and gradient storage type; T: the arithmetic type; mode: a SignMode (a
@@ -98,7 +98,6 @@ RowSums step_row(const Desc& d, const Scalars<T>& s, int64_t r, double* acc_v, d
     const int64_t width = (m + 7) / 8;
     const uint8_t* old_bits = mode == kPacked ? d.sign + r * width : (mode == kBytes ? d.sign + r * m : nullptr);
     if (mode == kPacked) std::memset(new_bits, 0, width);
-    RowSums sums;
     double sum_v = 0.0, sum_m = 0.0;
     // Packed signs: bit k of byte j is column k * width + j, so each plane k is a contiguous run.
     const int planes = mode == kPacked ? 8 : 1;
@@ -139,9 +138,7 @@ RowSums step_row(const Desc& d, const Scalars<T>& s, int64_t r, double* acc_v, d
             acc_v[c] += v;
         }
     }
-    sums.v = sum_v;
-    sums.m = sum_m;
-    return sums;
+    return {sum_v, sum_m};
 }
 
 // col <- col_sum / sum(col_sum) in T (left as the sums where the total is 0), as

@@ -179,14 +179,16 @@ def smmf(
 
 def _cpp_bucket(items: list[Item], hp: Tensor) -> list[Item]:
     """Step the tensors of a bucket that the C++ kernel takes; returns the others."""
-    ready = [item for item in items if cpp_backend.supports(item)]
+    ready: list[Item] = []
+    rest: list[Item] = []
+    for item in items:
+        (ready if cpp_backend.supports(item) else rest).append(item)
     if ready:
         states = [state for _, _, state in ready]
-        scheds = kernels.schedules(hp, torch.stack([state["step"] for state in states]) + 1)
-        allowed = kernels.step_allowed([grad for _, grad, _ in ready], hp.dtype)
+        scheds, allowed = kernels.step_inputs(hp, states, [grad for _, grad, _ in ready])
         cpp_backend.step(ready, hp, scheds, allowed)
         kernels.count_steps(states, allowed)
-    return [item for item in items if not cpp_backend.supports(item)]
+    return rest
 
 
 def _triton_bucket(

@@ -32,6 +32,7 @@ __all__ = [
     "HP_SIZE",
     "schedules",
     "step_allowed",
+    "step_inputs",
     "count_steps",
     "factored_block_step",
     "factored_step",
@@ -92,6 +93,14 @@ def step_allowed(grads: list[Tensor], dtype: torch.dtype) -> Tensor:
         return torch.isfinite(torch.stack([torch.dot(flat, flat) for flat in flats]))
     limit = math.sqrt(torch.finfo(dtype).max)
     return torch.stack(torch._foreach_norm(grads, 2, dtype=dtype)) < limit
+
+
+def step_inputs(hp: Tensor, states: list[dict[str, Any]], grads: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """What every backend's step reads besides the tensors: this step's :func:`schedules` (k, 3) and
+    :func:`step_allowed` (k,) for k tensors (detached: their rows are aliases without a view base, so
+    that dynamo does not guard on the base's shape)."""
+    scheds = schedules(hp, torch.stack([state["step"] for state in states]) + 1)
+    return scheds.detach(), step_allowed(grads, hp.dtype).detach()
 
 
 def count_steps(states: list[dict[str, Any]], allowed: Tensor) -> None:
@@ -158,8 +167,8 @@ def factored_block_step(
     False, nothing changes. ``seed`` (...) turns on stochastic rounding of bf16 parameters (``row0``: the
     block's first row, for the random bits' element index). Updates ``p``, ``sign``, ``row_m`` and
     ``row_v`` in place and returns this block's column sums of |M| and V, which the caller adds up over
-    blocks and hands to :func:`normalize_columns` (column factors are shared by all blocks, so they can only be replaced
-    once every block has read the old ones).
+    blocks and hands to :func:`normalize_columns` (column factors are shared by all blocks, so they can
+    only be replaced once every block has read the old ones).
     """
     rows, cols = p.shape[-2:]
     g32, p32 = _prepare(p, g, hp)
@@ -221,7 +230,7 @@ def factored_rows_step(sum_m: Tensor | None, sum_v: Tensor, finish: Tensor, *blo
     normalizations, so a tensor of k blocks costs k calls. The block reads the old column factors
     before the graph writes them."""
     part_m, part_v = factored_block_step(*block)
-    col_m, col_v = block[4], block[6]
+    _, _, _, _, col_m, _, col_v, *_ = block
     sum_v.add_(part_v)
     normalize_columns(col_v, sum_v, finish)
     if part_m is not None and sum_m is not None and col_m is not None:

@@ -128,10 +128,8 @@ def step(items: list[Item], hp: Tensor, block_size: int | None, compiled: bool) 
     run = _Run(hp, compiled, _block_size(block_size, items[0][0].device, items))
     batches, singles = _plan(items, run.block_size)
     items = [items[i] for batch in batches for i in batch] + [items[i] for i in singles]
-    steps = [state["step"] for _, _, state in items]
-    # detach(): rows are aliases without a view base, so that dynamo does not guard on the base's shape
-    scheds = kernels.schedules(hp, torch.stack(steps) + 1).detach()
-    allowed = kernels.step_allowed([g for _, g, _ in items], hp.dtype).detach()
+    states = [state for _, _, state in items]
+    scheds, allowed = kernels.step_inputs(hp, states, [g for _, g, _ in items])
     start = 0
     for batch in batches:
         stop = start + len(batch)
@@ -146,7 +144,7 @@ def step(items: list[Item], hp: Tensor, block_size: int | None, compiled: bool) 
         step_one(run, work, grad.contiguous(), state, scheds[i], allowed[i].detach())
         if work is not p:
             p.copy_(work)
-    kernels.count_steps([state for _, _, state in items], allowed)
+    kernels.count_steps(states, allowed)
 
 
 def _dense_step(run: _Run, p: Tensor, grad: Tensor, state: dict[str, Any], sched: Tensor, allowed: Tensor) -> None:
@@ -192,6 +190,7 @@ def _factored_step(run: _Run, p: Tensor, grad: Tensor, state: dict[str, Any], sc
     block_fn = run.kernel(kernels.factored_rows_step, m if wide else 0)
     sum_v = torch.zeros_like(col_v)
     sum_m = None if col_m is None else torch.zeros_like(col_m)
+    not_last, seed = torch.zeros_like(allowed), state.get("seed")
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         # detach(): aliases without a view base, so that dynamo does not guard on the base's shape
@@ -202,7 +201,6 @@ def _factored_step(run: _Run, p: Tensor, grad: Tensor, state: dict[str, Any], sc
             sign_blk = (sign[start * width : stop * width] if packed else sign[start * m : stop * m]).detach()
         if wide:
             kernels.mark_block((sign_blk, row_m_blk, row_v_blk), (p_blk, g_blk, col_m, col_v, sum_m, sum_v))
-        finish = allowed if stop == n else torch.zeros_like(allowed)
-        seed = state.get("seed")
+        finish = allowed if stop == n else not_last
         block = (p_blk, g_blk, sign_blk, row_m_blk, col_m, row_v_blk, col_v, run.hp, sched, packed, allowed, seed)
         block_fn(sum_m, sum_v, finish, *block, start)
