@@ -114,3 +114,15 @@ def test_memory_mode_reports_out_of_memory_as_does_not_fit(monkeypatch: pytest.M
     monkeypatch.setattr(bench_memory, "build_transformer", too_big)
     result = bench_memory.measure({"model": "llama-tiny", "config": "smmf", "device": "cpu"})
     assert result == {"fits": False, "error": "does not fit"}
+
+
+def test_memory_table_of_a_run_cut_short_marks_what_did_not_run() -> None:
+    from smmf.commands import bench_memory
+
+    meta = {"machine": "GPU", "torch": "2.x", "date": "2026-11-26", "command": "smmf bench --mode memory"}
+    rows = [{"model": "llama-1b", "config": "smmf", "fits": True, "step_ms": 10.0, "peak_bytes": 12 * 1024**3}]
+    report = bench_memory.markdown(meta, rows, ["llama-7b", "llama-1b"], ["smmf", "adamw-bf16"])
+    assert report.count("not run") == 3
+    assert "12.0 GiB, 10 ms" in report
+    assert "Largest that fits 16 GiB: SMMF" in report and "llama-1b" in report
+    assert report.index("| llama-1b") < report.index("| llama-7b")  # smallest first, whatever the run order

@@ -105,7 +105,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _cell(row: dict[str, Any]) -> str:
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "not run"
     if "error" in row:
         return row["error"]
     peak = "-" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 1024**3:.1f} GiB"
@@ -114,10 +116,12 @@ def _cell(row: dict[str, Any]) -> str:
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], models: list[str], configs: list[str]) -> str:
     """Models as rows, ways of training as columns (peak allocated, step time), then the largest model
-    each way fits under each card size (allocated memory; the CUDA context takes some more)."""
+    each way fits under each card size (allocated memory; the CUDA context takes some more). Models are
+    listed smallest first whatever order they ran in (a GPU run measures the largest first)."""
+    models = sorted(models, key=list(MODELS).index)
     by = {(r["model"], r["config"]): r for r in rows}
     table = markdown_table(
-        ["model", *(CONFIGS[c][0] for c in configs)], [[m, *(_cell(by[m, c]) for c in configs)] for m in models]
+        ["model", *(CONFIGS[c][0] for c in configs)], [[m, *(_cell(by.get((m, c))) for c in configs)] for m in models]
     )
     lines = [
         f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}. Command: `{meta['command']}`",
@@ -127,9 +131,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], models: list[str]
     for gib in CARDS_GIB if any(r.get("peak_bytes") for r in rows) else ():  # GPU runs only
         fits = []
         for c in configs:
-            ok = [
-                m for m in models if by[m, c].get("peak_bytes") is not None and by[m, c]["peak_bytes"] <= gib * 1024**3
-            ]
+            peaks = [(m, by.get((m, c), {}).get("peak_bytes")) for m in models]
+            ok = [m for m, peak in peaks if peak is not None and peak <= gib * 1024**3]
             fits.append(f"{CONFIGS[c][0]}: {ok[-1] if ok else 'none'}")
         lines.append(f"\nLargest that fits {gib} GiB: " + "; ".join(fits))
     return "\n".join(lines) + "\n"
@@ -156,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
             )
             rows.append({"model": model, "config": config, **result})
             print(f"[{model}] {config}: {_cell(rows[-1])}", file=sys.stderr, flush=True)
-    report = markdown(meta, rows, models, configs)
-    (out / "bench-memory.md").write_text(report)
-    (out / "bench-memory.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
-    print(report)
+            report = markdown(meta, rows, models, configs)  # rewritten after every row, as in train mode
+            (out / "bench-memory.md").write_text(report)
+            (out / "bench-memory.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    print(markdown(meta, rows, models, configs))
     return 0

@@ -263,8 +263,8 @@ def run(args: argparse.Namespace) -> int:
                 result.get("error") or f"step {result['step_ms']:.2f} ms, full step {result['full_step_ms']:.1f} ms"
             )
             print(f"[{workload}] {name}: {status}", file=sys.stderr, flush=True)
-    report = markdown(meta, rows)
-    (out / "bench-train.md").write_text(report)
-    (out / "bench-train.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
-    print(report)
+            report = markdown(meta, rows)  # rewritten after every row: a run cut short keeps what it measured
+            (out / "bench-train.md").write_text(report)
+            (out / "bench-train.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    print(markdown(meta, rows))
     return 0
