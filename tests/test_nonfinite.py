@@ -3,6 +3,8 @@ and counts it, in the eager, inductor and C++ backends (Triton: tests/interprete
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -42,6 +44,21 @@ def test_a_finite_fp16_gradient_with_a_norm_above_the_fp16_range_steps(backend: 
     p.grad = torch.full_like(p, 1000.0)
     opt.step()
     assert opt.skipped_steps() == {} and torch.all(p < 1)
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor", "cpp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_a_gradient_whose_squares_sum_past_the_fp32_range_skips(backend: str, dtype: torch.dtype) -> None:
+    """Each square of 1e19 is finite in fp32 (1e38) but four of them sum past its 3.4e38: the factor sums
+    would overflow, so the tensor skips; three of them (3e38) step. bf16 gradients take their own norm."""
+    for count, skipped in ((3, {}), (4, {0: 1})):
+        p = nn.Parameter(torch.ones(64, 48, dtype=dtype))
+        opt = SMMF([p], lr=0.1, backend=backend)
+        p.grad = torch.zeros_like(p)
+        p.grad[0, :count] = 1e19
+        with pytest.warns(RuntimeWarning) if skipped else contextlib.nullcontext():
+            opt.step()
+            assert opt.skipped_steps() == skipped
 
 
 def test_dense_vectors_skip_too() -> None:

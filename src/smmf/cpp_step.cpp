@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -45,6 +46,16 @@ inline int64_t mix(int64_t x) {
     return x ^ (x >> 16);
 }
 
+// mix() of x's low 31 bits in 32-bit arithmetic, for the element loop (it vectorizes): the low 31 bits
+// of a product depend only on the low 31 bits of its factors, so the result is the same.
+inline uint32_t mix32(uint32_t x) {
+    constexpr uint32_t mask = static_cast<uint32_t>(kMask31), factor = static_cast<uint32_t>(kMix);
+    x &= mask;
+    x = ((x ^ (x >> 16)) * factor) & mask;
+    x = ((x ^ (x >> 16)) * factor) & mask;
+    return x ^ (x >> 16);
+}
+
 inline float load(float x) { return x; }
 inline double load(double x) { return x; }
 inline float load(uint16_t x) {  // bfloat16 bits
@@ -60,23 +71,27 @@ inline uint32_t float_bits(float x) {
     return bits;
 }
 
-// Round to nearest even (torch's float -> bfloat16), or stochastically with 16 random bits.
-inline uint16_t to_bf16(float x, bool stochastic, int64_t random) {
-    if (std::isnan(x)) return 0x7FC0;
-    uint32_t bits = float_bits(x);
-    if (stochastic) return static_cast<uint16_t>((bits + static_cast<uint32_t>(random & 0xFFFF)) >> 16);
-    return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+// Round to nearest even (torch's float -> bfloat16), or stochastically with 16 random bits; NaN becomes
+// torch's 0x7FC0. Written without branches so that the element loop vectorizes.
+template <bool stochastic>
+inline uint16_t to_bf16(float x, uint32_t random) {
+    const uint32_t bits = float_bits(x);
+    const uint32_t add = stochastic ? (random & 0xFFFFu) : 0x7FFFu + ((bits >> 16) & 1u);
+    const uint16_t rounded = static_cast<uint16_t>((bits + add) >> 16);
+    return x != x ? static_cast<uint16_t>(0x7FC0) : rounded;
 }
 
-inline void store(float* out, float x, bool, int64_t) { *out = x; }
-inline void store(double* out, double x, bool, int64_t) { *out = x; }
-inline void store(uint16_t* out, float x, bool stochastic, int64_t random) { *out = to_bf16(x, stochastic, random); }
+template <bool stochastic>
+inline void store(float* out, float x, uint32_t) { *out = x; }
+template <bool stochastic>
+inline void store(double* out, double x, uint32_t) { *out = x; }
+template <bool stochastic>
+inline void store(uint16_t* out, float x, uint32_t random) { *out = to_bf16<stochastic>(x, random); }
 
 template <typename T>
 struct Scalars {
     T lr, eps, wd_coupled, decay, direction, beta1, beta2, one_minus_beta1, one_minus_beta2;
-    int64_t step_seed;  // mix(seed ^ mix(step)), for the random bits
-    bool stochastic;
+    uint32_t step_seed;  // mix(seed ^ mix(step)), for the random bits
 };
 
 // Sums a row contributes: to its own factors and to its thread's column partials.
@@ -84,9 +99,10 @@ struct RowSums {
     double v, m;
 };
 
-// One row. P: the parameter and gradient storage type; T: the arithmetic type; mode: a SignMode (a
-// template argument, so that each loop is compiled and vectorized without the branches of the others).
-template <typename P, typename T, int mode>
+// One row. P: the parameter and gradient storage type; T: the arithmetic type; mode: a SignMode;
+// stochastic: round to bf16 stochastically (template arguments, so that each loop is compiled and
+// vectorized without the branches of the others).
+template <typename P, typename T, int mode, bool stochastic>
 RowSums step_row(const Desc& d, const Scalars<T>& s, int64_t r, double* acc_v, double* acc_m, uint8_t* new_bits) {
     const int64_t m = d.cols;
     P* p = static_cast<P*>(d.p) + r * m;
@@ -96,6 +112,7 @@ RowSums step_row(const Desc& d, const Scalars<T>& s, int64_t r, double* acc_v, d
     const T rm = mode == kNoMomentum ? T(0) : static_cast<T*>(d.row_m)[r];
     const T* cm = static_cast<const T*>(d.col_m);
     const int64_t width = (m + 7) / 8;
+    const uint32_t row_index = static_cast<uint32_t>(r * m);  // element r*m + c, modulo 2^32 (mix32 keeps 31 bits)
     const uint8_t* old_bits = mode == kPacked ? d.sign + r * width : (mode == kBytes ? d.sign + r * m : nullptr);
     if (mode == kPacked) std::memset(new_bits, 0, width);
     double sum_v = 0.0, sum_m = 0.0;
@@ -132,8 +149,8 @@ RowSums step_row(const Desc& d, const Scalars<T>& s, int64_t r, double* acc_v, d
             }
             const T update = denom > T(0) ? numerator / denom : T(0);
             const T result = param - s.lr * update;
-            const int64_t random = s.stochastic ? mix((r * m + c) ^ s.step_seed) : 0;
-            store(&p[c], result, s.stochastic, random);
+            const uint32_t random = stochastic ? mix32((row_index + static_cast<uint32_t>(c)) ^ s.step_seed) : 0u;
+            store<stochastic>(&p[c], result, random);
             sum_v += v;
             acc_v[c] += v;
         }
@@ -155,7 +172,7 @@ void normalize_columns(T* col, const std::vector<double>& sums, int64_t m) {
     for (int64_t c = 0; c < m; ++c) col[c] = rounded[c] / divisor;
 }
 
-template <typename P, typename T, int mode>
+template <typename P, typename T, int mode, bool stochastic>
 void step_tensor(const Desc& d, const Scalars<T>& s, int threads) {
     const int64_t n = d.rows, m = d.cols;
     const int64_t width = mode == kPacked ? (m + 7) / 8 : m;
@@ -170,7 +187,7 @@ void step_tensor(const Desc& d, const Scalars<T>& s, int threads) {
         std::vector<uint8_t> new_bits(mode == kNoMomentum ? 0 : width);
         const int64_t begin = n * tid / count, end = n * (tid + 1) / count;
         for (int64_t r = begin; r < end; ++r) {
-            const RowSums sums = step_row<P, T, mode>(d, s, r, acc_v, acc_m, new_bits.data());
+            const RowSums sums = step_row<P, T, mode, stochastic>(d, s, r, acc_v, acc_m, new_bits.data());
             row_sum_v[r] = static_cast<T>(sums.v);
             row_sum_m[r] = static_cast<T>(sums.m);
             if (mode != kNoMomentum) std::memcpy(d.sign + r * width, new_bits.data(), width);
@@ -207,9 +224,17 @@ Scalars<T> scalars(const Desc& d, const T* hp, const T* sched) {
     s.beta2 = row[1];
     s.one_minus_beta1 = T(1) - row[0];
     s.one_minus_beta2 = T(1) - row[1];
-    s.stochastic = d.seed >= 0;
-    s.step_seed = s.stochastic ? mix(d.seed ^ mix(static_cast<int64_t>(row[2]))) : 0;
+    s.step_seed = d.seed >= 0 ? static_cast<uint32_t>(mix(d.seed ^ mix(static_cast<int64_t>(row[2])))) : 0u;
     return s;
+}
+
+// A tensor with a seed rounds to bf16 stochastically (only bf16 tensors are given one).
+template <typename P, typename T, int mode>
+void step_tensor_as(const Desc& d, const Scalars<T>& s, int threads) {
+    if constexpr (std::is_same_v<P, uint16_t>) {
+        if (d.seed >= 0) return step_tensor<P, T, mode, true>(d, s, threads);
+    }
+    step_tensor<P, T, mode, false>(d, s, threads);
 }
 
 // Small tensors a thread each, many at once; then large ones, each split by rows over the threads.
@@ -224,11 +249,11 @@ void step_all(const Desc* descs, int64_t count, const T* hp, const T* sched, con
 #pragma omp parallel for num_threads(threads) schedule(dynamic) if (threads > 1 && n_small > 1)
     for (int64_t k = 0; k < n_small; ++k) {
         const Desc& d = descs[small[k]];
-        step_tensor<P, T, mode>(d, scalars(d, hp, sched), 1);
+        step_tensor_as<P, T, mode>(d, scalars(d, hp, sched), 1);
     }
     for (const int64_t i : large) {
         const Desc& d = descs[i];
-        step_tensor<P, T, mode>(d, scalars(d, hp, sched), threads);
+        step_tensor_as<P, T, mode>(d, scalars(d, hp, sched), threads);
     }
 }
 
