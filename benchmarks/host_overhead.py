@@ -1,0 +1,86 @@
+"""Host-side cost of SMMF's Triton step, measured without a GPU.
+
+On a GPU a step whose kernels are memory-bound can still be slowed by the host: the Python that
+gathers tensors, checks the launch table and launches. This times exactly that part on CPU tensors,
+with the Triton backend selected (``TRITON_INTERPRET=1``) and its three kernel launches replaced by
+no-ops, for a model's real parameter shapes, both as ``optimizer.step()`` and as
+:func:`smmf.step_in_backward` does it (one call per parameter). Beside it, for scale, the whole
+``step()`` of ``torch.optim.AdamW(fused=True)`` and ``(foreach=True)`` on as many one-element
+tensors: their host cost plus almost no arithmetic. What a Triton launch itself costs on the host is
+not included (it depends on the GPU machine's Triton).
+
+    python benchmarks/host_overhead.py --model resnet50
+    python benchmarks/host_overhead.py --model gpt2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported: selects the backend on CPU tensors
+
+import torch
+from torch.utils import benchmark
+
+import smmf
+from smmf import triton_kernels
+from smmf.commands.models import build_meta_model, meta_shapes
+from smmf.functional import StepCache
+
+
+class _NoLaunch:
+    """Stands in for a Triton kernel: ``kernel[grid](...)`` does nothing."""
+
+    def __getitem__(self, grid: object) -> object:
+        return lambda *args, **kwargs: None
+
+
+def _params(shapes: list[tuple[int, ...]]) -> list[torch.nn.Parameter]:
+    params = [torch.nn.Parameter(torch.randn(shape) * 0.01) for shape in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    return params
+
+
+def _ms(stmt: object) -> float:
+    """Median milliseconds of ``stmt()`` (torch.utils.benchmark, after warm-up calls)."""
+    for _ in range(5):
+        stmt()  # type: ignore[operator]
+    return benchmark.Timer("stmt()", globals={"stmt": stmt}).blocked_autorange(min_run_time=2.0).median * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet50", help="resnet50, gpt2, ... (smmf's model names)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    shapes = meta_shapes(build_meta_model(args.model, num_classes=100 if args.model == "resnet50" else None))
+    for name in ("check_gradients", "step_tiles", "reduce_factors"):
+        setattr(triton_kernels, name, _NoLaunch())
+    params = _params(shapes)
+    opt = smmf.SMMF(params, lr=1e-3, backend="triton")
+    group = opt.param_groups[0]
+    caches = {id(p): StepCache() for p in params}  # one per parameter, as step_in_backward keeps them
+
+    def per_parameter() -> None:  # what step_in_backward's hooks do over one backward pass
+        for p in params:
+            opt.step_group(group, caches[id(p)], only=[p])
+
+    tiny = [torch.nn.Parameter(torch.zeros(1)) for _ in shapes]
+    for p in tiny:
+        p.grad = torch.zeros(1)
+    rows = [
+        ("SMMF, Triton backend, launches stubbed: step()", _ms(opt.step)),
+        ("SMMF, Triton backend, launches stubbed: one call per parameter", _ms(per_parameter)),
+        ("AdamW(fused=True) on one-element tensors: step()", _ms(torch.optim.AdamW(tiny, fused=True).step)),
+        ("AdamW(foreach=True) on one-element tensors: step()", _ms(torch.optim.AdamW(tiny, foreach=True).step)),
+    ]
+    print(f"{args.model}: {len(shapes)} tensors; torch {torch.__version__}, 1 thread\n")
+    print("| host-side work | ms |\n| --- | ---: |")
+    for label, ms in rows:
+        print(f"| {label} | {ms:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
