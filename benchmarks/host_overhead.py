@@ -2,7 +2,7 @@
 
 On a GPU a step whose kernels are memory-bound can still be slowed by the host: the Python that
 gathers tensors, checks the launch table and launches. This times exactly that part on CPU tensors,
-with the Triton backend selected (``TRITON_INTERPRET=1``) and its three kernel launches replaced by
+with the Triton backend selected (``TRITON_INTERPRET=1``) and its four kernel launches replaced by
 no-ops, for a model's real parameter shapes, both as ``optimizer.step()`` and as
 :func:`smmf.step_in_backward` does it (one call per parameter). Beside it, for scale, the whole
 ``step()`` of ``torch.optim.AdamW(fused=True)`` and ``(foreach=True)`` on as many one-element
@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     shapes = meta_shapes(build_meta_model(args.model, num_classes=100 if args.model == "resnet50" else None))
-    for name in ("check_gradients", "step_tiles", "reduce_factors"):
+    for name in ("check_gradients", "step_tiles", "reduce_factors", "normalize_columns"):
         setattr(triton_kernels, name, _NoLaunch())
     params = _params(shapes)
     opt = smmf.SMMF(params, lr=1e-3, backend="triton")

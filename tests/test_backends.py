@@ -3,6 +3,8 @@ here: those are tested under the interpreter, in tests/interpreter)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -91,3 +93,19 @@ def test_triton_tiling_keeps_a_7b_models_scratch_within_a_quarter_of_its_largest
     scratch, tiles = triton_backend._extra_numel(shapes, rows, width, 2)
     assert scratch * 4 + 4 * tiles <= budget
     assert tiles >= 1000  # still enough tiles to fill a GPU
+
+
+@pytest.mark.parametrize("shape", [(11008, 4096), (4096, 4096), (32000, 4096)])
+def test_triton_tiling_of_a_lone_tensor_bounds_pass_2s_work(shape: tuple[int, int]) -> None:
+    """step_in_backward steps one tensor per bucket: the budget alone would allow 32-row tiles, and
+    hundreds of partials per factor element to add up in pass 2; the cap keeps that at MAX_SLOTS
+    while leaving hundreds of tiles to fill a GPU."""
+    n, m = square_matricize(shape[0] * shape[1])
+    shapes = [(n, m, row_bytes(m), False)]
+    budget = int(triton_backend.SCRATCH_FRACTION * shape[0] * shape[1] * 2)
+    rows, width = triton_backend._tiling(shapes, 2, 4, budget)
+    scratch, tiles = triton_backend._extra_numel(shapes, rows, width, 2)
+    assert (
+        math.ceil(n / rows) <= triton_backend.MAX_SLOTS and math.ceil(row_bytes(m) / width) <= triton_backend.MAX_SLOTS
+    )
+    assert scratch * 4 + 4 * tiles <= budget and tiles >= 500

@@ -39,7 +39,7 @@ def _signature(names: list[str], types: dict[str, str]) -> dict[str, str]:
     ],
     ids=["fp32-1bit", "bf16-sr", "fp16-8bit", "bf16-no-momentum", "fp64"],
 )
-def test_the_three_kernels_compile(
+def test_the_four_kernels_compile(
     target: GPUTarget, p_dt: Any, acc: Any, has_m: bool, packed: bool, stochastic: bool
 ) -> None:
     accs = "fp64" if acc == tl.float64 else "fp32"
@@ -53,3 +53,5 @@ def test_the_three_kernels_compile(
     _compile(tk.step_tiles, _signature(step, types), {**constexprs, **BLOCKS}, target)
     reduce = ["table", "scratch", "flags", "flag_copies", "ACC", "HAS_M", "BLOCK"]
     _compile(tk.reduce_factors, _signature(reduce, types), {"ACC": acc, "HAS_M": has_m, "BLOCK": 1024}, target)
+    normalize = ["table", "scratch", "flag_copies", "ACC", "HAS_M", "BLOCK"]
+    _compile(tk.normalize_columns, _signature(normalize, types), {"ACC": acc, "HAS_M": has_m, "BLOCK": 1024}, target)

@@ -6,7 +6,7 @@ trainers can use the step without the class. States come from :func:`smmf.state_
 and :func:`smmf.state_format.ensure_momentum`. Tensors are grouped into buckets (device, parameter
 dtype, gradient dtype), and each bucket goes to one backend:
 
-* ``"triton"``: :mod:`smmf.triton_backend`, three kernel launches per bucket, any number of tensors.
+* ``"triton"``: :mod:`smmf.triton_backend`, four kernel launches per bucket, any number of tensors.
 * ``"cpp"``: :mod:`smmf.cpp_backend`, one native call per bucket of CPU tensors, one pass over each.
 * ``"inductor"``: :mod:`smmf.torch_backend` compiled with ``torch.compile``.
 * ``"eager"``: the same torch code, uncompiled.

@@ -29,7 +29,7 @@ class SMMF(Optimizer):
     The positional arguments are those of the reference implementation, in its order and with its
     defaults. ``weight_decay_mode`` is 'adamw' (decoupled) or 'adam' (L2 added to the gradient);
     ``sign_bits`` is 1 (packed) or 8 (a byte per element, as the reference stores it). ``backend``
-    picks the step's implementation: 'triton' (every tensor of a group in three kernel launches),
+    picks the step's implementation: 'triton' (every tensor of a group in four kernel launches),
     'cpp' (CPU: every tensor in one native call, one pass each), 'inductor' (torch.compile), 'eager', or
     'auto' (Triton on CUDA, C++ on CPU, eager where nothing compiles); ``fused=False`` is the older
     spelling of 'eager' and ``fused=True`` of a compiled one.

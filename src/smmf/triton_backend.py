@@ -1,8 +1,8 @@
-"""The Triton backend: every tensor of a bucket stepped in three kernel launches.
+"""The Triton backend: every tensor of a bucket stepped in four kernel launches.
 
 A bucket is one param group's tensors of one device, parameter dtype and gradient dtype. Its
 :class:`Plan` (the device table of addresses and shapes, the tile map, the tiling) is built once and
-reused while the same tensors have gradients at the same addresses, so a step costs the three launches
+reused while the same tensors have gradients at the same addresses, so a step costs the four launches
 of :mod:`smmf.triton_kernels`, plus one small fill when a hyperparameter changed, with no host sync
 and no host-to-device copy: ``optimizer.step()`` can be captured in a CUDA graph.
 """
@@ -31,6 +31,11 @@ _REDUCE_BLOCK = 1024
 # parameter, or _MIN_SCRATCH_BYTES for models of tiny tensors.
 SCRATCH_FRACTION = 0.25
 _MIN_SCRATCH_BYTES = 1 << 20
+# Pass 2 adds up, for every row (column) factor element, one partial per tile along that row
+# (column), each program a block of elements, one partial after another. At most MAX_SLOTS tiles along
+# a line keep that chain short: the budget alone would cut a lone 11008 x 4096 tensor (8192 x 5504, as
+# step_in_backward steps it) into 32-row tiles, 256 partials for each column sum.
+MAX_SLOTS = 32
 
 Item = tuple[Tensor, Tensor, dict[str, Any]]
 
@@ -60,6 +65,8 @@ class Plan:
     tile_rows: int
     tile_bytes: int
     scratch_numel: int
+    row_chunks: int  # the most _REDUCE_BLOCK blocks of rows of any tensor
+    column_chunks: int  # and of columns
     has_m: bool
     packed: bool
     stochastic: bool  # every tensor's state has a seed: stochastic rounding to bf16
@@ -109,17 +116,23 @@ def _extra_numel(
 
 
 def _tiling(shapes: list[tuple[int, int, int, bool]], moments: int, acc_bytes: int, budget: int) -> tuple[int, int]:
-    """The smallest tiles (most parallelism) whose scratch and tile map fit ``budget`` bytes: tiles
-    grow, rows first (column sums cost m per row tile, row sums n per column tile of 8 columns a byte),
-    until they fit or cover every tensor whole."""
+    """The smallest tiles (most parallelism) with at most MAX_SLOTS tiles along any tensor's rows and
+    columns whose scratch and tile map fit ``budget`` bytes: tiles grow, rows first (column sums cost m
+    per row tile, row sums n per column tile of 8 columns a byte), until they fit or cover every tensor
+    whole."""
     tile_rows, tile_bytes = BLOCK_R, BLOCK_J
     max_rows = max((s[0] for s in shapes), default=1)
     max_bytes = max((s[2] for s in shapes), default=1)
     while True:
         scratch, tiles = _extra_numel(shapes, tile_rows, tile_bytes, moments)
-        if scratch * acc_bytes + 4 * tiles <= budget:
+        rows_capped = math.ceil(max_rows / tile_rows) <= MAX_SLOTS
+        bytes_capped = math.ceil(max_bytes / tile_bytes) <= MAX_SLOTS
+        if rows_capped and bytes_capped and scratch * acc_bytes + 4 * tiles <= budget:
             return tile_rows, tile_bytes
-        grow_rows = tile_rows < max_rows and (tile_rows <= 8 * tile_bytes or tile_bytes >= max_bytes)
+        if not rows_capped or not bytes_capped:
+            grow_rows = not rows_capped
+        else:
+            grow_rows = tile_rows < max_rows and (tile_rows <= 8 * tile_bytes or tile_bytes >= max_bytes)
         if grow_rows:
             tile_rows *= 2
         elif tile_bytes < max_bytes:
@@ -169,6 +182,8 @@ def build_plan(items: list[Item], layout: tuple[Any, ...], acc_dtype: torch.dtyp
         tile_rows=tile_rows,
         tile_bytes=tile_bytes,
         scratch_numel=scratch,
+        row_chunks=max((math.ceil(n / _REDUCE_BLOCK) for n, _, _, _ in shapes), default=0),
+        column_chunks=max((math.ceil(m / _REDUCE_BLOCK) for _, m, _, _ in shapes), default=0),
         has_m=has_m,
         packed=packed,
         stochastic=all("seed" in state for _, _, state in items),
@@ -206,7 +221,7 @@ def _triton_dtype(dtype: torch.dtype) -> Any:
 
 
 def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr: Tensor) -> None:
-    """The three passes for a bucket: ``hp`` is the hyperparameter tensor (factor dtype, on the device)
+    """The four passes for a bucket: ``hp`` is the hyperparameter tensor (factor dtype, on the device)
     and ``lr`` a one-element device tensor (the group's own tensor lr, or a slot of ``hp``)."""
     from . import triton_kernels as tk
 
@@ -232,6 +247,9 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
             plan.table, plan.tile_map, plan.flags, hp, lr, scratch, flag_copies, plan.tile_rows, plan.tile_bytes,
             HAS_M=plan.has_m, PACKED=plan.packed, STOCHASTIC=plan.stochastic, **dtypes, **blocks,
         )  # fmt: skip
-    tk.reduce_factors[(tensors, 2)](
-        plan.table, scratch, plan.flags, flag_copies, ACC=acc, HAS_M=plan.has_m, BLOCK=_REDUCE_BLOCK
+    reduce = {"ACC": acc, "HAS_M": plan.has_m, "BLOCK": _REDUCE_BLOCK}
+    tk.reduce_factors[(tensors, 1 + plan.row_chunks + plan.column_chunks)](
+        plan.table, scratch, plan.flags, flag_copies, **reduce
     )
+    if plan.column_chunks:
+        tk.normalize_columns[(tensors, plan.column_chunks)](plan.table, scratch, flag_copies, **reduce)

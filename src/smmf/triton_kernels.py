@@ -1,4 +1,4 @@
-"""Triton kernels of the multi-tensor SMMF step: three launches update every tensor of a bucket.
+"""Triton kernels of the multi-tensor SMMF step: four launches update every tensor of a bucket.
 
 A bucket's tensors are described by a device table (:mod:`smmf.triton_backend` builds it), one int64
 row per tensor holding the addresses of its parameter, gradient, sign, factors and step counter, its
@@ -12,11 +12,14 @@ row per tensor holding the addresses of its parameter, gradient, sign, factors a
   (8 columns each) of some tensor: reads the old factors and signs once, computes the moments and the
   update, writes the parameter and the new signs, and writes this tile's row and column sums of |M|
   and V into its own scratch slots.
-* :func:`reduce_factors` (pass 2), two programs per tensor: sums the slots in a fixed order into the
-  new row and column factors (columns normalized to sum 1) and advances the step counter.
+* :func:`reduce_factors` (pass 2), one program per tensor for its step counter and one per block of
+  its rows or columns: sums the slots in a fixed order into the new row factors, and into the column
+  sums (kept in the first column slot).
+* :func:`normalize_columns` (pass 3), one program per block of a tensor's columns: the new column
+  factors, column sums divided by their total.
 
-No atomics, so runs are bitwise reproducible; factors change only in pass 2, after every tile has read
-the old ones. Tiles follow the sign layout of :mod:`smmf.signpack`: a tile of whole sign bytes covers
+No atomics, so runs are bitwise reproducible; factors change only in passes 2 and 3, after every tile
+has read the old ones. Tiles follow the sign layout of :mod:`smmf.signpack`: a tile of whole sign bytes covers
 columns ``k*B + j`` for planes k = 0..7, loaded as a (rows, 8, bytes) block, so packing a sign byte is
 a sum over the plane axis and no two tiles share a byte.
 """
@@ -285,34 +288,69 @@ def _add_row_sums(part, n, slot, rows, ok, sums, accumulate):
 
 @triton.jit
 def reduce_factors(table, scratch, flags, flag_copies, ACC: tl.constexpr, HAS_M: tl.constexpr, BLOCK: tl.constexpr):
-    """Pass 2: program (t, 0) writes tensor t's row factors and advances its step (or, for a tensor
-    flagged by pass 0, its skipped count, and clears the flag); (t, 1) writes its column factors."""
+    """Pass 2: program (t, 0) advances tensor t's step (or, for a tensor flagged by pass 0, its skipped
+    count) and clears its flag; program (t, 1 + k) adds up the slots of one BLOCK of t's rows (k below
+    its row chunks) into the row factors, or of one BLOCK of its columns (after them) into the first
+    column slot, for pass 3 to normalize. Many programs per tensor: no one program sums a large
+    tensor's partials alone."""
     tensor = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
     row = table + tensor * TABLE_COLS
-    n = tl.load(row + COL_N)
-    m = tl.load(row + COL_M)
-    factored = tl.load(row + COL_DENSE) == 0
-    if tl.program_id(1) == 0:
+    if chunk == 0:
         flag = tl.load(flags + tensor)
         step = _ptr(row, COL_STEP, tl.float32)
         skipped = _ptr(row, COL_SKIPPED, tl.float32)
         tl.store(step, tl.load(step) + (flag == 0).to(tl.float32))
         tl.store(skipped, tl.load(skipped) + (flag != 0).to(tl.float32))
         tl.store(flags + tensor, 0)
-        if factored & (flag == 0):
+    else:
+        n = tl.load(row + COL_N)
+        m = tl.load(row + COL_M)
+        stepped = (tl.load(row + COL_DENSE) == 0) & (n * m > 0)
+        if stepped:
+            stepped = tl.load(flag_copies + tensor) == 0  # written by pass 1's first tile of the tensor
+        row_chunks = tl.cdiv(n, BLOCK)
+        if stepped & (chunk <= row_chunks):
+            idx = (chunk - 1) * BLOCK + tl.arange(0, BLOCK)
             row_part = scratch + tl.load(row + COL_ROW_PART)
             col_tiles = tl.load(row + COL_COL_TILES)
-            _sum_slots(row_part, col_tiles, n, _ptr(row, COL_ROW_V, ACC), ACC, BLOCK)
+            tl.store(_ptr(row, COL_ROW_V, ACC) + idx, _slot_sum(row_part, col_tiles, n, idx, ACC), mask=idx < n)
             if HAS_M:
-                _sum_slots(row_part + n * col_tiles, col_tiles, n, _ptr(row, COL_ROW_M, ACC), ACC, BLOCK)
-    else:
-        if factored & (m > 0):
-            if tl.load(flag_copies + tensor) == 0:
-                col_part = scratch + tl.load(row + COL_COL_PART)
-                row_tiles = tl.load(row + COL_ROW_TILES)
-                _normalized_columns(col_part, row_tiles, m, _ptr(row, COL_COL_V, ACC), ACC, BLOCK)
-                if HAS_M:
-                    _normalized_columns(col_part + row_tiles * m, row_tiles, m, _ptr(row, COL_COL_M, ACC), ACC, BLOCK)
+                sums = _slot_sum(row_part + n * col_tiles, col_tiles, n, idx, ACC)
+                tl.store(_ptr(row, COL_ROW_M, ACC) + idx, sums, mask=idx < n)
+        if stepped & (chunk > row_chunks) & (chunk <= row_chunks + tl.cdiv(m, BLOCK)):
+            idx = (chunk - 1 - row_chunks) * BLOCK + tl.arange(0, BLOCK)
+            col_part = scratch + tl.load(row + COL_COL_PART)
+            row_tiles = tl.load(row + COL_ROW_TILES)
+            # each program reads its own columns' slots before writing their sum over slot 0
+            tl.store(col_part + idx, _slot_sum(col_part, row_tiles, m, idx, ACC), mask=idx < m)
+            if HAS_M:
+                col_part_m = col_part + row_tiles * m
+                tl.store(col_part_m + idx, _slot_sum(col_part_m, row_tiles, m, idx, ACC), mask=idx < m)
+
+
+@triton.jit
+def normalize_columns(
+    table, scratch, flag_copies, ACC: tl.constexpr, HAS_M: tl.constexpr, BLOCK: tl.constexpr
+):  # fmt: skip
+    """Pass 3: program (t, k) writes one BLOCK of tensor t's column factors, its column sums (pass 2
+    left them in the first column slot) divided by their total (left as they are when the total is 0).
+    Every program adds up the same total in the same order, so they agree to the bit."""
+    tensor = tl.program_id(0).to(tl.int64)
+    row = table + tensor * TABLE_COLS
+    n = tl.load(row + COL_N)
+    m = tl.load(row + COL_M)
+    idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    stepped = (tl.load(row + COL_DENSE) == 0) & (n * m > 0) & (tl.program_id(1) * BLOCK < m)
+    if stepped:
+        stepped = tl.load(flag_copies + tensor) == 0
+    if stepped:
+        col_part = scratch + tl.load(row + COL_COL_PART)
+        _normalized_block(col_part, m, idx, _ptr(row, COL_COL_V, ACC), ACC, BLOCK)
+        if HAS_M:
+            _normalized_block(
+                col_part + tl.load(row + COL_ROW_TILES) * m, m, idx, _ptr(row, COL_COL_M, ACC), ACC, BLOCK
+            )
 
 
 @triton.jit
@@ -325,22 +363,13 @@ def _slot_sum(part, slots, length, idx, ACC: tl.constexpr):
 
 
 @triton.jit
-def _sum_slots(part, slots, length, out, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """out[i] = sum over slots s (in order) of part[s * length + i]."""
-    for start in range(0, length, BLOCK):
-        idx = start + tl.arange(0, BLOCK)
-        tl.store(out + idx, _slot_sum(part, slots, length, idx, ACC), mask=idx < length)
-
-
-@triton.jit
-def _normalized_columns(part, slots, length, out, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """Column sums divided by their total (left as they are when the total is 0), without reading
-    back what this program wrote: the sums are formed twice, once for the total and once to store."""
+def _normalized_block(sums, length, idx, out, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """out[idx] = sums[idx] / sum(sums[:length]) (or sums[idx] where that total is 0), the total added up
+    BLOCK-wise in a fixed order."""
     total = tl.zeros((BLOCK,), dtype=ACC)
     for start in range(0, length, BLOCK):
-        total += _slot_sum(part, slots, length, start + tl.arange(0, BLOCK), ACC)
+        block = start + tl.arange(0, BLOCK)
+        total += tl.load(sums + block, mask=block < length, other=0.0)
     total_sum = tl.sum(total, axis=0)
     scale = tl.where(total_sum == 0, 1.0, total_sum)
-    for start in range(0, length, BLOCK):
-        idx = start + tl.arange(0, BLOCK)
-        tl.store(out + idx, _slot_sum(part, slots, length, idx, ACC) / scale, mask=idx < length)
+    tl.store(out + idx, tl.load(sums + idx, mask=idx < length, other=0.0) / scale, mask=idx < length)

@@ -99,6 +99,18 @@ def test_large_tiles_loop_over_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert_same(triton_run, run(shapes, steps=3, backend="eager"))
 
 
+def test_factor_sums_split_over_many_programs_and_capped_tiles_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pass 2 and 3 in blocks of 16 rows or columns (many programs per tensor, every total still added
+    in one order), and tiles grown until at most 2 lie along any line."""
+    monkeypatch.setattr(triton_backend, "_REDUCE_BLOCK", 16)
+    monkeypatch.setattr(triton_backend, "MAX_SLOTS", 2)
+    shapes = [(250, 240), (64, 48), (33, 12), (7,)]
+    triton_run = run(shapes, steps=3, backend="triton")
+    plan = next(iter(triton_run[1]._caches[0].plans.values()))
+    assert plan.row_chunks > 1 and plan.column_chunks > 1
+    assert_same(triton_run, run(shapes, steps=3, backend="eager"))
+
+
 def test_scratch_stays_within_a_quarter_of_the_largest_parameter() -> None:
     _, opt = run([(250, 240), (64, 48), (33, 12)], steps=1, backend="triton")
     plan = next(iter(opt._caches[0].plans.values()))
@@ -123,11 +135,12 @@ class _CountingKernel:
         return self.kernel[grid]
 
 
-def test_three_launches_per_step_and_the_table_is_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_four_launches_per_step_and_the_table_is_reused(monkeypatch: pytest.MonkeyPatch) -> None:
     launches: list[int] = []
     monkeypatch.setattr(tk, "check_gradients", _CountingKernel(tk.check_gradients, launches))
     monkeypatch.setattr(tk, "step_tiles", _CountingKernel(tk.step_tiles, launches))
     monkeypatch.setattr(tk, "reduce_factors", _CountingKernel(tk.reduce_factors, launches))
+    monkeypatch.setattr(tk, "normalize_columns", _CountingKernel(tk.normalize_columns, launches))
     params = [nn.Parameter(torch.randn(s)) for s in [(6, 5), (33, 12), (7,), (24, 16)]]
     opt = SMMF(params, lr=0.01, backend="triton")
     plans = []
@@ -141,7 +154,7 @@ def test_three_launches_per_step_and_the_table_is_reused(monkeypatch: pytest.Mon
                 p.grad.copy_(torch.randn_like(p))
         launches.clear()
         opt.step()
-        assert len(launches) == 3
+        assert len(launches) == 4
         plans.append(next(iter(opt._caches[0].plans.values())))
     assert plans[0] is plans[1]  # same tensors with gradients: the table is not rebuilt
     assert plans[2] is not plans[1]  # one parameter without a gradient: a new table
