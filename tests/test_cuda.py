@@ -10,16 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
+from golden_replay import CASES, max_relative_error, replay
 from smmf import SMMF
 from smmf.commands.main import main
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "official_trajectories.npz"
 # Covers 0-d, prime and (n, 1) tensors, a square matrix, tensors big enough for row blocks and for
 # the per-width ("wide") kernels, and same-shaped tensors that are stepped as a batch.
 SHAPES = [(), (1,), (97,), (33, 12), (4, 1, 3), (256, 300), (512, 2, 64), (1031, 768), (396,), (12, 33), (300, 256)]
@@ -128,29 +127,13 @@ def test_compiled_backends_match_eager_on_cuda_float64(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["eager", "inductor", "triton"])
-def test_golden_replay_on_cuda_float64(backend: str) -> None:
-    if not GOLDEN.exists():
-        pytest.skip(f"reference trajectories not found at {GOLDEN}")
-    data = np.load(GOLDEN)
-    manifest = json.loads(str(data["manifest"]))
-    for case in manifest["cases"]:
-        name = case["name"]
-        params = [
-            torch.tensor(data[f"{name}/p{i}/init"], device="cuda").requires_grad_() for i in range(len(case["shapes"]))
-        ]
-        opt = SMMF(params, backend=backend, **case["hyperparameters"])
-        for t in range(manifest["steps"]):
-            for i, p in enumerate(params):
-                grad = data[f"{name}/p{i}/grad{t}"]
-                skipped = grad.size == 0 and p.numel() != 0
-                p.grad = None if skipped else torch.tensor(grad, device="cuda").reshape(p.shape)
-            for group in opt.param_groups:
-                group["lr"] = case["lr_per_step"][t]
-            opt.step()
-        for i, p in enumerate(params):
-            np.testing.assert_allclose(
-                p.detach().cpu().numpy(), data[f"{name}/p{i}/final"], rtol=0, atol=1e-9, err_msg=f"{name}/p{i}"
-            )
+@pytest.mark.parametrize("name", CASES)
+def test_golden_replay_on_cuda_float64(golden: tuple[Any, dict[str, Any]], name: str, backend: str) -> None:
+    data, manifest = golden
+    case = next(c for c in manifest["cases"] if c["name"] == name)
+    params, _ = replay(data, manifest, case, lambda ps, **hp: SMMF(ps, backend=backend, **hp), device="cuda")
+    for i, p in enumerate(params):
+        assert p.is_cuda and max_relative_error(p, data[f"{name}/p{i}/final"]) <= 1e-9
 
 
 def test_bench_runs_on_cuda(tmp_path: Path) -> None:
