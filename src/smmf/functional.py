@@ -18,6 +18,7 @@ Triton) go to inductor where it compiles, else eager.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,12 +178,18 @@ def smmf(
             torch_backend.step(items, hp, block_size, compiled=chosen == "inductor")
 
 
-def _cpp_bucket(items: list[Item], hp: Tensor) -> list[Item]:
-    """Step the tensors of a bucket that the C++ kernel takes; returns the others."""
+def _partition(items: list[Item], takes: Callable[[Item], bool]) -> tuple[list[Item], list[Item]]:
+    """(the items a backend takes, the others), in one pass, order kept."""
     ready: list[Item] = []
     rest: list[Item] = []
     for item in items:
-        (ready if cpp_backend.supports(item) else rest).append(item)
+        (ready if takes(item) else rest).append(item)
+    return ready, rest
+
+
+def _cpp_bucket(items: list[Item], hp: Tensor) -> list[Item]:
+    """Step the tensors of a bucket that the C++ kernel takes; returns the others."""
+    ready, rest = _partition(items, cpp_backend.supports)
     if ready:
         states = [state for _, _, state in ready]
         scheds, allowed = kernels.step_inputs(hp, states, [grad for _, grad, _ in ready])
@@ -196,8 +203,7 @@ def _triton_bucket(
 ) -> list[Item]:
     """Step the contiguous tensors of a bucket with Triton; returns the others (a channels-last
     weight, say), which the caller steps with the torch backend."""
-    ready = [item for item in items if item[0].is_contiguous() and item[1].is_contiguous()]
-    rest = [item for item in items if not (item[0].is_contiguous() and item[1].is_contiguous())]
+    ready, rest = _partition(items, lambda item: item[0].is_contiguous() and item[1].is_contiguous())
     if ready:
         layout = triton_backend.layout_key(ready, cache.state_epoch)
         plan = cache.plans.get(bucket)

@@ -129,8 +129,10 @@ def _tiling(shapes: list[tuple[int, int, int, bool]], moments: int, acc_bytes: i
         bytes_capped = math.ceil(max_bytes / tile_bytes) <= MAX_SLOTS
         if rows_capped and bytes_capped and scratch * acc_bytes + 4 * tiles <= budget:
             return tile_rows, tile_bytes
-        if not rows_capped or not bytes_capped:
-            grow_rows = not rows_capped
+        if not rows_capped:
+            grow_rows = True
+        elif not bytes_capped:
+            grow_rows = False
         else:
             grow_rows = tile_rows < max_rows and (tile_rows <= 8 * tile_bytes or tile_bytes >= max_bytes)
         if grow_rows:

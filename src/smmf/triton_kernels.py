@@ -306,9 +306,7 @@ def reduce_factors(table, scratch, flags, flag_copies, ACC: tl.constexpr, HAS_M:
     else:
         n = tl.load(row + COL_N)
         m = tl.load(row + COL_M)
-        stepped = (tl.load(row + COL_DENSE) == 0) & (n * m > 0)
-        if stepped:
-            stepped = tl.load(flag_copies + tensor) == 0  # written by pass 1's first tile of the tensor
+        stepped = _writes_factors(row, tensor, n, m, flag_copies)
         row_chunks = tl.cdiv(n, BLOCK)
         if stepped & (chunk <= row_chunks):
             idx = (chunk - 1) * BLOCK + tl.arange(0, BLOCK)
@@ -341,16 +339,23 @@ def normalize_columns(
     n = tl.load(row + COL_N)
     m = tl.load(row + COL_M)
     idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    stepped = (tl.load(row + COL_DENSE) == 0) & (n * m > 0) & (tl.program_id(1) * BLOCK < m)
-    if stepped:
-        stepped = tl.load(flag_copies + tensor) == 0
-    if stepped:
+    if _writes_factors(row, tensor, n, m, flag_copies) & (tl.program_id(1) * BLOCK < m):
         col_part = scratch + tl.load(row + COL_COL_PART)
         _normalized_block(col_part, m, idx, _ptr(row, COL_COL_V, ACC), ACC, BLOCK)
         if HAS_M:
             _normalized_block(
                 col_part + tl.load(row + COL_ROW_TILES) * m, m, idx, _ptr(row, COL_COL_M, ACC), ACC, BLOCK
             )
+
+
+@triton.jit
+def _writes_factors(row, tensor, n, m, flag_copies):
+    """Whether passes 2 and 3 write the tensor's factors this step: factored, not empty, and not
+    skipped (pass 1's first tile of the tensor copied its flag to ``flag_copies``)."""
+    writes = (tl.load(row + COL_DENSE) == 0) & (n * m > 0)
+    if writes:
+        writes = tl.load(flag_copies + tensor) == 0
+    return writes
 
 
 @triton.jit

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import os
 import platform
@@ -26,7 +25,7 @@ import torch
 
 from . import bench_chart, bench_memory, bench_train, registry
 from .bench_worker import machine, measure_memory, run_worker
-from .common import UsageError, check_names, markdown_table, resolve_device, split_names, writable_dir
+from .common import UsageError, check_names, markdown_table, resolve_device, split_names, writable_dir, write_report
 from .models import build_meta_model, meta_shapes
 
 __all__ = ["PARAM_SETS", "DEFAULT_OPTIMIZERS", "register", "run"]
@@ -252,8 +251,7 @@ def run(args: argparse.Namespace) -> int:
     meta["load_average_end"] = list(os.getloadavg())
     rows = _rows(names, results, meta)
     report = _markdown(meta, rows)
-    (out / "bench.md").write_text(report)
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    write_report(out, "bench", report, meta, rows)
     bench_chart.chart(meta, rows, out / "bench.png")
     print(report)
     print(f"wrote {out}/bench.md, bench.json, bench.png", file=sys.stderr)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from .bench_worker import machine, run_worker
-from .common import UsageError, check_names, markdown_table, resolve_device, split_names, writable_dir
+from .common import UsageError, check_names, markdown_table, resolve_device, split_names, writable_dir, write_report
 from .models import build_transformer
 
 __all__ = ["MODELS", "CONFIGS", "measure", "run"]
@@ -159,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
             )
             rows.append({"model": model, "config": config, **result})
             print(f"[{model}] {config}: {_cell(rows[-1])}", file=sys.stderr, flush=True)
-            report = markdown(meta, rows, models, configs)  # rewritten after every row, as in train mode
-            (out / "bench-memory.md").write_text(report)
-            (out / "bench-memory.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+            # rewritten after every row: a run cut short keeps what it measured
+            write_report(out, "bench-memory", markdown(meta, rows, models, configs), meta, rows)
     print(markdown(meta, rows, models, configs))
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from torch import nn
 from ..memory import optimizer_state_bytes
 from . import registry
 from .bench_worker import machine, run_worker
-from .common import UsageError, check_names, markdown_table, resolve_device, split_names, writable_dir
+from .common import UsageError, check_names, markdown_table, resolve_device, split_names, writable_dir, write_report
 from .models import DigitsCNN, build_image_model, build_transformer
 
 __all__ = ["WORKLOADS", "CUDA_WORKLOADS", "CPU_WORKLOADS", "TRAIN_OPTIMIZERS", "measure", "markdown", "run"]
@@ -263,8 +262,7 @@ def run(args: argparse.Namespace) -> int:
                 result.get("error") or f"step {result['step_ms']:.2f} ms, full step {result['full_step_ms']:.1f} ms"
             )
             print(f"[{workload}] {name}: {status}", file=sys.stderr, flush=True)
-            report = markdown(meta, rows)  # rewritten after every row: a run cut short keeps what it measured
-            (out / "bench-train.md").write_text(report)
-            (out / "bench-train.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+            # rewritten after every row: a run cut short keeps what it measured
+            write_report(out, "bench-train", markdown(meta, rows), meta, rows)
     print(markdown(meta, rows))
     return 0

@@ -8,10 +8,12 @@ one line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,6 +30,7 @@ __all__ = [
     "resolve_device",
     "writable_dir",
     "markdown_table",
+    "write_report",
 ]
 
 
@@ -135,3 +138,9 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], *, l
         cells = [str(c) for c in row] + [""] * (len(header) - len(row))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def write_report(out: Path, stem: str, report: str, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """``<stem>.md`` (the tables) and ``<stem>.json`` (meta and every row) in ``out``."""
+    (out / f"{stem}.md").write_text(report)
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
