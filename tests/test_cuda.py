@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 # Covers 0-d, prime and (n, 1) tensors, a square matrix, tensors big enough for row blocks and for
 # the per-width ("wide") kernels, and same-shaped tensors that are stepped as a batch.
 SHAPES = [(), (1,), (97,), (33, 12), (4, 1, 3), (256, 300), (512, 2, 64), (1031, 768), (396,), (12, 33), (300, 256)]
+_LR = 0.01
 
 
 def _run(
@@ -33,7 +34,7 @@ def _run(
 ) -> tuple[list[torch.Tensor], SMMF]:
     gen = torch.Generator(device="cuda").manual_seed(0)
     params = [torch.randn(s, device="cuda", dtype=dtype, generator=gen).requires_grad_() for s in shapes]
-    opt = SMMF(params, lr=0.01, backend=backend, **kwargs)
+    opt = SMMF(params, lr=_LR, backend=backend, **kwargs)
     for _ in range(steps):
         for p in params:
             p.grad = torch.randn(p.shape, device="cuda", dtype=dtype, generator=gen)
@@ -47,12 +48,23 @@ def _assert_close_runs(
     (pf, of), (pe, oe) = first, second
     for a, b in zip(pf, pe, strict=True):
         assert a.is_cuda and of.state[a]["step"].is_cuda
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol / 10)
+        _assert_close_but_for_flipped_signs(a, b, tol, steps=int(of.state[a]["step"].item()))
         for key, value in of.state[a].items():
             if key == "sign":  # a sign may flip where M is within rounding of 0
                 assert (value != oe.state[b][key]).float().mean().item() < 0.01
             elif isinstance(value, torch.Tensor):
                 torch.testing.assert_close(value, oe.state[b][key], rtol=tol, atol=tol / 10)
+
+
+def _assert_close_but_for_flipped_signs(a: torch.Tensor, b: torch.Tensor, tol: float, steps: int) -> None:
+    """Parameters equal to ``tol``, but for the rare element whose first moment was within rounding of 0
+    in some step: its sign bit may flip in one run and not in the other, and the next steps then move it
+    the other way (seen on an H200: 2 of 38.6 M GPT-2 elements, by 2.7e-3 after 3 steps at lr 0.01).
+    At most one element in a million may differ, by at most twice the learning rate per step."""
+    far = ~torch.isclose(a, b, rtol=tol, atol=tol / 10)
+    assert int(far.sum()) <= a.numel() // 1_000_000, f"{int(far.sum())} of {a.numel()} elements differ"
+    if a.numel():
+        assert float((a.float() - b.float()).abs().max()) <= 2 * _LR * steps
 
 
 @pytest.mark.parametrize("backend", ["triton", "inductor"])
