@@ -12,15 +12,18 @@ tl = pytest.importorskip("triton.language")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from smmf import triton_backend  # noqa: E402
 from smmf import triton_kernels as tk  # noqa: E402
+from smmf import triton_tile as tt  # noqa: E402
 
 TARGETS = [GPUTarget("cuda", 90, 32), GPUTarget("cuda", 80, 32)]
-BLOCKS = {"BLOCK_R": 16, "BLOCK_J": 16}
+BLOCKS = {"BLOCK_R": triton_backend.BLOCK_R, "BLOCK_J": triton_backend.BLOCK_J}
 
 
-def _compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], target: GPUTarget) -> None:
+def _compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], target: GPUTarget) -> str:
     kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target)
     assert kernel.asm["cubin"] and "ld.global" in kernel.asm["ptx"]
+    return str(kernel.asm["ptx"])
 
 
 def _signature(names: list[str], types: dict[str, str]) -> dict[str, str]:
@@ -50,7 +53,9 @@ def test_the_four_kernels_compile(
             "P_DT", "G_DT", "ACC", "HAS_M", "PACKED", "STOCHASTIC", "BLOCK_R", "BLOCK_J"]  # fmt: skip
     types |= {"hp": f"*{accs}", "lr_ptr": "*fp32", "scratch": f"*{accs}", "flag_copies": f"*{accs}"}
     constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": acc, "HAS_M": has_m, "PACKED": packed, "STOCHASTIC": stochastic}
-    _compile(tk.step_tiles, _signature(step, types), {**constexprs, **BLOCKS}, target)
+    ptx = _compile(tt.step_tiles, _signature(step, types), {**constexprs, **BLOCKS}, target)
+    # the alignment hints of pass 1's vector path held: parameter and gradient move in vectors
+    assert "ld.global.v" in ptx and "st.global.v" in ptx
     reduce = ["table", "scratch", "flags", "flag_copies", "ACC", "HAS_M", "BLOCK"]
     _compile(tk.reduce_factors, _signature(reduce, types), {"ACC": acc, "HAS_M": has_m, "BLOCK": 1024}, target)
     normalize = ["table", "scratch", "flag_copies", "ACC", "HAS_M", "BLOCK"]

@@ -21,11 +21,20 @@ from torch import Tensor
 from .matricization import square_matricize
 from .signpack import row_bytes
 
-__all__ = ["available", "Plan", "layout_key", "gradient_addresses", "build_plan", "with_gradients", "step"]
+__all__ = [
+    "available", "Plan", "layout_key", "gradient_addresses", "block_rows", "vector_ready", "build_plan",
+    "with_gradients", "step",
+]  # fmt: skip
 
-# A sub-block is BLOCK_R rows by 8 * BLOCK_J columns (2048 elements); a tile is a whole number of them.
-BLOCK_R = 16
+# A sub-block is BLOCK_R rows by 8 * BLOCK_J columns (512 elements, 4 per thread of Triton's default 4
+# warps); a tile is a whole number of them. Chosen from machine code compiled for sm_90
+# (benchmarks/kernel_sass.py), not from GPU timings: 16 rows took 254 registers a thread, 8 resident
+# warps per SM; 4 rows take 96-118, 16 or more warps. Triton's interpreter (CPU tensors, the tests)
+# pays Python overhead per block instead, so it runs the same kernels on blocks of 16 rows.
+BLOCK_R = 4
+INTERPRETER_BLOCK_R = 16
 BLOCK_J = 16
+_VECTOR_BYTES = 16
 _REDUCE_BLOCK = 1024
 # The extra memory of a step (scratch and tile map) stays within this fraction of the largest
 # parameter, or _MIN_SCRATCH_BYTES for models of tiny tensors.
@@ -59,9 +68,11 @@ class Plan:
 
     layout: tuple[Any, ...]
     gradients: tuple[int, ...]
+    aligned: tuple[bool, ...]  # per tensor: vector_ready but for the gradient's address
     table: Tensor  # (tensors, TABLE_COLS) int64 on the device
     tile_map: Tensor  # (tiles,) int32: the tensor each tile belongs to
     flags: Tensor  # (tensors,) int32: 1 where pass 0 found a non-finite gradient; cleared by pass 2
+    block_rows: int  # BLOCK_R of pass 1's sub-blocks; tile_rows is a multiple of it
     tile_rows: int
     tile_bytes: int
     scratch_numel: int
@@ -84,11 +95,21 @@ def gradient_addresses(items: list[Item]) -> tuple[int, ...]:
 
 
 def with_gradients(plan: Plan, gradients: tuple[int, ...]) -> Plan:
-    """The plan with its gradient column rewritten (one small host-to-device copy)."""
+    """The plan with its gradient and alignment columns rewritten (one small host-to-device copy)."""
     from . import triton_kernels as tk
 
-    plan.table[:, int(tk.COL_G)].copy_(torch.tensor(gradients, dtype=torch.int64), non_blocking=True)
+    aligned = [int(ok and g % _VECTOR_BYTES == 0) for ok, g in zip(plan.aligned, gradients, strict=True)]
+    columns = torch.tensor([gradients, aligned], dtype=torch.int64).T
+    plan.table[:, [int(tk.COL_G), int(tk.COL_ALIGNED)]] = columns.to(plan.table.device, non_blocking=True)
     return dataclasses.replace(plan, gradients=gradients)
+
+
+def vector_ready(addresses: list[int], m: int, dense: bool) -> bool:
+    """Whether pass 1 may move a factored tensor in 16-byte vectors: every address (parameter,
+    gradient, signs, factors) a multiple of 16 bytes and m a multiple of 64 (a sign row then holds
+    whole 8-byte words, and each of a row's 8 planes of width m / 8 starts on a 16-byte boundary in
+    any dtype of 2 bytes or more)."""
+    return not dense and m % 64 == 0 and all(a % _VECTOR_BYTES == 0 for a in addresses)
 
 
 def _tensor_shape(p: Tensor, state: dict[str, Any]) -> tuple[int, int, int, bool]:
@@ -115,12 +136,19 @@ def _extra_numel(
     return scratch, tiles
 
 
-def _tiling(shapes: list[tuple[int, int, int, bool]], moments: int, acc_bytes: int, budget: int) -> tuple[int, int]:
+def block_rows(device: torch.device) -> int:
+    """Rows of a sub-block of pass 1 on ``device``: BLOCK_R on a GPU, INTERPRETER_BLOCK_R under the interpreter."""
+    return BLOCK_R if device.type == "cuda" else INTERPRETER_BLOCK_R
+
+
+def _tiling(
+    shapes: list[tuple[int, int, int, bool]], moments: int, acc_bytes: int, budget: int, rows_per_block: int = BLOCK_R
+) -> tuple[int, int]:
     """The smallest tiles (most parallelism) with at most MAX_SLOTS tiles along any tensor's rows and
     columns whose scratch and tile map fit ``budget`` bytes: tiles grow, rows first (column sums cost m
     per row tile, row sums n per column tile of 8 columns a byte), until they fit or cover every tensor
     whole."""
-    tile_rows, tile_bytes = BLOCK_R, BLOCK_J
+    tile_rows, tile_bytes = rows_per_block, BLOCK_J
     max_rows = max((s[0] for s in shapes), default=1)
     max_bytes = max((s[2] for s in shapes), default=1)
     while True:
@@ -153,8 +181,10 @@ def build_plan(items: list[Item], layout: tuple[Any, ...], acc_dtype: torch.dtyp
     largest = max(p.numel() * p.element_size() for p, _, _ in items)
     budget = max(int(SCRATCH_FRACTION * largest), _MIN_SCRATCH_BYTES)
     moments = 2 if has_m else 1
-    tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget)
+    rows_per_block = block_rows(device)
+    tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget, rows_per_block)
     rows: list[list[int]] = []
+    aligned: list[bool] = []
     tile_counts: list[int] = []
     scratch = 0
     for (p, g, state), shape in zip(items, shapes, strict=True):
@@ -168,6 +198,9 @@ def build_plan(items: list[Item], layout: tuple[Any, ...], acc_dtype: torch.dtyp
         entry[tk.COL_N], entry[tk.COL_M], entry[tk.COL_B] = n, m, width
         entry[tk.COL_COL_TILES], entry[tk.COL_ROW_TILES], entry[tk.COL_DENSE] = col_tiles, row_tiles, int(dense)
         _state_addresses(entry, state, fallback=p.data_ptr())
+        vector_columns = (tk.COL_P, tk.COL_SIGN, tk.COL_ROW_M, tk.COL_COL_M, tk.COL_ROW_V, tk.COL_COL_V)
+        aligned.append(vector_ready([entry[c] for c in vector_columns], m, dense))
+        entry[tk.COL_ALIGNED] = int(aligned[-1] and g.data_ptr() % _VECTOR_BYTES == 0)
         if not dense:
             entry[tk.COL_ROW_PART] = scratch
             scratch += moments * n * col_tiles
@@ -178,9 +211,11 @@ def build_plan(items: list[Item], layout: tuple[Any, ...], acc_dtype: torch.dtyp
     return Plan(
         layout=layout,
         gradients=gradient_addresses(items),
+        aligned=tuple(aligned),
         table=torch.tensor(rows, dtype=torch.int64).to(device),
         tile_map=owners.to(device),
         flags=torch.zeros(len(items), dtype=torch.int32, device=device),
+        block_rows=rows_per_block,
         tile_rows=tile_rows,
         tile_bytes=tile_bytes,
         scratch_numel=scratch,
@@ -226,12 +261,13 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
     """The four passes for a bucket: ``hp`` is the hyperparameter tensor (factor dtype, on the device)
     and ``lr`` a one-element device tensor (the group's own tensor lr, or a slot of ``hp``)."""
     from . import triton_kernels as tk
+    from . import triton_tile as tt
 
     acc = _triton_dtype(hp.dtype)
     tensors = plan.table.shape[0]
     scratch = torch.empty(plan.scratch_numel + tensors, dtype=hp.dtype, device=hp.device)
     flag_copies = scratch[plan.scratch_numel :].view(-1)[:tensors]
-    blocks = {"BLOCK_R": BLOCK_R, "BLOCK_J": BLOCK_J}
+    blocks = {"BLOCK_R": plan.block_rows, "BLOCK_J": BLOCK_J}
     tiles = plan.tile_map.numel()
     if tiles:
         tk.check_gradients[(tiles,)](
@@ -245,7 +281,7 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
             **blocks,
         )
         dtypes = {"P_DT": _triton_dtype(p_dtype), "G_DT": _triton_dtype(g_dtype), "ACC": acc}
-        tk.step_tiles[(tiles,)](
+        tt.step_tiles[(tiles,)](
             plan.table, plan.tile_map, plan.flags, hp, lr, scratch, flag_copies, plan.tile_rows, plan.tile_bytes,
             HAS_M=plan.has_m, PACKED=plan.packed, STOCHASTIC=plan.stochastic, **dtypes, **blocks,
         )  # fmt: skip

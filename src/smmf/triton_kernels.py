@@ -8,10 +8,10 @@ row per tensor holding the addresses of its parameter, gradient, sign, factors a
   non-finite element or one whose square overflows; such a tensor keeps its parameter and state for
   this step and counts it in ``skipped`` (the flag is the maximum of 0/1 values, so the order in which
   tiles set it cannot change the result).
-* :func:`step_tiles` (pass 1), one program per tile of ``tile_rows`` rows by ``tile_bytes`` sign bytes
-  (8 columns each) of some tensor: reads the old factors and signs once, computes the moments and the
-  update, writes the parameter and the new signs, and writes this tile's row and column sums of |M|
-  and V into its own scratch slots.
+* :func:`smmf.triton_tile.step_tiles` (pass 1), one program per tile of ``tile_rows`` rows by
+  ``tile_bytes`` sign bytes (8 columns each) of some tensor: reads the old factors and signs once,
+  computes the moments and the update, writes the parameter and the new signs, and writes this tile's
+  row and column sums of |M| and V into its own scratch slots.
 * :func:`reduce_factors` (pass 2), one program per tensor for its step counter and one per block of
   its rows or columns: sums the slots in a fixed order into the new row factors, and into the column
   sums (kept in the first column slot).
@@ -35,11 +35,12 @@ from . import kernels
 TABLE_COLUMNS = (
     "p", "g", "sign", "row_m", "col_m", "row_v", "col_v", "exp_avg", "exp_avg_sq", "step",
     "n", "m", "row_bytes", "first_tile", "col_tiles", "row_tiles", "row_part", "col_part", "dense", "skipped", "seed",
+    "aligned",
 )  # fmt: skip
 (
     COL_P, COL_G, COL_SIGN, COL_ROW_M, COL_COL_M, COL_ROW_V, COL_COL_V, COL_EXP_AVG, COL_EXP_AVG_SQ, COL_STEP,
     COL_N, COL_M, COL_B, COL_TILE0, COL_COL_TILES, COL_ROW_TILES, COL_ROW_PART, COL_COL_PART, COL_DENSE,
-    COL_SKIPPED, COL_SEED,
+    COL_SKIPPED, COL_SEED, COL_ALIGNED,
 ) = (tl.constexpr(i) for i in range(len(TABLE_COLUMNS)))  # fmt: skip
 TABLE_COLS = tl.constexpr(len(TABLE_COLUMNS))
 _INF = tl.constexpr(float("inf"))
@@ -111,179 +112,6 @@ def check_gradients(
     any_bad = tl.max(tl.max(tl.max(bad, axis=2), axis=1), axis=0)
     if any_bad > 0:
         tl.atomic_max(flags + tensor, any_bad)
-
-
-@triton.jit
-def step_tiles(
-    table, tile_map, flags, hp, lr_ptr, scratch, flag_copies, tile_rows, tile_bytes,
-    P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
-    STOCHASTIC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
-):  # fmt: skip
-    """Pass 1 for one tile; ``hp`` holds the hyperparameters in the layout of :mod:`smmf.kernels`.
-    A tensor flagged by pass 0 is neither read nor written; its first tile copies the flag to
-    ``flag_copies`` for pass 2's column programs (pass 2's row program clears the flag itself)."""
-    tile = tl.program_id(0)
-    tensor = tl.load(tile_map + tile).to(tl.int64)
-    row = table + tensor * TABLE_COLS
-    n = tl.load(row + COL_N)
-    m = tl.load(row + COL_M)
-    width = tl.load(row + COL_B)
-    col_tiles = tl.load(row + COL_COL_TILES)
-    flag = tl.load(flags + tensor)
-    dense = tl.load(row + COL_DENSE) != 0
-    if tile == tl.load(row + COL_TILE0):
-        tl.store(flag_copies + tensor, flag)
-    row_tile = (tile - tl.load(row + COL_TILE0)) // col_tiles
-    col_tile = (tile - tl.load(row + COL_TILE0)) % col_tiles
-    r_start, r_end, j_start, j_end = _tile_bounds(row, tile, tile_rows, tile_bytes)
-    r_end = tl.where(flag != 0, r_start, r_end)  # a skipped tensor: no rows, nothing read or written
-    row_part = scratch + tl.load(row + COL_ROW_PART)
-    col_part = scratch + tl.load(row + COL_COL_PART)
-    rr = tl.arange(0, BLOCK_R)
-    kk = tl.arange(0, 8)
-    jj = tl.arange(0, BLOCK_J)
-    for j0 in range(j_start, j_end, BLOCK_J):
-        tl.debug_barrier()  # this program's row sums of the previous column block are in scratch
-        j = j0 + jj[None, None, :]
-        col = kk[None, :, None] * width + j
-        col_ok = (j < j_end) & (col < m)
-        sum_col_v = tl.zeros((8, BLOCK_J), dtype=ACC)
-        sum_col_m = tl.zeros((8, BLOCK_J), dtype=ACC)
-        for r0 in range(r_start, r_end, BLOCK_R):
-            v, mom = _update_rows(
-                row, hp, lr_ptr, r0, r_end, j, col, col_ok, dense,
-                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, BLOCK_R,
-            )  # fmt: skip
-            rows_ok = (rr + r0 < r_end) & ~dense
-            later = j0 > j_start  # later column blocks add to the row sums the first one wrote
-            _add_row_sums(row_part, n, col_tile, r0 + rr, rows_ok, tl.sum(tl.sum(v, axis=2), axis=1), later)
-            sum_col_v += tl.sum(v, axis=0)
-            if HAS_M:
-                mom_abs = tl.abs(mom)
-                row_part_m = row_part + n * col_tiles
-                _add_row_sums(row_part_m, n, col_tile, r0 + rr, rows_ok, tl.sum(tl.sum(mom_abs, axis=2), axis=1), later)
-                sum_col_m += tl.sum(mom_abs, axis=0)
-        col2 = kk[:, None] * width + j0 + jj[None, :]
-        col2_ok = (j0 + jj[None, :] < j_end) & (col2 < m) & ~dense
-        tl.store(col_part + row_tile * m + col2, sum_col_v, mask=col2_ok)
-        if HAS_M:
-            rows_total = tl.load(row + COL_ROW_TILES)
-            tl.store(col_part + rows_total * m + row_tile * m + col2, sum_col_m, mask=col2_ok)
-
-
-@triton.jit
-def _update_rows(
-    row, hp, lr_ptr, r0, r_end, j, col, col_ok, dense,
-    P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
-    STOCHASTIC: tl.constexpr, BLOCK_R: tl.constexpr,
-):  # fmt: skip
-    """One (BLOCK_R, 8, BLOCK_J) block of a tile: moments, update, the parameter and the new signs
-    written; returns the block's V and M for the tile's partial sums."""
-    m = tl.load(row + COL_M)
-    r = r0 + tl.arange(0, BLOCK_R)[:, None, None]
-    row_ok = r < r_end
-    ok = row_ok & col_ok
-    offs = r * m + col
-    step_ptr = _ptr(row, COL_STEP, tl.float32)
-    beta1, beta2 = _schedules(step_ptr, hp, ACC)
-    lr = tl.load(lr_ptr).to(ACC)
-    p_ptr = _ptr(row, COL_P, P_DT)
-    p = tl.load(p_ptr + offs, mask=ok, other=0.0).to(ACC)
-    g = tl.load(_ptr(row, COL_G, G_DT) + offs, mask=ok, other=0.0).to(ACC)
-    g = g * tl.load(hp + _HP_SIGN) + tl.load(hp + _HP_WD_COUPLED) * p
-    p = p * (1.0 - lr * tl.load(hp + _HP_WD_DECOUPLED))
-    col_v_old = tl.load(_ptr(row, COL_COL_V, ACC) + col, mask=col_ok & ~dense, other=0.0)
-    v_factored = tl.load(_ptr(row, COL_ROW_V, ACC) + r, mask=row_ok & ~dense, other=0.0) * col_v_old
-    exp_avg_sq = _ptr(row, COL_EXP_AVG_SQ, ACC)
-    v_old = tl.where(dense, tl.load(exp_avg_sq + offs, mask=ok & dense, other=0.0), v_factored)
-    v = beta2 * v_old + (1.0 - beta2) * (g * g)
-    tl.store(exp_avg_sq + offs, v, mask=ok & dense)
-    denom = tl.sqrt(v) + tl.load(hp + _HP_EPS)
-    if HAS_M:
-        col_m_old = tl.load(_ptr(row, COL_COL_M, ACC) + col, mask=col_ok & ~dense, other=0.0)
-        width = tl.load(row + COL_B)
-        mom = _first_moment(row, r, j, offs, ok, row_ok, col_m_old, g, beta1, dense, width, ACC, PACKED)
-    else:
-        mom = g
-    new_p = p - lr * tl.where(denom > 0, mom / tl.where(denom > 0, denom, 1.0), 0.0)
-    if STOCHASTIC:
-        step = tl.load(step_ptr).to(tl.int64) + 1
-        bits = _random_bits(tl.load(_ptr(row, COL_SEED, tl.int64)), step, offs.to(tl.int64))
-        tl.store(p_ptr + offs, _stochastic_bf16(new_p.to(tl.float32), bits), mask=ok)
-    else:
-        tl.store(p_ptr + offs, _to_param_dtype(new_p, P_DT), mask=ok)
-    return v, mom
-
-
-@triton.jit
-def _mix(x):
-    """The 31-bit integer hash of smmf.rounding, on int64 values."""
-    x = x & 0x7FFFFFFF
-    x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0x7FFFFFFF
-    x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0x7FFFFFFF
-    return x ^ (x >> 16)
-
-
-@triton.jit
-def _random_bits(seed, step, index):
-    return _mix(index ^ _mix(seed ^ _mix(step)))
-
-
-@triton.jit
-def _stochastic_bf16(x, bits):
-    """float32 x to bfloat16, rounded away from zero with probability (dropped bits) / 2^16, as
-    smmf.rounding.stochastic_round_bf16 does; the cast at the end is exact."""
-    raw = x.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
-    kept = (raw + (bits & 0xFFFF)) & 0xFFFF0000
-    signed = tl.where(kept >= 2147483648, kept - 4294967296, kept).to(tl.int32)
-    return tl.where(x != x, x, signed.to(tl.float32, bitcast=True)).to(tl.bfloat16)
-
-
-@triton.jit
-def _to_param_dtype(x, P_DT: tl.constexpr):
-    """x in the parameter's dtype, rounded to nearest even. bf16 is rounded by hand: Triton's
-    interpreter truncates on that cast, and the result is then exact in every mode."""
-    if P_DT == tl.bfloat16:
-        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        x = tl.where(x != x, x, rounded.to(tl.float32, bitcast=True))
-    return x.to(P_DT)
-
-
-@triton.jit
-def _first_moment(
-    row, r, j, offs, ok, row_ok, col_m_old, g, beta1, dense, width, ACC: tl.constexpr, PACKED: tl.constexpr
-):
-    """The new first moment of a block: from the old signs and factors (or the dense exp_avg), and the
-    new signs stored (exact zeros count as negative, as in the reference)."""
-    sign = _ptr(row, COL_SIGN, tl.uint8)
-    exp_avg = _ptr(row, COL_EXP_AVG, ACC)
-    factored = ok & ~dense
-    if PACKED:
-        byte_off = r * width + j
-        byte_ok = row_ok & (j < width) & ~dense
-        bits = (tl.load(sign + byte_off, mask=byte_ok, other=0).to(tl.int32) >> tl.arange(0, 8)[None, :, None]) & 1
-    else:
-        bits = tl.load(sign + offs, mask=factored, other=0).to(tl.int32)
-    m_hat = (bits * 2 - 1).to(ACC) * tl.load(_ptr(row, COL_ROW_M, ACC) + r, mask=row_ok & ~dense, other=0.0) * col_m_old
-    m_old = tl.where(dense, tl.load(exp_avg + offs, mask=ok & dense, other=0.0), m_hat)
-    mom = beta1 * m_old + (1.0 - beta1) * g
-    positive = (mom > 0).to(tl.int32)
-    if PACKED:
-        packed = tl.sum(positive << tl.arange(0, 8)[None, :, None], axis=1)
-        tl.store(sign + byte_off, tl.expand_dims(packed, 1).to(tl.uint8), mask=byte_ok)
-    else:
-        tl.store(sign + offs, positive.to(tl.uint8), mask=factored)
-    tl.store(exp_avg + offs, mom, mask=ok & dense)
-    return mom
-
-
-@triton.jit
-def _add_row_sums(part, n, slot, rows, ok, sums, accumulate):
-    """Write (first column block of a tile) or add (later ones) row sums into this tile's slot."""
-    addr = part + slot * n + rows
-    previous = tl.load(addr, mask=ok & accumulate, other=0.0)
-    tl.store(addr, previous + sums, mask=ok)
 
 
 @triton.jit

@@ -1,0 +1,231 @@
+"""Static SASS analysis of SMMF's Triton step kernels for an H100 (sm_90), without a GPU.
+
+For ``step_tiles`` (pass 1: bf16, fp32, and bf16 with stochastic rounding; fp32 moments, a first
+moment, packed signs) and ``check_gradients`` (pass 0, bf16) this prints a markdown table of:
+
+* registers per thread and spill bytes (stores/loads), from ``ptxas -v`` rerun on the kernel's PTX
+  with Triton's own flags (the rerun must reproduce Triton's cubin byte for byte);
+* resident warps per SM as registers allow (64K registers per SM, allocated per warp in units of 256,
+  at most 64 warps and 32 blocks per SM; shared memory, a few KB here, is not considered);
+* for every innermost loop (a backward branch in ``nvdisasm`` output that encloses no other): the
+  function it belongs to, the static instruction count of its body, thread-instructions per element
+  (instructions x num_warps x 32 / (BLOCK_R * 8 * BLOCK_J), the elements one iteration covers) and
+  its global loads and stores by width ("none": e.g. a loop the compiler made to step over iterations
+  whose inner loop is empty).
+
+These are static counts of the compiled code, not timings: predicated-off and out-of-line code
+(slow paths of division or square root) is not told apart, and nothing is said about latency.
+A loop is named after the function called from the kernel that owns most of its instructions
+(``nvdisasm -gi`` gives each instruction's inlining chain); of the two ``_factored_tile`` loops the
+aligned one is the one with 64- or 128-bit LDG/STG, and the table also gives the line of the call
+in ``step_tiles`` each loop was inlined from. Kernels are compiled as tests/test_triton_compile.py
+compiles them (``triton.compile`` for ``GPUTarget("cuda", 90, 32)``).
+
+    python benchmarks/kernel_sass.py [--block-r 16] [--block-j 16] [--num-warps 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import collections
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+try:
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+except ImportError as exc:
+    raise SystemExit(f"kernel_sass.py needs Triton with its NVIDIA backend: {exc}") from None
+
+from smmf import triton_backend, triton_kernels, triton_tile
+
+TARGET = GPUTarget("cuda", 90, 32)
+REGS_PER_SM, REG_GRANULE, MAX_WARPS, MAX_BLOCKS = 65536, 256, 64, 32
+TYPES = {
+    "table": "*i64", "tile_map": "*i32", "flags": "*i32", "tile_rows": "i32", "tile_bytes": "i32",
+    "hp": "*fp32", "lr_ptr": "*fp32", "scratch": "*fp32", "flag_copies": "*fp32",
+}  # fmt: skip
+STEP_VARIANTS = {"bf16": (tl.bfloat16, False), "fp32": (tl.float32, False), "bf16 + SR": (tl.bfloat16, True)}
+INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z0-9_.]+)([^;]*);")
+LABEL = re.compile(r"^\s*(\.L_x_\d+):")
+FRAME = re.compile(r'"([^"]+)", line (\d+)')
+BRANCH_TARGET = re.compile(r"\((\.L_x_\d+)\)")
+
+
+@dataclass(frozen=True)
+class Instr:
+    addr: int
+    opcode: str
+    operands: str
+    owner: str  # the function called from the kernel that this instruction was inlined from (or the kernel)
+    call_line: int | None  # the kernel's line of that call
+
+
+def tool_paths() -> tuple[str, str]:
+    """The ptxas and nvdisasm that Triton uses (bundled in triton/backends/nvidia/bin unless overridden)."""
+    try:
+        return triton.knobs.nvidia.ptxas.path, triton.knobs.nvidia.nvdisasm.path
+    except RuntimeError as exc:  # the knob cannot find the binary
+        raise SystemExit(f"kernel_sass.py needs Triton's NVIDIA tools (ptxas, nvdisasm): {exc}") from None
+
+
+def compile_kernel(fn: Any, constexprs: dict[str, Any], num_warps: int) -> Any:
+    signature = {name: TYPES.get(name, "constexpr") for name in fn.arg_names}
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    return triton.compile(source, target=TARGET, options={"num_warps": num_warps})
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, check=True)
+
+
+def registers_and_spills(kernel: Any, ptxas: str) -> tuple[int, int, int]:
+    """(registers per thread, spill store bytes, spill load bytes) from ptxas -v with Triton's flags."""
+    ptx = kernel.asm["ptx"]
+    arch = re.search(r"^\.target\s+(\w+)", ptx, re.MULTILINE)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp, "kernel.ptx"), Path(tmp, "kernel.cubin")
+        src.write_text(ptx)
+        flags = ["-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={arch.group(1) if arch else 'sm_90a'}"]
+        log = run([ptxas, *flags, str(src), "-o", str(out)]).stderr
+        if out.read_bytes() != kernel.asm["cubin"]:
+            raise SystemExit(f"ptxas -v did not reproduce Triton's cubin of {kernel.name}; its counts would not apply")
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if not (regs and spills):
+        raise SystemExit(f"unexpected ptxas -v output:\n{log}")
+    return int(regs.group(1)), int(spills.group(1)), int(spills.group(2))
+
+
+def disassemble(kernel: Any, nvdisasm: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp, "kernel.cubin")
+        cubin.write_bytes(kernel.asm["cubin"])
+        return run([nvdisasm, "--print-line-info-inline", "-c", str(cubin)]).stdout
+
+
+@cache
+def functions_by_line(path: str) -> dict[int, str]:
+    """{line: name of the innermost function defining it} for a source file."""
+    table: dict[int, tuple[int, str]] = {}
+    for node in ast.walk(ast.parse(Path(path).read_text())):
+        if isinstance(node, ast.FunctionDef):
+            for line in range(node.lineno, (node.end_lineno or node.lineno) + 1):
+                if line not in table or table[line][0] < node.lineno:
+                    table[line] = (node.lineno, node.name)
+    return {line: name for line, (_, name) in table.items()}
+
+
+def owner(chain: list[tuple[str, int]]) -> tuple[str, int | None]:
+    """The function called from the kernel that a chain of frames (innermost first) runs in, and the line of
+    that call; the kernel itself (no call line) for the kernel's own code."""
+    path, line = chain[-2] if len(chain) > 1 else chain[-1]
+    return functions_by_line(path).get(line, "?"), chain[-1][1] if len(chain) > 1 else None
+
+
+def parse_sass(text: str) -> tuple[list[Instr], dict[str, int]]:
+    """The instructions, each with its owner, and {label: address}. Before an instruction whose source
+    position changed, nvdisasm -gi writes one line per inlined frame ("X inlined at Y", ..., then the kernel's
+    line); joined in order, they are the instruction's chain of frames."""
+    instrs: list[Instr] = []
+    labels: dict[str, int] = {}
+    pending: list[str] = []
+    frames: list[tuple[str, int]] = []
+    where: tuple[str, int | None] = ("?", None)
+    for line in text.splitlines():
+        if "//##" in line:
+            frames += [(path, int(number)) for path, number in FRAME.findall(line)]
+        elif match := LABEL.match(line):
+            pending.append(match.group(1))
+        elif match := INSTR.search(line):
+            addr = int(match.group(1), 16)
+            labels.update(dict.fromkeys(pending, addr))
+            pending = []
+            if frames:
+                where, frames = owner(list(dict.fromkeys(frames))), []
+            instrs.append(Instr(addr, match.group(2), match.group(3), *where))
+    return instrs, labels
+
+
+def innermost_loops(instrs: list[Instr], labels: dict[str, int]) -> list[list[Instr]]:
+    """The bodies of the loops (head to last backward branch to it) that enclose no other loop."""
+    tails: dict[int, int] = {}
+    for ins in instrs:
+        target = BRANCH_TARGET.search(ins.operands) if ins.opcode.startswith("BRA") else None
+        if target and labels[target.group(1)] < ins.addr:
+            head = labels[target.group(1)]
+            tails[head] = max(tails.get(head, 0), ins.addr)
+    spans = sorted(tails.items())
+    inner = [(h, t) for h, t in spans if not any(h <= h2 and t2 <= t and (h2, t2) != (h, t) for h2, t2 in spans)]
+    return [[ins for ins in instrs if head <= ins.addr <= tail] for head, tail in inner]
+
+
+def describe_loop(body: list[Instr]) -> tuple[str, str, str]:
+    """(name, call line, global accesses by opcode) of a loop body."""
+    name, _ = collections.Counter(ins.owner for ins in body).most_common(1)[0]
+    calls = collections.Counter(ins.call_line for ins in body if ins.owner == name)
+    call_line = calls.most_common(1)[0][0]
+    accesses = collections.Counter(ins.opcode for ins in body if ins.opcode.split(".")[0] in ("LDG", "STG"))
+    wide = any(part in ("64", "128") for op in accesses for part in op.split("."))
+    if name == "_factored_tile":
+        name += ", aligned" if wide else ", unaligned"
+    widths = ", ".join(f"{op} x{count}" for op, count in sorted(accesses.items())) or "none"
+    return f"`{name}`", str(call_line or "-"), widths
+
+
+def resident_warps(regs: int, num_warps: int) -> int:
+    per_warp = -(-regs * 32 // REG_GRANULE) * REG_GRANULE
+    blocks = min(REGS_PER_SM // (per_warp * num_warps), MAX_BLOCKS, MAX_WARPS // num_warps)
+    return blocks * num_warps
+
+
+def table_rows(label: str, kernel: Any, tools: tuple[str, str], elements: int) -> list[str]:
+    """One markdown row per innermost loop of a compiled kernel."""
+    regs, spill_stores, spill_loads = registers_and_spills(kernel, tools[0])
+    num_warps = kernel.metadata.num_warps
+    head = f"| {label} | {regs} | {spill_stores}/{spill_loads} | {resident_warps(regs, num_warps)} |"
+    rows = []
+    for body in innermost_loops(*parse_sass(disassemble(kernel, tools[1]))):
+        name, call_line, widths = describe_loop(body)
+        per_element = len(body) * num_warps * 32 / elements
+        rows.append(f"{head} {name} | {call_line} | {len(body)} | {per_element:.1f} | {widths} |")
+    return rows or [f"{head} (no loop) | | | | |"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--block-r", type=int, default=triton_backend.BLOCK_R)
+    parser.add_argument("--block-j", type=int, default=triton_backend.BLOCK_J)
+    parser.add_argument("--num-warps", type=int, default=4)
+    args = parser.parse_args()
+    tools = tool_paths()
+    start = time.perf_counter()
+    blocks = {"BLOCK_R": args.block_r, "BLOCK_J": args.block_j}
+    elements = args.block_r * 8 * args.block_j
+    print(f"sm_90, Triton {triton.__version__}, BLOCK_R={args.block_r}, BLOCK_J={args.block_j}, "
+          f"num_warps={args.num_warps}: {elements} elements per loop iteration\n")  # fmt: skip
+    print("| kernel | regs/thread | spill B st/ld | warps/SM | loop | called at line | instrs | thread-instr/elem "
+          "| global loads/stores |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for variant, (dtype, stochastic) in STEP_VARIANTS.items():
+        constexprs = {"P_DT": dtype, "G_DT": dtype, "ACC": tl.float32, "HAS_M": True, "PACKED": True}
+        constexprs |= {"STOCHASTIC": stochastic, **blocks}
+        kernel = compile_kernel(triton_tile.step_tiles, constexprs, args.num_warps)
+        print("\n".join(table_rows(f"step_tiles {variant}", kernel, tools, elements)))
+    constexprs = {"G_DT": tl.bfloat16, "ACC": tl.float32, **blocks}
+    kernel = compile_kernel(triton_kernels.check_gradients, constexprs, args.num_warps)
+    print("\n".join(table_rows("check_gradients bf16", kernel, tools, elements)))
+    print(f"\nStatic counts, not timings; compiled and analysed in {time.perf_counter() - start:.1f} s.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+"""Pass 1 of the Triton step (:func:`step_tiles`): one program per tile of one tensor of a bucket.
+
+The table and the other passes are in :mod:`smmf.triton_kernels`. A program reads everything that
+does not change within its tile once (its table row, the hyperparameters, the moment schedules, a
+column block's old column factors): the compiler cannot hoist loads out of the loops itself, since it
+cannot rule out that the loop's stores alias them. Offsets inside a block of rows are int32 from that
+block's first row (an int64 base), and a tensor's kind is a branch per program, not a mask per element:
+
+* a factored tensor whose rows and addresses are whole 16-byte units (``aligned``, see
+  :func:`smmf.triton_backend.vector_ready`) runs the same code with alignment hints, so that its
+  parameter, gradient and sign loads and stores are 16-byte vectors; its column sums are added up
+  element-wise over a tile's rows and reduced once per column block;
+* any other factored tensor runs it without hints;
+* a tensor with dense moments (``vector_reshape=False``) runs the plain element-wise update.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_kernels import (
+    _HP_EPS,
+    _HP_SIGN,
+    _HP_WD_COUPLED,
+    _HP_WD_DECOUPLED,
+    COL_ALIGNED,
+    COL_B,
+    COL_COL_M,
+    COL_COL_PART,
+    COL_COL_TILES,
+    COL_COL_V,
+    COL_DENSE,
+    COL_EXP_AVG,
+    COL_EXP_AVG_SQ,
+    COL_G,
+    COL_M,
+    COL_N,
+    COL_P,
+    COL_ROW_M,
+    COL_ROW_PART,
+    COL_ROW_TILES,
+    COL_ROW_V,
+    COL_SEED,
+    COL_SIGN,
+    COL_STEP,
+    COL_TILE0,
+    TABLE_COLS,
+    _ptr,
+    _schedules,
+)
+
+
+@triton.jit
+def step_tiles(
+    table, tile_map, flags, hp, lr_ptr, scratch, flag_copies, tile_rows, tile_bytes,
+    P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
+    STOCHASTIC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
+):  # fmt: skip
+    """Pass 1 for one tile: reads the old factors and signs (or dense moments) once, computes the
+    moments and the update, writes the parameter and the new signs, and writes the tile's row and
+    column sums of |M| and V into its own scratch slots. ``hp`` holds the hyperparameters in the layout
+    of :mod:`smmf.kernels`. A tensor flagged by pass 0 is neither read nor written; its first tile
+    copies the flag to ``flag_copies`` for pass 2's column programs."""
+    tile = tl.program_id(0)
+    tensor = tl.load(tile_map + tile).to(tl.int64)
+    row = table + tensor * TABLE_COLS
+    flag = tl.load(flags + tensor)
+    if tile == tl.load(row + COL_TILE0):
+        tl.store(flag_copies + tensor, flag)
+    if flag == 0:
+        step_ptr = _ptr(row, COL_STEP, tl.float32)
+        beta1, beta2 = _schedules(step_ptr, hp, ACC)
+        lr = tl.load(lr_ptr).to(ACC)
+        key = 0
+        if STOCHASTIC:
+            key = _stream_key(tl.load(_ptr(row, COL_SEED, tl.int64)), tl.load(step_ptr).to(tl.int64) + 1)
+        # g <- g * g_sign + wd_coupled * p, p <- p * p_scale - lr * M / (sqrt(V) + eps)
+        p_scale = 1.0 - lr * tl.load(hp + _HP_WD_DECOUPLED)
+        g_sign = tl.load(hp + _HP_SIGN)
+        wd_coupled = tl.load(hp + _HP_WD_COUPLED)
+        eps = tl.load(hp + _HP_EPS)
+        if tl.load(row + COL_DENSE) != 0:
+            _dense_tile(
+                row, tile, tile_rows, tile_bytes, lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key,
+                P_DT, G_DT, ACC, HAS_M, STOCHASTIC, BLOCK_R, BLOCK_J,
+            )  # fmt: skip
+        elif tl.load(row + COL_ALIGNED) != 0:
+            _factored_tile(
+                row, tile, scratch, tile_rows, tile_bytes, lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key,
+                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, True, BLOCK_R, BLOCK_J,
+            )  # fmt: skip
+        else:
+            _factored_tile(
+                row, tile, scratch, tile_rows, tile_bytes, lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key,
+                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, False, BLOCK_R, BLOCK_J,
+            )  # fmt: skip
+
+
+@triton.jit
+def _pointer(row, col: tl.constexpr, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """A table column as a typed pointer, declared 16-byte aligned where the tensor is (the hint must
+    sit on the pointer itself: on the integer it is lost)."""
+    ptr = tl.load(row + col).to(tl.pointer_type(dtype))
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
+
+
+@triton.jit
+def _geometry(row, tile, tile_rows, tile_bytes, ALIGNED: tl.constexpr):
+    """(m as int64, m, bytes per sign row, row tile, column tile, first row, end row, first byte, end
+    byte) of this tile; int32 but for the first."""
+    m64 = tl.load(row + COL_M)
+    m = m64.to(tl.int32)
+    width = tl.load(row + COL_B).to(tl.int32)
+    local = tile - tl.load(row + COL_TILE0).to(tl.int32)
+    col_tiles = tl.load(row + COL_COL_TILES).to(tl.int32)
+    row_tile = local // col_tiles
+    col_tile = local % col_tiles
+    r_start = row_tile * tile_rows
+    r_end = tl.minimum(tl.load(row + COL_N).to(tl.int32), r_start + tile_rows)
+    j_start = col_tile * tile_bytes
+    j_end = tl.minimum(width, j_start + tile_bytes)
+    if ALIGNED:  # m a multiple of 64, so sign rows are whole 8-byte words; tiles start at 16-byte columns
+        m64 = tl.multiple_of(m64, 64)
+        m = tl.multiple_of(m, 64)
+        width = tl.multiple_of(width, 8)
+        j_start = tl.multiple_of(j_start, 16)
+        j_end = tl.multiple_of(j_end, 8)
+    return m64, m, width, row_tile, col_tile, r_start, r_end, j_start, j_end
+
+
+@triton.jit
+def _factored_tile(
+    row, tile, scratch, tile_rows, tile_bytes, lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key,
+    P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
+    STOCHASTIC: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
+):  # fmt: skip
+    """A tile of a factored tensor, column block by column block, each block of rows by rows: the
+    row sums of a block go to the tile's scratch slot (added to those of the column blocks before),
+    the column sums are kept in registers and stored once per column block."""
+    m64, m, width, row_tile, col_tile, r_start, r_end, j_start, j_end = _geometry(
+        row, tile, tile_rows, tile_bytes, ALIGNED
+    )
+    n64 = tl.load(row + COL_N)
+    row_part = scratch + tl.load(row + COL_ROW_PART) + col_tile.to(tl.int64) * n64
+    row_part_m = row_part + n64 * tl.load(row + COL_COL_TILES)
+    col_part = scratch + tl.load(row + COL_COL_PART) + row_tile.to(tl.int64) * m64
+    col_part_m = col_part + tl.load(row + COL_ROW_TILES) * m64
+    p_ptr = _pointer(row, COL_P, P_DT, ALIGNED)
+    g_ptr = _pointer(row, COL_G, G_DT, ALIGNED)
+    sign = _pointer(row, COL_SIGN, tl.uint8, ALIGNED)
+    row_v = _pointer(row, COL_ROW_V, ACC, ALIGNED)
+    col_v = _pointer(row, COL_COL_V, ACC, ALIGNED)
+    row_m = _pointer(row, COL_ROW_M, ACC, ALIGNED)
+    col_m = _pointer(row, COL_COL_M, ACC, ALIGNED)
+    rr = tl.arange(0, BLOCK_R)
+    kk = tl.arange(0, 8)
+    jj = tl.arange(0, BLOCK_J)
+    for j0 in range(j_start, j_end, BLOCK_J):
+        if ALIGNED:
+            j0 = tl.multiple_of(j0, 16)
+        tl.debug_barrier()  # this program's row sums of the previous column block are in scratch
+        j = j0 + jj[None, None, :]
+        col = kk[None, :, None] * width + j
+        col_ok = (j < j_end) & (col < m)
+        col_v_old = tl.load(col_v + col, mask=col_ok, other=0.0)
+        col_m_old = col_v_old
+        if HAS_M:
+            col_m_old = tl.load(col_m + col, mask=col_ok, other=0.0)
+        later = j0 > j_start  # later column blocks add to the row sums the first one wrote
+        sums_v, sums_m = _column_accumulators(BLOCK_R, BLOCK_J, ACC, ALIGNED)
+        for r0 in range(r_start, r_end, BLOCK_R):
+            r = r0 + rr
+            rows_ok = r < r_end
+            v_old = tl.load(row_v + r, mask=rows_ok, other=0.0)[:, None, None] * col_v_old
+            m_abs_old = col_m_old
+            if HAS_M:
+                m_abs_old = tl.load(row_m + r, mask=rows_ok, other=0.0)[:, None, None] * col_m_old
+            g, p, ok, offs, base = _load_block(
+                p_ptr, g_ptr, r0, m64, m, rows_ok, col, col_ok, g_sign, wd_coupled, ACC, BLOCK_R
+            )
+            v = beta2 * v_old + (1.0 - beta2) * (g * g)
+            mom = g
+            if HAS_M:
+                mom = _signed_moment(
+                    sign, r0, width, rows_ok, j, offs, ok, base, m_abs_old, g, beta1, ACC, PACKED, BLOCK_R
+                )
+            _store_param(p_ptr + base, offs, ok, p * p_scale, mom, v, lr, eps, key, base, P_DT, STOCHASTIC)
+            _add_row_sums(row_part + r, rows_ok, tl.sum(tl.sum(v, axis=2), axis=1), later)
+            sums_v = _accumulate(sums_v, v, ALIGNED)
+            if HAS_M:
+                _add_row_sums(row_part_m + r, rows_ok, tl.sum(tl.sum(tl.abs(mom), axis=2), axis=1), later)
+                sums_m = _accumulate(sums_m, tl.abs(mom), ALIGNED)
+        col2 = kk[:, None] * width + j0 + jj[None, :]
+        col2_ok = (j0 + jj[None, :] < j_end) & (col2 < m)
+        tl.store(col_part + col2, _column_sums(sums_v, ALIGNED), mask=col2_ok)
+        if HAS_M:
+            tl.store(col_part_m + col2, _column_sums(sums_m, ALIGNED), mask=col2_ok)
+
+
+@triton.jit
+def _column_accumulators(BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.constexpr, ALIGNED: tl.constexpr):
+    """Aligned tiles add whole blocks and reduce over rows once (their layout spreads rows over warps,
+    so a reduction per block would cost a shared-memory round trip); others reduce every block."""
+    if ALIGNED:
+        return tl.zeros((BLOCK_R, 8, BLOCK_J), dtype=ACC), tl.zeros((BLOCK_R, 8, BLOCK_J), dtype=ACC)
+    else:
+        return tl.zeros((8, BLOCK_J), dtype=ACC), tl.zeros((8, BLOCK_J), dtype=ACC)
+
+
+@triton.jit
+def _accumulate(sums, block, ALIGNED: tl.constexpr):
+    if ALIGNED:
+        return sums + block
+    else:
+        return sums + tl.sum(block, axis=0)
+
+
+@triton.jit
+def _column_sums(sums, ALIGNED: tl.constexpr):
+    if ALIGNED:
+        return tl.sum(sums, axis=0)
+    else:
+        return sums
+
+
+@triton.jit
+def _load_block(
+    p_ptr, g_ptr, r0, m64, m, rows_ok, col, col_ok, g_sign, wd_coupled, ACC: tl.constexpr, BLOCK_R: tl.constexpr
+):
+    """The gradient (sign for maximize, coupled weight decay applied) and parameter of a block of
+    BLOCK_R rows from row r0, in ACC; its mask, int32 offsets from row r0 and that row's int64 offset."""
+    offs = tl.arange(0, BLOCK_R)[:, None, None] * m + col
+    ok = rows_ok[:, None, None] & col_ok
+    base = m64 * r0
+    p = tl.load(p_ptr + base + offs, mask=ok, other=0.0).to(ACC)
+    g = tl.load(g_ptr + base + offs, mask=ok, other=0.0).to(ACC)
+    return g * g_sign + wd_coupled * p, p, ok, offs, base
+
+
+@triton.jit
+def _signed_moment(
+    sign, r0, width, rows_ok, j, offs, ok, base, m_abs_old, g, beta1,
+    ACC: tl.constexpr, PACKED: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """The new first moment of a factored block, from |M| rebuilt from the factors and the old signs;
+    the new signs stored (exact zeros count as negative, as in the reference). Packed: byte j of a
+    sign row holds columns k * width + j in bit k, so packing is a sum over the plane axis."""
+    if PACKED:
+        sign = sign + width.to(tl.int64) * r0
+        byte_off = tl.arange(0, BLOCK_R)[:, None, None] * width + j
+        byte_ok = rows_ok[:, None, None] & (j < width)
+        old = (tl.load(sign + byte_off, mask=byte_ok, other=0).to(tl.int32) >> tl.arange(0, 8)[None, :, None]) & 1
+    else:
+        sign = sign + base
+        old = tl.load(sign + offs, mask=ok, other=0).to(tl.int32)
+    mom = beta1 * ((old * 2 - 1).to(ACC) * m_abs_old) + (1.0 - beta1) * g
+    positive = (mom > 0).to(tl.int32)
+    if PACKED:
+        packed = tl.sum(positive << tl.arange(0, 8)[None, :, None], axis=1)
+        tl.store(sign + byte_off, tl.expand_dims(packed, 1).to(tl.uint8), mask=byte_ok)
+    else:
+        tl.store(sign + offs, positive.to(tl.uint8), mask=ok)
+    return mom
+
+
+@triton.jit
+def _store_param(p_blk, offs, ok, p, mom, v, lr, eps, key, base, P_DT: tl.constexpr, STOCHASTIC: tl.constexpr):
+    """p - lr * M / (sqrt(V) + eps) (0 where the denominator is 0) written in the parameter's dtype:
+    bf16 rounded stochastically with bits drawn for the element's index in its tensor, or to nearest."""
+    denom = tl.sqrt(v) + eps
+    new_p = p - lr * tl.where(denom > 0, mom / tl.where(denom > 0, denom, 1.0), 0.0)
+    if STOCHASTIC:
+        index = base.to(tl.uint32) + offs.to(tl.uint32)  # the low 32 bits of the element's index
+        bits = _random_bits(key, index)
+        tl.store(p_blk + offs, _stochastic_bf16(new_p.to(tl.float32), bits), mask=ok)
+    else:
+        tl.store(p_blk + offs, _to_param_dtype(new_p, P_DT), mask=ok)
+
+
+@triton.jit
+def _add_row_sums(addr, ok, sums, accumulate):
+    """Write (first column block of a tile) or add (later ones) row sums into this tile's slot."""
+    previous = tl.load(addr, mask=ok & accumulate, other=0.0)
+    tl.store(addr, previous + sums, mask=ok)
+
+
+@triton.jit
+def _dense_tile(
+    row, tile, tile_rows, tile_bytes, lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key,
+    P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, STOCHASTIC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
+):  # fmt: skip
+    """A tile of a tensor with dense moments (exp_avg_sq, and exp_avg with a first moment): Adam's
+    element-wise update without bias correction, in the same tile geometry."""
+    m64, m, width, _, _, r_start, r_end, j_start, j_end = _geometry(row, tile, tile_rows, tile_bytes, False)
+    p_ptr = _ptr(row, COL_P, P_DT)
+    g_ptr = _ptr(row, COL_G, G_DT)
+    exp_avg_sq = _ptr(row, COL_EXP_AVG_SQ, ACC)
+    exp_avg = _ptr(row, COL_EXP_AVG, ACC)
+    for j0 in range(j_start, j_end, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)[None, None, :]
+        col = tl.arange(0, 8)[None, :, None] * width + j
+        col_ok = (j < j_end) & (col < m)
+        for r0 in range(r_start, r_end, BLOCK_R):
+            rows_ok = r0 + tl.arange(0, BLOCK_R) < r_end
+            g, p, ok, offs, base = _load_block(
+                p_ptr, g_ptr, r0, m64, m, rows_ok, col, col_ok, g_sign, wd_coupled, ACC, BLOCK_R
+            )
+            v = beta2 * tl.load(exp_avg_sq + base + offs, mask=ok, other=0.0) + (1.0 - beta2) * (g * g)
+            tl.store(exp_avg_sq + base + offs, v, mask=ok)
+            mom = g
+            if HAS_M:
+                mom = beta1 * tl.load(exp_avg + base + offs, mask=ok, other=0.0) + (1.0 - beta1) * g
+                tl.store(exp_avg + base + offs, mom, mask=ok)
+            _store_param(p_ptr + base, offs, ok, p * p_scale, mom, v, lr, eps, key, base, P_DT, STOCHASTIC)
+
+
+@triton.jit
+def _mix(x):
+    """The 31-bit integer hash of smmf.rounding, on uint32: the products wrap modulo 2^32, and only
+    their low 31 bits are kept, as with the int64 arithmetic there."""
+    x = x & 0x7FFFFFFF
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0x7FFFFFFF
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0x7FFFFFFF
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _stream_key(seed, step):
+    """The part of smmf.rounding's hash mix(index ^ mix(seed ^ mix(step))) that is the same for every
+    element of a tensor in a step (only the low 31 bits of seed and step count there)."""
+    return _mix((seed & 0x7FFFFFFF).to(tl.uint32) ^ _mix((step & 0x7FFFFFFF).to(tl.uint32)))
+
+
+@triton.jit
+def _random_bits(key, index):
+    """The element's random bits from the tensor's key and the low 32 bits of its index (uint32)."""
+    return _mix(index ^ key)
+
+
+@triton.jit
+def _stochastic_bf16(x, bits):
+    """float32 x to bfloat16, rounded away from zero with probability (dropped bits) / 2^16, as
+    smmf.rounding.stochastic_round_bf16 does; the cast at the end is exact."""
+    kept = (x.to(tl.uint32, bitcast=True) + (bits & 0xFFFF)) & 0xFFFF0000
+    return tl.where(x != x, x, kept.to(tl.float32, bitcast=True)).to(tl.bfloat16)
+
+
+@triton.jit
+def _to_param_dtype(x, P_DT: tl.constexpr):
+    """x in the parameter's dtype, rounded to nearest even. bf16 is rounded by hand: Triton's
+    interpreter truncates on that cast, and the result is then exact in every mode."""
+    if P_DT == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = tl.where(x != x, x, rounded.to(tl.float32, bitcast=True))
+    return x.to(P_DT)
