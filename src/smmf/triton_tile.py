@@ -8,7 +8,8 @@ block's first row (an int64 base), and a tensor's kind is a branch per program, 
 
 * a factored tensor whose rows and addresses are whole 16-byte units (``aligned``, see
   :func:`smmf.triton_backend.vector_ready`) runs the same code with alignment hints, so that its
-  parameter, gradient and sign loads and stores are 16-byte vectors; its column sums are added up
+  parameter and gradient loads and stores are vectors (8 bytes a thread in bf16, 16 in fp32 with
+  blocks of 4 rows); its column sums are added up
   element-wise over a tile's rows and reduced once per column block;
 * any other factored tensor runs it without hints;
 * a tensor with dense moments (``vector_reshape=False``) runs the plain element-wise update.
