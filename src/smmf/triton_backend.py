@@ -3,8 +3,9 @@
 A bucket is one param group's tensors of one device, parameter dtype and gradient dtype. Its
 :class:`Plan` (the device table of addresses and shapes, the tile map, the tiling) is built once and
 reused while the same tensors have gradients at the same addresses, so a step costs the four launches
-of :mod:`smmf.triton_kernels`, plus one small fill when a hyperparameter changed, with no host sync
-and no host-to-device copy: ``optimizer.step()`` can be captured in a CUDA graph.
+of :mod:`smmf.triton_kernels` and :mod:`smmf.triton_tile`, plus one small fill when a hyperparameter
+changed, with no host sync and no host-to-device copy: ``optimizer.step()`` can be captured in a CUDA
+graph.
 """
 
 from __future__ import annotations
