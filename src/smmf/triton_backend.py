@@ -99,18 +99,22 @@ def with_gradients(plan: Plan, gradients: tuple[int, ...]) -> Plan:
     """The plan with its gradient and alignment columns rewritten (one small host-to-device copy)."""
     from . import triton_kernels as tk
 
-    aligned = [int(ok and g % _VECTOR_BYTES == 0) for ok, g in zip(plan.aligned, gradients, strict=True)]
-    columns = torch.tensor([gradients, aligned], dtype=torch.int64).T
+    columns = torch.tensor([gradients, _aligned_column(plan.aligned, gradients)], dtype=torch.int64).T
     plan.table[:, [int(tk.COL_G), int(tk.COL_ALIGNED)]] = columns.to(plan.table.device, non_blocking=True)
     return dataclasses.replace(plan, gradients=gradients)
 
 
 def vector_ready(addresses: list[int], m: int, dense: bool) -> bool:
-    """Whether pass 1 may move a factored tensor in 16-byte vectors: every address (parameter,
-    gradient, signs, factors) a multiple of 16 bytes and m a multiple of 64 (a sign row then holds
-    whole 8-byte words, and each of a row's 8 planes of width m / 8 starts on a 16-byte boundary in
-    any dtype of 2 bytes or more)."""
+    """Whether pass 1 may move a factored tensor in 16-byte vectors, as far as ``addresses`` go (the
+    gradient's joins them in :func:`_aligned_column`): every address a multiple of 16 bytes and m a
+    multiple of 64 (a sign row then holds whole 8-byte words, and each of a row's 8 planes of width
+    m / 8 starts on a 16-byte boundary in any dtype of 2 bytes or more)."""
     return not dense and m % 64 == 0 and all(a % _VECTOR_BYTES == 0 for a in addresses)
+
+
+def _aligned_column(aligned: tuple[bool, ...], gradients: tuple[int, ...]) -> list[int]:
+    """The table's ``aligned`` column: :func:`vector_ready` of the other addresses and the gradient's."""
+    return [int(ok and g % _VECTOR_BYTES == 0) for ok, g in zip(aligned, gradients, strict=True)]
 
 
 def _tensor_shape(p: Tensor, state: dict[str, Any]) -> tuple[int, int, int, bool]:
@@ -201,17 +205,19 @@ def build_plan(items: list[Item], layout: tuple[Any, ...], acc_dtype: torch.dtyp
         _state_addresses(entry, state, fallback=p.data_ptr())
         vector_columns = (tk.COL_P, tk.COL_SIGN, tk.COL_ROW_M, tk.COL_COL_M, tk.COL_ROW_V, tk.COL_COL_V)
         aligned.append(vector_ready([entry[c] for c in vector_columns], m, dense))
-        entry[tk.COL_ALIGNED] = int(aligned[-1] and g.data_ptr() % _VECTOR_BYTES == 0)
         if not dense:
             entry[tk.COL_ROW_PART] = scratch
             scratch += moments * n * col_tiles
             entry[tk.COL_COL_PART] = scratch
             scratch += moments * m * row_tiles
         rows.append(entry)
+    gradients = gradient_addresses(items)
+    for entry, flag in zip(rows, _aligned_column(tuple(aligned), gradients), strict=True):
+        entry[tk.COL_ALIGNED] = flag
     owners = torch.repeat_interleave(torch.arange(len(items), dtype=torch.int32), torch.tensor(tile_counts))
     return Plan(
         layout=layout,
-        gradients=gradient_addresses(items),
+        gradients=gradients,
         aligned=tuple(aligned),
         table=torch.tensor(rows, dtype=torch.int64).to(device),
         tile_map=owners.to(device),

@@ -71,18 +71,27 @@ def _schedules(step_ptr, hp, ACC: tl.constexpr):
 
 
 @triton.jit
-def _tile_bounds(row, tile, tile_rows, tile_bytes):
-    """(first row, end row, first byte, end byte) of this tile of its tensor."""
-    col_tiles = tl.load(row + COL_COL_TILES)
-    local = tile - tl.load(row + COL_TILE0)
-    r_start = (local // col_tiles) * tile_rows
-    j_start = (local % col_tiles) * tile_bytes
-    return (
-        r_start,
-        tl.minimum(tl.load(row + COL_N), r_start + tile_rows),
-        j_start,
-        tl.minimum(tl.load(row + COL_B), j_start + tile_bytes),
-    )
+def _geometry(row, tile, tile_rows, tile_bytes, ALIGNED: tl.constexpr):
+    """(m as int64, m, bytes per sign row, row tile, column tile, first row, end row, first byte, end
+    byte) of this tile; int32 but for the first."""
+    m64 = tl.load(row + COL_M)
+    m = m64.to(tl.int32)
+    width = tl.load(row + COL_B).to(tl.int32)
+    local = tile - tl.load(row + COL_TILE0).to(tl.int32)
+    col_tiles = tl.load(row + COL_COL_TILES).to(tl.int32)
+    row_tile = local // col_tiles
+    col_tile = local % col_tiles
+    r_start = row_tile * tile_rows
+    r_end = tl.minimum(tl.load(row + COL_N).to(tl.int32), r_start + tile_rows)
+    j_start = col_tile * tile_bytes
+    j_end = tl.minimum(width, j_start + tile_bytes)
+    if ALIGNED:  # m a multiple of 64, so sign rows are whole 8-byte words; tiles start at 16-byte columns
+        m64 = tl.multiple_of(m64, 64)
+        m = tl.multiple_of(m, 64)
+        width = tl.multiple_of(width, 8)
+        j_start = tl.multiple_of(j_start, 16)
+        j_end = tl.multiple_of(j_end, 8)
+    return m64, m, width, row_tile, col_tile, r_start, r_end, j_start, j_end
 
 
 @triton.jit
@@ -95,9 +104,7 @@ def check_gradients(
     tile = tl.program_id(0)
     tensor = tl.load(tile_map + tile).to(tl.int64)
     row = table + tensor * TABLE_COLS
-    r_start, r_end, j_start, j_end = _tile_bounds(row, tile, tile_rows, tile_bytes)
-    m = tl.load(row + COL_M)
-    width = tl.load(row + COL_B)
+    m64, m, width, _, _, r_start, r_end, j_start, j_end = _geometry(row, tile, tile_rows, tile_bytes, False)
     g_ptr = _ptr(row, COL_G, G_DT)
     plane = tl.arange(0, 8)[None, :, None]
     bad = tl.zeros((BLOCK_R, 8, BLOCK_J), dtype=tl.int32)
@@ -105,9 +112,9 @@ def check_gradients(
         j = j0 + tl.arange(0, BLOCK_J)[None, None, :]
         col = plane * width + j
         for r0 in range(r_start, r_end, BLOCK_R):
-            r = r0 + tl.arange(0, BLOCK_R)[:, None, None]
-            ok = (r < r_end) & (j < j_end) & (col < m)
-            g = tl.load(g_ptr + r * m + col, mask=ok, other=0.0).to(ACC)
+            rel = tl.arange(0, BLOCK_R)[:, None, None]  # int32 offsets from row r0, as in pass 1
+            ok = (rel + r0 < r_end) & (j < j_end) & (col < m)
+            g = tl.load(g_ptr + m64 * r0 + rel * m + col, mask=ok, other=0.0).to(ACC)
             bad = tl.maximum(bad, (~(g * g < _INF)).to(tl.int32))
     any_bad = tl.max(tl.max(tl.max(bad, axis=2), axis=1), axis=0)
     if any_bad > 0:

@@ -26,7 +26,6 @@ from .triton_kernels import (
     _HP_WD_COUPLED,
     _HP_WD_DECOUPLED,
     COL_ALIGNED,
-    COL_B,
     COL_COL_M,
     COL_COL_PART,
     COL_COL_TILES,
@@ -35,7 +34,6 @@ from .triton_kernels import (
     COL_EXP_AVG,
     COL_EXP_AVG_SQ,
     COL_G,
-    COL_M,
     COL_N,
     COL_P,
     COL_ROW_M,
@@ -47,6 +45,7 @@ from .triton_kernels import (
     COL_STEP,
     COL_TILE0,
     TABLE_COLS,
+    _geometry,
     _ptr,
     _schedules,
 )
@@ -109,30 +108,6 @@ def _pointer(row, col: tl.constexpr, dtype: tl.constexpr, ALIGNED: tl.constexpr)
 
 
 @triton.jit
-def _geometry(row, tile, tile_rows, tile_bytes, ALIGNED: tl.constexpr):
-    """(m as int64, m, bytes per sign row, row tile, column tile, first row, end row, first byte, end
-    byte) of this tile; int32 but for the first."""
-    m64 = tl.load(row + COL_M)
-    m = m64.to(tl.int32)
-    width = tl.load(row + COL_B).to(tl.int32)
-    local = tile - tl.load(row + COL_TILE0).to(tl.int32)
-    col_tiles = tl.load(row + COL_COL_TILES).to(tl.int32)
-    row_tile = local // col_tiles
-    col_tile = local % col_tiles
-    r_start = row_tile * tile_rows
-    r_end = tl.minimum(tl.load(row + COL_N).to(tl.int32), r_start + tile_rows)
-    j_start = col_tile * tile_bytes
-    j_end = tl.minimum(width, j_start + tile_bytes)
-    if ALIGNED:  # m a multiple of 64, so sign rows are whole 8-byte words; tiles start at 16-byte columns
-        m64 = tl.multiple_of(m64, 64)
-        m = tl.multiple_of(m, 64)
-        width = tl.multiple_of(width, 8)
-        j_start = tl.multiple_of(j_start, 16)
-        j_end = tl.multiple_of(j_end, 8)
-    return m64, m, width, row_tile, col_tile, r_start, r_end, j_start, j_end
-
-
-@triton.jit
 def _factored_tile(
     row, tile, scratch, tile_rows, tile_bytes, lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key,
     P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
@@ -144,11 +119,7 @@ def _factored_tile(
     m64, m, width, row_tile, col_tile, r_start, r_end, j_start, j_end = _geometry(
         row, tile, tile_rows, tile_bytes, ALIGNED
     )
-    n64 = tl.load(row + COL_N)
-    row_part = scratch + tl.load(row + COL_ROW_PART) + col_tile.to(tl.int64) * n64
-    row_part_m = row_part + n64 * tl.load(row + COL_COL_TILES)
-    col_part = scratch + tl.load(row + COL_COL_PART) + row_tile.to(tl.int64) * m64
-    col_part_m = col_part + tl.load(row + COL_ROW_TILES) * m64
+    row_part, row_part_m, col_part, col_part_m = _scratch_slots(row, scratch, row_tile, col_tile, m64)
     p_ptr = _pointer(row, COL_P, P_DT, ALIGNED)
     g_ptr = _pointer(row, COL_G, G_DT, ALIGNED)
     sign = _pointer(row, COL_SIGN, tl.uint8, ALIGNED)
@@ -189,11 +160,9 @@ def _factored_tile(
                     sign, r0, width, rows_ok, j, offs, ok, base, m_abs_old, g, beta1, ACC, PACKED, BLOCK_R
                 )
             _store_param(p_ptr + base, offs, ok, p * p_scale, mom, v, lr, eps, key, base, P_DT, STOCHASTIC)
-            _add_row_sums(row_part + r, rows_ok, tl.sum(tl.sum(v, axis=2), axis=1), later)
-            sums_v = _accumulate(sums_v, v, ALIGNED)
+            sums_v = _add_sums(row_part + r, rows_ok, v, sums_v, later, ALIGNED)
             if HAS_M:
-                _add_row_sums(row_part_m + r, rows_ok, tl.sum(tl.sum(tl.abs(mom), axis=2), axis=1), later)
-                sums_m = _accumulate(sums_m, tl.abs(mom), ALIGNED)
+                sums_m = _add_sums(row_part_m + r, rows_ok, tl.abs(mom), sums_m, later, ALIGNED)
         col2 = kk[:, None] * width + j0 + jj[None, :]
         col2_ok = (j0 + jj[None, :] < j_end) & (col2 < m)
         tl.store(col_part + col2, _column_sums(sums_v, ALIGNED), mask=col2_ok)
@@ -212,11 +181,30 @@ def _column_accumulators(BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.c
 
 
 @triton.jit
-def _accumulate(sums, block, ALIGNED: tl.constexpr):
+def _scratch_slots(row, scratch, row_tile, col_tile, m64):
+    """This tile's scratch slots: its row sums of V and |M| (one slot per column tile, n long) and its
+    column sums of V and |M| (one slot per row tile, m long)."""
+    n64 = tl.load(row + COL_N)
+    row_part = scratch + tl.load(row + COL_ROW_PART) + col_tile.to(tl.int64) * n64
+    col_part = scratch + tl.load(row + COL_COL_PART) + row_tile.to(tl.int64) * m64
+    return (
+        row_part,
+        row_part + n64 * tl.load(row + COL_COL_TILES),
+        col_part,
+        col_part + tl.load(row + COL_ROW_TILES) * m64,
+    )
+
+
+@triton.jit
+def _add_sums(row_sums, rows_ok, block, column_sums, later, ALIGNED: tl.constexpr):
+    """A block's row sums written to (first column block of a tile) or added into (later ones) the
+    tile's slot at ``row_sums``; returns ``column_sums`` with the block added in."""
+    previous = tl.load(row_sums, mask=rows_ok & later, other=0.0)
+    tl.store(row_sums, previous + tl.sum(tl.sum(block, axis=2), axis=1), mask=rows_ok)
     if ALIGNED:
-        return sums + block
+        return column_sums + block
     else:
-        return sums + tl.sum(block, axis=0)
+        return column_sums + tl.sum(block, axis=0)
 
 
 @triton.jit
@@ -279,13 +267,6 @@ def _store_param(p_blk, offs, ok, p, mom, v, lr, eps, key, base, P_DT: tl.conste
         tl.store(p_blk + offs, _stochastic_bf16(new_p.to(tl.float32), bits), mask=ok)
     else:
         tl.store(p_blk + offs, _to_param_dtype(new_p, P_DT), mask=ok)
-
-
-@triton.jit
-def _add_row_sums(addr, ok, sums, accumulate):
-    """Write (first column block of a tile) or add (later ones) row sums into this tile's slot."""
-    previous = tl.load(addr, mask=ok & accumulate, other=0.0)
-    tl.store(addr, previous + sums, mask=ok)
 
 
 @triton.jit
