@@ -71,7 +71,22 @@ def test_train_mode_times_whole_steps_of_a_real_model_on_cpu(tmp_path: Path) -> 
     for row in rows:
         assert row["fits"] and row["step_ms"] > 0 and row["full_step_ms"] > 0 and row["params"] > 0
     assert rows[1]["state_bytes"] < rows[0]["state_bytes"] / 4
+    assert all(row["step_gpu_ms"] is None and row["launches_per_step"] is None for row in rows)  # no GPU here
     assert "x AdamW(fused)" in (tmp_path / "bench-train.md").read_text()
+
+
+def test_kernel_profile_adds_up_launches_and_busy_time_by_kernel() -> None:
+    from smmf.commands.kernel_profile import profile_kernels, summarize
+
+    activities = [("step_tiles", 900.0), ("check_gradients", 50.0), ("step_tiles", 700.0), ("Memcpy HtoD", 2.0)]
+    summary = summarize(activities, top=2)
+    assert summary["launches"] == 4
+    assert summary["gpu_ms"] == pytest.approx(1.652)
+    assert summary["kernels"] == [
+        {"name": "step_tiles", "count": 2, "ms": pytest.approx(1.6)},
+        {"name": "check_gradients", "count": 1, "ms": pytest.approx(0.05)},
+    ]
+    assert profile_kernels(lambda: None, torch.device("cpu")) is None
 
 
 def test_train_mode_reports_out_of_memory_as_does_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:

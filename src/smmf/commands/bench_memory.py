@@ -3,8 +3,9 @@
 For each model (Llama shapes from ``transformers.LlamaConfig``, random weights made directly on the
 device, nothing downloaded; batch 1, sequence 512, gradient checkpointing) and each way of training,
 in a fresh process: one step to create the optimizer state, then the peak memory the allocator held
-during a second whole training step (forward, backward, step) and that step's time. A model that runs
-out of memory is reported as "does not fit", not as a crash.
+during a second whole training step (forward, backward, step) and that step's time; on CUDA, the
+GPU's busy time in a third step, profiled (:mod:`smmf.commands.kernel_profile`). A model that runs out
+of memory is reported as "does not fit", not as a crash.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 
 from .bench_worker import machine, run_worker
 from .common import UsageError, check_names, markdown_table, resolve_device, split_names, writable_dir, write_report
+from .kernel_profile import profile_kernels
 from .models import build_transformer
 
 __all__ = ["MODELS", "CONFIGS", "measure", "run"]
@@ -94,12 +96,17 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         train_step(ids)
         if cuda:
             torch.cuda.synchronize(device)
+        step_ms = (time.perf_counter() - start) * 1e3
+        peak = torch.cuda.max_memory_allocated(device) if cuda else None
+        gpu = profile_kernels(lambda: train_step(ids), device) or {}  # a third step: not in the peak or the time
     except torch.OutOfMemoryError:
         return {"fits": False, "error": "does not fit"}
     return {
         "fits": True,
-        "step_ms": (time.perf_counter() - start) * 1e3,
-        "peak_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
+        "step_ms": step_ms,
+        "peak_bytes": peak,
+        "gpu_ms": gpu.get("gpu_ms"),
+        "kernels": gpu.get("kernels"),
         "params": sum(p.numel() for p in model.parameters()),
     }
 
@@ -110,7 +117,8 @@ def _cell(row: dict[str, Any] | None) -> str:
     if "error" in row:
         return row["error"]
     peak = "-" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 1024**3:.1f} GiB"
-    return f"{peak}, {row['step_ms']:,.0f} ms"
+    busy = f" (GPU {row['gpu_ms']:,.0f})" if row.get("gpu_ms") is not None else ""
+    return f"{peak}, {row['step_ms']:,.0f} ms{busy}"
 
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], models: list[str], configs: list[str]) -> str:

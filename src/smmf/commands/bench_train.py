@@ -5,7 +5,9 @@ random weights directly on the device (nothing downloaded), trained for warm-up 
 ways: full steps back to back (one sync at the end, as training runs) and ``step()`` alone (synced
 before and after). Peak memory is the allocator's high-water mark over the timed steps, state memory
 counts the optimizer's tensors, and on CUDA ``torch.profiler`` counts the kernels one ``step()``
-launches. A workload that runs out of memory is reported as "does not fit", not as a crash.
+launches and adds up the GPU's busy time in one ``step()`` and in one full step (well below the wall
+time, the step waits on the host). A workload that runs out of memory is reported as "does not fit",
+not as a crash.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..memory import optimizer_state_bytes
 from . import registry
 from .bench_worker import machine, run_worker
 from .common import UsageError, check_names, markdown_table, resolve_device, split_names, writable_dir, write_report
+from .kernel_profile import profile_kernels
 from .models import DigitsCNN, build_image_model, build_transformer
 
 __all__ = ["WORKLOADS", "CUDA_WORKLOADS", "CPU_WORKLOADS", "TRAIN_OPTIMIZERS", "measure", "markdown", "run"]
@@ -117,16 +120,10 @@ def _build(spec: dict[str, Any], device: torch.device) -> tuple[nn.Module, Workl
     return model, workload
 
 
-def _launches(opt: torch.optim.Optimizer, device: torch.device) -> int | None:
-    """Kernels one ``step()`` launches on the GPU, from torch.profiler (None on CPU)."""
-    if device.type != "cuda":
-        return None
-    from torch.profiler import DeviceType, ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        opt.step()
-        torch.cuda.synchronize(device)
-    return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+def train_step(forward_backward: Callable[[], None], opt: torch.optim.Optimizer) -> None:
+    forward_backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -143,17 +140,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             loss.backward()
 
         for _ in range(spec["warmup"]):
-            forward_backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            train_step(forward_backward, opt)
         sync()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         for _ in range(spec["steps"]):
-            forward_backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            train_step(forward_backward, opt)
         sync()
         full_s = (time.perf_counter() - start) / spec["steps"]
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -166,8 +159,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             sync()
             step_s.append(time.perf_counter() - start)
             opt.zero_grad(set_to_none=True)
+        full_profile = profile_kernels(lambda: train_step(forward_backward, opt), device)
         forward_backward()
-        launches = _launches(opt, device)
+        step_profile = profile_kernels(opt.step, device)
     except torch.OutOfMemoryError:
         return {"error": "does not fit", "fits": False}
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
@@ -177,9 +171,21 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "step_ms": sorted(step_s)[len(step_s) // 2] * 1e3,
         "peak_bytes": peak,
         "state_bytes": optimizer_state_bytes(opt),
-        "launches_per_step": launches,
+        **_gpu_fields(step_profile, full_profile),
         "params": sum(p.numel() for p in model.parameters()),
         "fits": True,
+    }
+
+
+def _gpu_fields(step: dict[str, Any] | None, full_step: dict[str, Any] | None) -> dict[str, Any]:
+    """A row's GPU columns from the profiles of one ``step()`` and one full step (None on CPU)."""
+    if step is None or full_step is None:
+        return dict.fromkeys(("launches_per_step", "step_gpu_ms", "full_step_gpu_ms", "step_kernels"))
+    return {
+        "launches_per_step": step["launches"],
+        "step_gpu_ms": step["gpu_ms"],
+        "full_step_gpu_ms": full_step["gpu_ms"],
+        "step_kernels": step["kernels"],
     }
 
 
@@ -192,7 +198,7 @@ def _table(group: list[dict[str, Any]]) -> str:
     base = next((r for r in group if r["name"] == "adamw-fused" and "error" not in r), None)
     header = (
         "optimizer", "`step()` ms", "x AdamW(fused)", "full step ms", "x AdamW(fused)", "peak GiB", "state MiB",
-        "launches / step",
+        "launches / step", "`step()` GPU ms", "full step GPU ms",
     )  # fmt: skip
     body: list[tuple[str, ...]] = []
     for r in group:
@@ -212,6 +218,8 @@ def _table(group: list[dict[str, Any]]) -> str:
                 _cell(r["peak_bytes"], 2, 1024**3),
                 _cell(r["state_bytes"], 1, 1024**2),
                 str(launches) if launches is not None else "-",
+                _cell(r.get("step_gpu_ms"), 2),
+                _cell(r.get("full_step_gpu_ms")),
             )
         )
     return markdown_table(header, body)
@@ -222,7 +230,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
         f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}. Command: `{meta['command']}`",
         f"Full step: mean of {meta['steps']} back-to-back steps after {meta['warmup']} warm-up steps (bf16 autocast); "
-        "`step()`: median of as many, synced before and after. Each row in a fresh process.",
+        "`step()`: median of as many, synced before and after. Each row in a fresh process. GPU ms: the kernels' "
+        "busy time in one profiled step (torch.profiler).",
     ]
     for workload in dict.fromkeys(r["workload"] for r in rows):
         group = [r for r in rows if r["workload"] == workload]
