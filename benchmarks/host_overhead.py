@@ -24,9 +24,18 @@ import torch
 from torch.utils import benchmark
 
 import smmf
-from smmf import triton_kernels
+from smmf import triton_kernels, triton_tile
 from smmf.commands.models import build_meta_model, meta_shapes
 from smmf.functional import StepCache
+
+
+# the four kernels of a step, where smmf.triton_backend.step looks them up
+KERNELS = (
+    (triton_kernels, "check_gradients"),
+    (triton_tile, "step_tiles"),
+    (triton_kernels, "reduce_factors"),
+    (triton_kernels, "normalize_columns"),
+)
 
 
 class _NoLaunch:
@@ -56,8 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     shapes = meta_shapes(build_meta_model(args.model, num_classes=100 if args.model == "resnet50" else None))
-    for name in ("check_gradients", "step_tiles", "reduce_factors", "normalize_columns"):
-        setattr(triton_kernels, name, _NoLaunch())
+    for module, name in KERNELS:
+        setattr(module, name, _NoLaunch())
     params = _params(shapes)
     opt = smmf.SMMF(params, lr=1e-3, backend="triton")
     group = opt.param_groups[0]
