@@ -131,6 +131,30 @@ def test_triton_step_replays_in_a_cuda_graph_like_eager_steps() -> None:
     assert opt.state[params[0]]["step"].item() == 6
 
 
+def test_triton_steps_make_no_host_sync_when_gradients_move_and_lr_changes() -> None:
+    """After the first step (which builds the table), steps with freshly allocated gradients, a scheduler's
+    new lr, and the step inside backward, wait for nothing: the host can run ahead of the GPU."""
+    from smmf import step_in_backward
+
+    params = [torch.randn(s, device="cuda").requires_grad_() for s in [(256, 300), (97,), (768,)]]
+    opt = SMMF(params, lr=0.01, backend="triton")
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    model = torch.nn.Linear(64, 64, device="cuda")
+    handle = step_in_backward(model, lr=0.01, backend="triton")
+    x = torch.randn(8, 64, device="cuda")
+    for step in range(3):
+        torch.cuda.set_sync_debug_mode("error" if step else "default")
+        try:
+            for p in params:
+                p.grad = torch.randn_like(p) + step  # new tensors: new addresses, the table's column rewritten
+            opt.step()
+            scheduler.step()
+            model(x).square().sum().backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert handle.optimizer.state[model.weight]["step"].item() == 3
+
+
 @pytest.mark.parametrize("backend", ["triton", "inductor"])
 def test_compiled_backends_match_eager_on_cuda_float64(backend: str) -> None:
     (pf, _), (pe, _) = _run(backend, torch.float64), _run("eager", torch.float64)

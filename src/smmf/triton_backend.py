@@ -96,10 +96,14 @@ def gradient_addresses(items: list[Item]) -> tuple[int, ...]:
 
 
 def with_gradients(plan: Plan, gradients: tuple[int, ...]) -> Plan:
-    """The plan with its gradient and alignment columns rewritten (one small host-to-device copy)."""
+    """The plan with its gradient and alignment columns rewritten: one small host-to-device copy, from
+    pinned memory on CUDA, as a copy from pageable memory may wait for the stream (and the host would
+    then wait for the backward pass it could be running ahead of)."""
     from . import triton_kernels as tk
 
-    columns = torch.tensor([gradients, _aligned_column(plan.aligned, gradients)], dtype=torch.int64).T
+    columns = torch.tensor(list(zip(gradients, _aligned_column(plan.aligned, gradients))), dtype=torch.int64)
+    if plan.table.is_cuda:
+        columns = columns.pin_memory()  # freed safely: torch's pinned allocator waits for the copy
     plan.table[:, [int(tk.COL_G), int(tk.COL_ALIGNED)]] = columns.to(plan.table.device, non_blocking=True)
     return dataclasses.replace(plan, gradients=gradients)
 
