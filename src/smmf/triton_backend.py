@@ -104,7 +104,9 @@ def with_gradients(plan: Plan, gradients: tuple[int, ...]) -> Plan:
     columns = torch.tensor(list(zip(gradients, _aligned_column(plan.aligned, gradients))), dtype=torch.int64)
     if plan.table.is_cuda:
         columns = columns.pin_memory()  # freed safely: torch's pinned allocator waits for the copy
-    plan.table[:, [int(tk.COL_G), int(tk.COL_ALIGNED)]] = columns.to(plan.table.device, non_blocking=True)
+    first = int(tk.COL_G)  # and COL_ALIGNED next to it: a slice, as indexing with a list of columns would
+    # copy the list to the device and wait for it
+    plan.table[:, first : first + 2].copy_(columns.to(plan.table.device, non_blocking=True))
     return dataclasses.replace(plan, gradients=gradients)
 
 

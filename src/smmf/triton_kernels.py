@@ -32,15 +32,15 @@ import triton.language as tl
 from . import kernels
 
 # Columns of the tensor table (int64), as constexprs so that kernels can read them as globals.
+# "g" and "aligned" side by side: they are the columns rewritten when gradients move, in one slice.
 TABLE_COLUMNS = (
-    "p", "g", "sign", "row_m", "col_m", "row_v", "col_v", "exp_avg", "exp_avg_sq", "step",
+    "p", "g", "aligned", "sign", "row_m", "col_m", "row_v", "col_v", "exp_avg", "exp_avg_sq", "step",
     "n", "m", "row_bytes", "first_tile", "col_tiles", "row_tiles", "row_part", "col_part", "dense", "skipped", "seed",
-    "aligned",
 )  # fmt: skip
 (
-    COL_P, COL_G, COL_SIGN, COL_ROW_M, COL_COL_M, COL_ROW_V, COL_COL_V, COL_EXP_AVG, COL_EXP_AVG_SQ, COL_STEP,
-    COL_N, COL_M, COL_B, COL_TILE0, COL_COL_TILES, COL_ROW_TILES, COL_ROW_PART, COL_COL_PART, COL_DENSE,
-    COL_SKIPPED, COL_SEED, COL_ALIGNED,
+    COL_P, COL_G, COL_ALIGNED, COL_SIGN, COL_ROW_M, COL_COL_M, COL_ROW_V, COL_COL_V, COL_EXP_AVG, COL_EXP_AVG_SQ,
+    COL_STEP, COL_N, COL_M, COL_B, COL_TILE0, COL_COL_TILES, COL_ROW_TILES, COL_ROW_PART, COL_COL_PART, COL_DENSE,
+    COL_SKIPPED, COL_SEED,
 ) = (tl.constexpr(i) for i in range(len(TABLE_COLUMNS)))  # fmt: skip
 TABLE_COLS = tl.constexpr(len(TABLE_COLUMNS))
 _INF = tl.constexpr(float("inf"))
