@@ -17,12 +17,13 @@ moment, packed signs) and ``check_gradients`` (pass 0, bf16) this prints a markd
 These are static counts of the compiled code, not timings: predicated-off and out-of-line code
 (slow paths of division or square root) is not told apart, and nothing is said about latency.
 A loop is named after the function called from the kernel that owns most of its instructions
-(``nvdisasm -gi`` gives each instruction's inlining chain); of the two ``_factored_tile`` loops the
-aligned one is the one with 64- or 128-bit LDG/STG, and the table also gives the line of the call
+(``nvdisasm -gi`` gives each instruction's inlining chain), or ``_factored_tile`` if it stores sign
+bytes; of the two ``_factored_tile`` loops the aligned one is the one with 64- or 128-bit LDG/STG, and the table also gives the line of the call
 in ``step_tiles`` each loop was inlined from. Kernels are compiled as tests/test_triton_compile.py
-compiles them (``triton.compile`` for ``GPUTarget("cuda", 90, 32)``).
+compiles them (``triton.compile`` for ``GPUTarget("cuda", 90, 32)``), with the launch options of
+:mod:`smmf.triton_backend` (pass 1's register cap: ``.maxnreg`` in the PTX, so ptxas's rerun keeps it).
 
-    python benchmarks/kernel_sass.py [--block-r 16] [--block-j 16] [--num-warps 4]
+    python benchmarks/kernel_sass.py [--block-r 16] [--block-j 16] [--num-warps 4] [--maxnreg 0]
 """
 
 from __future__ import annotations
@@ -79,10 +80,10 @@ def tool_paths() -> tuple[str, str]:
         raise SystemExit(f"kernel_sass.py needs Triton's NVIDIA tools (ptxas, nvdisasm): {exc}") from None
 
 
-def compile_kernel(fn: Any, constexprs: dict[str, Any], num_warps: int) -> Any:
+def compile_kernel(fn: Any, constexprs: dict[str, Any], options: dict[str, Any]) -> Any:
     signature = {name: TYPES.get(name, "constexpr") for name in fn.arg_names}
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
-    return triton.compile(source, target=TARGET, options={"num_warps": num_warps})
+    return triton.compile(source, target=TARGET, options=options)
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -177,6 +178,8 @@ def describe_loop(body: list[Instr]) -> tuple[str, str, str]:
     call_line = calls.most_common(1)[0][0]
     accesses = collections.Counter(ins.opcode for ins in body if ins.opcode.split(".")[0] in ("LDG", "STG"))
     wide = any(part in ("64", "128") for op in accesses for part in op.split("."))
+    if name != "_dense_tile" and any(op.startswith("STG") and op.endswith(".U8") for op in accesses):
+        name = "_factored_tile"  # it stores sign bytes (Triton 3.6's line table names its code after helpers)
     if name == "_factored_tile":
         name += ", aligned" if wide else ", unaligned"
     widths = ", ".join(f"{op} x{count}" for op, count in sorted(accesses.items())) or "none"
@@ -206,24 +209,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--block-r", type=int, default=triton_backend.BLOCK_R)
     parser.add_argument("--block-j", type=int, default=triton_backend.BLOCK_J)
-    parser.add_argument("--num-warps", type=int, default=4)
+    parser.add_argument("--num-warps", type=int, default=triton_backend.PASS1_OPTIONS["num_warps"])
+    parser.add_argument(
+        "--maxnreg", type=int, default=triton_backend.PASS1_OPTIONS["maxnreg"], help="pass 1's register cap (0: none)"
+    )
     args = parser.parse_args()
+    pass1_options = {"num_warps": args.num_warps} | ({"maxnreg": args.maxnreg} if args.maxnreg else {})
     tools = tool_paths()
     start = time.perf_counter()
     blocks = {"BLOCK_R": args.block_r, "BLOCK_J": args.block_j}
     elements = args.block_r * 8 * args.block_j
     print(f"sm_90, Triton {triton.__version__}, BLOCK_R={args.block_r}, BLOCK_J={args.block_j}, "
-          f"num_warps={args.num_warps}: {elements} elements per loop iteration\n")  # fmt: skip
+          f"num_warps={args.num_warps}, pass 1's maxnreg={args.maxnreg or 'none'}: {elements} elements per loop "
+          "iteration\n")  # fmt: skip
     print("| kernel | regs/thread | spill B st/ld | warps/SM | loop | called at line | instrs | thread-instr/elem "
           "| global loads/stores |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for variant, (dtype, stochastic) in STEP_VARIANTS.items():
         constexprs = {"P_DT": dtype, "G_DT": dtype, "ACC": tl.float32, "HAS_M": True, "PACKED": True}
         constexprs |= {"STOCHASTIC": stochastic, **blocks}
-        kernel = compile_kernel(triton_tile.step_tiles, constexprs, args.num_warps)
+        kernel = compile_kernel(triton_tile.step_tiles, constexprs, pass1_options)
         print("\n".join(table_rows(f"step_tiles {variant}", kernel, tools, elements)))
     constexprs = {"G_DT": tl.bfloat16, "ACC": tl.float32, **blocks}
-    kernel = compile_kernel(triton_kernels.check_gradients, constexprs, args.num_warps)
+    kernel = compile_kernel(triton_kernels.check_gradients, constexprs, {"num_warps": args.num_warps})
     print("\n".join(table_rows("check_gradients bf16", kernel, tools, elements)))
     print(f"\nStatic counts, not timings; compiled and analysed in {time.perf_counter() - start:.1f} s.")
 

@@ -20,10 +20,12 @@ TARGETS = [GPUTarget("cuda", 90, 32), GPUTarget("cuda", 80, 32)]
 BLOCKS = {"BLOCK_R": triton_backend.BLOCK_R, "BLOCK_J": triton_backend.BLOCK_J}
 
 
-def _compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], target: GPUTarget) -> str:
-    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target)
+def _compile(
+    fn: Any, signature: dict[str, str], constexprs: dict[str, Any], target: GPUTarget, options: dict[str, Any] | None = None
+) -> Any:
+    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target, options=options)
     assert kernel.asm["cubin"] and "ld.global" in kernel.asm["ptx"]
-    return str(kernel.asm["ptx"])
+    return kernel
 
 
 def _signature(names: list[str], types: dict[str, str]) -> dict[str, str]:
@@ -53,9 +55,15 @@ def test_the_four_kernels_compile(
             "P_DT", "G_DT", "ACC", "HAS_M", "PACKED", "STOCHASTIC", "BLOCK_R", "BLOCK_J"]  # fmt: skip
     types |= {"hp": f"*{accs}", "lr_ptr": "*fp32", "scratch": f"*{accs}", "flag_copies": f"*{accs}"}
     constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": acc, "HAS_M": has_m, "PACKED": packed, "STOCHASTIC": stochastic}
-    ptx = _compile(tt.step_tiles, _signature(step, types), {**constexprs, **BLOCKS}, target)
+    options = triton_backend.PASS1_OPTIONS
+    step_kernel = _compile(tt.step_tiles, _signature(step, types), {**constexprs, **BLOCKS}, target, options)
+    ptx = step_kernel.asm["ptx"]
     # the alignment hints of pass 1's vector path held: parameter and gradient move in vectors
     assert "ld.global.v" in ptx and "st.global.v" in ptx
+    # compiled, the update divides with one approximate instruction in float32 (IEEE in float64), and
+    # ptxas is given the register cap
+    assert ("div.approx.ftz.f32" in ptx and "div.full" not in ptx) if acc == tl.float32 else "div.rn.f64" in ptx
+    assert f".maxnreg {options['maxnreg']}" in ptx
     reduce = ["table", "scratch", "flags", "flag_copies", "ACC", "HAS_M", "BLOCK"]
     _compile(tk.reduce_factors, _signature(reduce, types), {"ACC": acc, "HAS_M": has_m, "BLOCK": 1024}, target)
     normalize = ["table", "scratch", "flag_copies", "ACC", "HAS_M", "BLOCK"]

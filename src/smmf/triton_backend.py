@@ -36,6 +36,12 @@ BLOCK_R = 4
 INTERPRETER_BLOCK_R = 16
 BLOCK_J = 16
 _VECTOR_BYTES = 16
+# Launch options of pass 1: at most 96 registers a thread, so that 20 warps are resident on an SM
+# whatever the dtype and Triton version. Uncapped, Triton 3.6 (the GPU machine's) gives bf16 128
+# registers (16 warps), fp32 and stochastic rounding 143-151 (12 warps); capped, the loops spill
+# nothing and gain 2-4 instructions in 60-85 per element (sm_90 machine code, benchmarks/kernel_sass.py;
+# static counts, not timings).
+PASS1_OPTIONS = {"num_warps": 4, "maxnreg": 96}
 _REDUCE_BLOCK = 1024
 # The extra memory of a step (scratch and tile map) stays within this fraction of the largest
 # parameter, or _MIN_SCRATCH_BYTES for models of tiny tensors.
@@ -296,7 +302,7 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
         dtypes = {"P_DT": _triton_dtype(p_dtype), "G_DT": _triton_dtype(g_dtype), "ACC": acc}
         tt.step_tiles[(tiles,)](
             plan.table, plan.tile_map, plan.flags, hp, lr, scratch, flag_copies, plan.tile_rows, plan.tile_bytes,
-            HAS_M=plan.has_m, PACKED=plan.packed, STOCHASTIC=plan.stochastic, **dtypes, **blocks,
+            HAS_M=plan.has_m, PACKED=plan.packed, STOCHASTIC=plan.stochastic, **dtypes, **blocks, **PASS1_OPTIONS,
         )  # fmt: skip
     reduce = {"ACC": acc, "HAS_M": plan.has_m, "BLOCK": _REDUCE_BLOCK}
     tk.reduce_factors[(tensors, 1 + plan.row_chunks + plan.column_chunks)](

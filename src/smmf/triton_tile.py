@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
+from triton.runtime.interpreter import InterpretedFunction
 
 from .triton_kernels import (
     _HP_EPS,
@@ -95,6 +97,11 @@ def step_tiles(
                 row, tile, scratch, tile_rows, tile_bytes, lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key,
                 P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, False, BLOCK_R, BLOCK_J,
             )  # fmt: skip
+
+
+# Whether the kernels are compiled (False under Triton's interpreter, which has no libdevice and whose
+# cast to bf16 truncates): compiled, pass 1 divides and rounds to bf16 with single instructions.
+_COMPILED = tl.constexpr(not isinstance(step_tiles, InterpretedFunction))
 
 
 @triton.jit
@@ -245,7 +252,7 @@ def _signed_moment(
     else:
         sign = sign + base
         old = tl.load(sign + offs, mask=ok, other=0).to(tl.int32)
-    mom = beta1 * ((old * 2 - 1).to(ACC) * m_abs_old) + (1.0 - beta1) * g
+    mom = beta1 * tl.where(old != 0, m_abs_old, -m_abs_old) + (1.0 - beta1) * g
     positive = (mom > 0).to(tl.int32)
     if PACKED:
         packed = tl.sum(positive << tl.arange(0, 8)[None, :, None], axis=1)
@@ -260,7 +267,7 @@ def _store_param(p_blk, offs, ok, p, mom, v, lr, eps, key, base, P_DT: tl.conste
     """p - lr * M / (sqrt(V) + eps) (0 where the denominator is 0) written in the parameter's dtype:
     bf16 rounded stochastically with bits drawn for the element's index in its tensor, or to nearest."""
     denom = tl.sqrt(v) + eps
-    new_p = p - lr * tl.where(denom > 0, mom / tl.where(denom > 0, denom, 1.0), 0.0)
+    new_p = p - lr * tl.where(denom > 0, _quotient(mom, tl.where(denom > 0, denom, 1.0)), 0.0)
     if STOCHASTIC:
         index = base.to(tl.uint32) + offs.to(tl.uint32)  # the low 32 bits of the element's index
         bits = _random_bits(key, index)
@@ -332,10 +339,20 @@ def _stochastic_bf16(x, bits):
 
 
 @triton.jit
+def _quotient(x, y):
+    """x / y. Compiled in float32, the approximate division (2 ulp, as the div.full.f32 that ``/`` gives,
+    without its range checks: |y| = sqrt(V) + eps lies well inside its 2^-126..2^126 range); else ``/``."""
+    if _COMPILED and x.dtype == tl.float32:
+        return libdevice.fast_dividef(x, y)
+    else:
+        return x / y
+
+
+@triton.jit
 def _to_param_dtype(x, P_DT: tl.constexpr):
-    """x in the parameter's dtype, rounded to nearest even. bf16 is rounded by hand: Triton's
-    interpreter truncates on that cast, and the result is then exact in every mode."""
-    if P_DT == tl.bfloat16:
+    """x in the parameter's dtype, rounded to nearest even: by the cast when compiled; by hand for bf16
+    under the interpreter, whose cast to bf16 truncates (the cast after it is then exact)."""
+    if P_DT == tl.bfloat16 and not _COMPILED:
         bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         x = tl.where(x != x, x, rounded.to(tl.float32, bitcast=True))
