@@ -2,10 +2,10 @@
 
 For each model (Llama shapes from ``transformers.LlamaConfig``, random weights made directly on the
 device, nothing downloaded; batch 1, sequence 512, gradient checkpointing) and each way of training,
-in a fresh process: one step to create the optimizer state, then the peak memory the allocator held
-during a second whole training step (forward, backward, step) and that step's time; on CUDA, the
-GPU's busy time in a third step, profiled (:mod:`smmf.commands.kernel_profile`). A model that runs out
-of memory is reported as "does not fit", not as a crash.
+in a fresh process: the peak memory the allocator held over five whole training steps (forward,
+backward, step; the first creates the optimizer state) and the mean time of the last three; on CUDA,
+the GPU's busy time in one more step, profiled (:mod:`smmf.commands.kernel_profile`). A model that
+runs out of memory is reported as "does not fit", not as a crash.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ CONFIGS = {
     "smmf-backward": ("SMMF, bf16 weights, stochastic rounding, step inside backward", True),
 }
 CARDS_GIB = (16, 24, 80)
+WARMUP_STEPS = 2  # the first creates the optimizer state; in the second, gradients may land at new addresses
+TIMED_STEPS = 3
 _LR = 1e-5
 
 
@@ -73,9 +75,12 @@ def _trainer(config: str, model: nn.Module, device: torch.device) -> Callable[[t
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """In this (fresh) process: peak memory and time of one training step after a first one."""
+    """In this (fresh) process: the peak memory of the first training steps (the optimizer state made in
+    the first, tables rebuilt in the second as gradients land at new addresses) and the mean time of
+    the steady steps after them."""
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     architecture, tokens = MODELS[spec["model"]]
     try:
         torch.manual_seed(0)
@@ -88,17 +93,19 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         model.train()
         train_step = _trainer(spec["config"], model, device)
         ids = torch.randint(0, int(hf_model.config.vocab_size), (1, tokens), device=device)
-        train_step(ids)  # creates the optimizer state
-        if cuda:
-            torch.cuda.synchronize(device)
+        sync()
+        if cuda:  # from here: what training holds, not the fp32 weights a bf16 model was built from
             torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(WARMUP_STEPS):
+            train_step(ids)
+        sync()
         start = time.perf_counter()
-        train_step(ids)
-        if cuda:
-            torch.cuda.synchronize(device)
-        step_ms = (time.perf_counter() - start) * 1e3
+        for _ in range(TIMED_STEPS):
+            train_step(ids)
+        sync()
+        step_ms = (time.perf_counter() - start) * 1e3 / TIMED_STEPS
         peak = torch.cuda.max_memory_allocated(device) if cuda else None
-        gpu = profile_kernels(lambda: train_step(ids), device) or {}  # a third step: not in the peak or the time
+        gpu = profile_kernels(lambda: train_step(ids), device) or {}  # one more step, profiled
     except torch.OutOfMemoryError:
         return {"fits": False, "error": "does not fit"}
     return {
