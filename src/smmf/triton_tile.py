@@ -160,6 +160,11 @@ def _factored_tile(
             g, p, ok, offs, base = _load_block(
                 p_ptr, g_ptr, r0, m64, m, rows_ok, col, col_ok, g_sign, wd_coupled, ACC, BLOCK_R
             )
+            # loaded before this block's stores, which the compiler cannot move them past
+            row_sums_v = tl.load(row_part + r, mask=rows_ok & later, other=0.0)
+            row_sums_m = row_sums_v
+            if HAS_M:
+                row_sums_m = tl.load(row_part_m + r, mask=rows_ok & later, other=0.0)
             v = beta2 * v_old + (1.0 - beta2) * (g * g)
             mom = g
             if HAS_M:
@@ -167,9 +172,9 @@ def _factored_tile(
                     sign, r0, width, rows_ok, j, offs, ok, base, m_abs_old, g, beta1, ACC, PACKED, BLOCK_R
                 )
             _store_param(p_ptr + base, offs, ok, p * p_scale, mom, v, lr, eps, key, base, P_DT, STOCHASTIC)
-            sums_v = _add_sums(row_part + r, rows_ok, v, sums_v, later, ALIGNED)
+            sums_v = _add_sums(row_part + r, rows_ok, row_sums_v, v, sums_v, ALIGNED)
             if HAS_M:
-                sums_m = _add_sums(row_part_m + r, rows_ok, tl.abs(mom), sums_m, later, ALIGNED)
+                sums_m = _add_sums(row_part_m + r, rows_ok, row_sums_m, tl.abs(mom), sums_m, ALIGNED)
         col2 = kk[:, None] * width + j0 + jj[None, :]
         col2_ok = (j0 + jj[None, :] < j_end) & (col2 < m)
         tl.store(col_part + col2, _column_sums(sums_v, ALIGNED), mask=col2_ok)
@@ -203,10 +208,9 @@ def _scratch_slots(row, scratch, row_tile, col_tile, m64):
 
 
 @triton.jit
-def _add_sums(row_sums, rows_ok, block, column_sums, later, ALIGNED: tl.constexpr):
-    """A block's row sums written to (first column block of a tile) or added into (later ones) the
-    tile's slot at ``row_sums``; returns ``column_sums`` with the block added in."""
-    previous = tl.load(row_sums, mask=rows_ok & later, other=0.0)
+def _add_sums(row_sums, rows_ok, previous, block, column_sums, ALIGNED: tl.constexpr):
+    """A block's row sums added to ``previous`` (what the tile's slot at ``row_sums`` held: 0 in the
+    first column block of a tile) and stored there; returns ``column_sums`` with the block added in."""
     tl.store(row_sums, previous + tl.sum(tl.sum(block, axis=2), axis=1), mask=rows_ok)
     if ALIGNED:
         return column_sums + block
