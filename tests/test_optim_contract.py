@@ -306,6 +306,25 @@ def test_changing_sign_bits_converts_the_stored_signs():
         assert torch.equal(x, y)
 
 
+
+def test_group_settings_changed_after_steps_reach_the_existing_states():
+    """States checked once are not checked every step, but a change of beta or stochastic rounding
+    in the group is still applied to them at the next step."""
+    p = nn.Parameter(torch.randn(8, 8).bfloat16())
+    opt = SMMF([p], beta=None, growth_rate=None, fused=False)
+    for _ in range(2):
+        p.grad = torch.randn(8, 8).bfloat16()
+        opt.step()
+    assert "sign" not in opt.state[p] and "seed" not in opt.state[p]
+    opt.param_groups[0].update(beta=0.9, stochastic_rounding=True)
+    p.grad = torch.randn(8, 8).bfloat16()
+    opt.step()
+    assert {"sign", "row_m", "col_m", "seed"} <= set(opt.state[p])
+    opt.state[p] = {}  # a state replaced by hand is checked (here: made) again
+    opt.step()
+    assert opt.state[p]["step"].item() == 1
+
+
 # ---------------------------------------------------------------- state dict, copies, hooks
 
 

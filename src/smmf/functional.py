@@ -43,6 +43,10 @@ class StepCache:
     hyperparameters: dict[tuple[Any, ...], tuple[tuple[float, ...], Tensor]] = field(default_factory=dict)
     plans: dict[tuple[Any, ...], triton_backend.Plan] = field(default_factory=dict)
     state_epoch: int = 0
+    # the SMMF class's bookkeeping: states (by id of their parameter) already created or converted
+    # under the group settings ``checked_under``, which it need not check again
+    checked_states: dict[int, dict[str, Any]] = field(default_factory=dict)
+    checked_under: tuple[Any, ...] = ()
 
 
 def resolve_backend(backend: str, fused: bool | None, device: torch.device) -> str:

@@ -145,32 +145,56 @@ class SMMF(Optimizer):
         self, group: dict[str, Any], cache: functional.StepCache, only: list[Tensor] | None = None
     ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
         """This rank's plain (real) parameters, gradients and states of the group's tensors that have a
-        gradient, creating or converting state as the group asks (which bumps the cache's state epoch)."""
+        gradient, creating or converting state as the group asks (which bumps the cache's state epoch).
+        A plain parameter whose state was checked under the group's current settings is taken as it is:
+        the checks cost more host time than the rest of a GPU step."""
         if group.get("state_format", 1) < state_format.STATE_FORMAT:
             self._upgrade(group, cache)
-        params, grads, states = [], [], []
+        settings = (group["beta"] is None, group["sign_bits"], group["stochastic_rounding"])
+        if cache.checked_under != settings:
+            cache.checked_states.clear()
+            cache.checked_under = settings
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        states: list[dict[str, Any]] = []
         for p in group["params"] if only is None else only:
             grad = p.grad
             if grad is None:
                 continue
             if grad.is_sparse:
                 raise RuntimeError("SMMF does not support sparse gradients")
-            state = self.state[p]
-            if torch.is_complex(p):
-                p, grad = torch.view_as_real(p), torch.view_as_real(grad)
-            if not state:
-                state.update(state_format.init_state(p, group["vector_reshape"], group["sign_bits"]))
-                cache.state_epoch += 1
-            changed = state_format.ensure_skipped(p, state)
-            if group["stochastic_rounding"] and "seed" not in state and p.dtype == torch.bfloat16:
-                changed = state_format.ensure_seed(p, state, self._index_of(p)) or changed
-            if state_format.ensure_momentum(p, state, group["beta"], group["sign_bits"]) or changed:
-                cache.state_epoch += 1
-            p_local = sharding.local(p)
+            state: dict[str, Any] = self.state[p]
+            if cache.checked_states.get(id(p)) is state:
+                params.append(p)
+                grads.append(grad)
+                states.append(state)
+                continue
+            p_local, grad_local, state_local = self._checked(p, grad, state, group, cache)
             params.append(p_local)
-            grads.append(sharding.local_grad(p, grad))
-            states.append(self._local_state(p, p_local, state))
+            grads.append(grad_local)
+            states.append(state_local)
         return params, grads, states
+
+    def _checked(
+        self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any], cache: functional.StepCache
+    ) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """A parameter's plain local tensors and state, the state created or converted as the group
+        asks; a plain (real, unsharded) parameter's state is then marked checked in ``cache``."""
+        plain = not (torch.is_complex(p) or sharding.is_dtensor(p))
+        if torch.is_complex(p):
+            p, grad = torch.view_as_real(p), torch.view_as_real(grad)
+        if not state:
+            state.update(state_format.init_state(p, group["vector_reshape"], group["sign_bits"]))
+            cache.state_epoch += 1
+        changed = state_format.ensure_skipped(p, state)
+        if group["stochastic_rounding"] and "seed" not in state and p.dtype == torch.bfloat16:
+            changed = state_format.ensure_seed(p, state, self._index_of(p)) or changed
+        if state_format.ensure_momentum(p, state, group["beta"], group["sign_bits"]) or changed:
+            cache.state_epoch += 1
+        if plain:
+            cache.checked_states[id(p)] = state
+        p_local = sharding.local(p)
+        return p_local, sharding.local_grad(p, grad), self._local_state(p, p_local, state)
 
     def _index_of(self, p: Tensor) -> int:
         """The parameter's position over all param groups (it keys its stochastic rounding)."""

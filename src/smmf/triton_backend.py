@@ -11,6 +11,7 @@ graph.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -265,6 +266,7 @@ def _state_addresses(entry: list[int], state: dict[str, Any], fallback: int) -> 
         entry[col] = fallback if value is None or value.numel() == 0 else value.data_ptr()
 
 
+@functools.cache  # asked four times a step, per bucket
 def _triton_dtype(dtype: torch.dtype) -> Any:
     import triton.language as tl
 
