@@ -10,6 +10,8 @@
 # Stage times measured on an H200 on 2026-11-26: CUDA tests 78 s; ResNet-50 or GPT-2 with four
 # optimizers about 80 s each (the inductor path, not run here, adds 1-2 minutes of compilation per
 # workload); the 7B shape with three optimizers 82 s; the 7B memory table 88 s, 3B and 1B 149 s.
+# Since then the memory bench runs five steps a cell instead of two, and both benches profile one more
+# step (GPU busy time): a few seconds a cell, within the timeouts below.
 # Each optimizer and model runs in a fresh process; tables are rewritten after every row, so a stage
 # cut short by its timeout still leaves what it measured in $OUT (or runs/). A timeout interrupts the
 # bench (SIGINT), which stops its worker; leftover workers are killed before the next stage.

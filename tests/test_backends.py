@@ -98,14 +98,13 @@ def test_triton_tiling_keeps_a_7b_models_scratch_within_a_quarter_of_its_largest
 @pytest.mark.parametrize("shape", [(11008, 4096), (4096, 4096), (32000, 4096)])
 def test_triton_tiling_of_a_lone_tensor_bounds_pass_2s_work(shape: tuple[int, int]) -> None:
     """step_in_backward steps one tensor per bucket: the budget alone would allow 32-row tiles, and
-    hundreds of partials per factor element to add up in pass 2; the cap keeps that at MAX_SLOTS
-    while leaving hundreds of tiles to fill a GPU."""
+    hundreds of partials per factor element to add up in pass 2; the cap keeps that at
+    LONE_TENSOR_MAX_SLOTS while leaving tiles for three waves of 660 programs (an H100 or H200)."""
     n, m = square_matricize(shape[0] * shape[1])
     shapes = [(n, m, row_bytes(m), False)]
     budget = int(triton_backend.SCRATCH_FRACTION * shape[0] * shape[1] * 2)
     rows, width = triton_backend._tiling(shapes, 2, 4, budget)
     scratch, tiles = triton_backend._extra_numel(shapes, rows, width, 2)
-    assert (
-        math.ceil(n / rows) <= triton_backend.MAX_SLOTS and math.ceil(row_bytes(m) / width) <= triton_backend.MAX_SLOTS
-    )
-    assert scratch * 4 + 4 * tiles <= budget and tiles >= 500
+    cap = triton_backend.LONE_TENSOR_MAX_SLOTS
+    assert math.ceil(n / rows) <= cap and math.ceil(row_bytes(m) / width) <= cap
+    assert scratch * 4 + 4 * tiles <= budget and tiles >= 3 * 660

@@ -306,7 +306,6 @@ def test_changing_sign_bits_converts_the_stored_signs():
         assert torch.equal(x, y)
 
 
-
 def test_group_settings_changed_after_steps_reach_the_existing_states():
     """States checked once are not checked every step, but a change of beta or stochastic rounding
     in the group is still applied to them at the next step."""

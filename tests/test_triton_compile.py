@@ -21,9 +21,15 @@ BLOCKS = {"BLOCK_R": triton_backend.BLOCK_R, "BLOCK_J": triton_backend.BLOCK_J}
 
 
 def _compile(
-    fn: Any, signature: dict[str, str], constexprs: dict[str, Any], target: GPUTarget, options: dict[str, Any] | None = None
+    fn: Any,
+    signature: dict[str, str],
+    constexprs: dict[str, Any],
+    target: GPUTarget,
+    options: dict[str, Any] | None = None,
 ) -> Any:
-    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target, options=options)
+    kernel = triton.compile(
+        ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target, options=options
+    )
     assert kernel.asm["cubin"] and "ld.global" in kernel.asm["ptx"]
     return kernel
 

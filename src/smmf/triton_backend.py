@@ -49,10 +49,15 @@ _REDUCE_BLOCK = 1024
 SCRATCH_FRACTION = 0.25
 _MIN_SCRATCH_BYTES = 1 << 20
 # Pass 2 adds up, for every row (column) factor element, one partial per tile along that row
-# (column), each program a block of elements, one partial after another. At most MAX_SLOTS tiles along
-# a line keep that chain short: the budget alone would cut a lone 11008 x 4096 tensor (8192 x 5504, as
-# step_in_backward steps it) into 32-row tiles, 256 partials for each column sum.
+# (column), each program a block of elements, four partials loaded at a time. At most MAX_SLOTS tiles
+# along a line keep that chain short: the budget alone would cut a lone 11008 x 4096 tensor (8192 x
+# 5504, as step_in_backward steps it) into 32-row tiles, 256 partials for each column sum. A launch of
+# one tensor (step_in_backward) may have twice as many: with 32, that tensor had 704 tiles, barely more
+# than the 660 programs an H100 or H200 holds at once (5 an SM), and the second wave left most SMs
+# idle; with 64 it has 2,752. Many tensors fill a launch anyway, and more, smaller tiles cost more
+# starts (benchmarks/tile_waves.py: a model of the waves, not a timing).
 MAX_SLOTS = 32
+LONE_TENSOR_MAX_SLOTS = 64
 
 Item = tuple[Tensor, Tensor, dict[str, Any]]
 
@@ -162,17 +167,18 @@ def block_rows(device: torch.device) -> int:
 def _tiling(
     shapes: list[tuple[int, int, int, bool]], moments: int, acc_bytes: int, budget: int, rows_per_block: int = BLOCK_R
 ) -> tuple[int, int]:
-    """The smallest tiles (most parallelism) with at most MAX_SLOTS tiles along any tensor's rows and
-    columns whose scratch and tile map fit ``budget`` bytes: tiles grow, rows first (column sums cost m
+    """The smallest tiles (most parallelism) with at most MAX_SLOTS (a lone tensor:
+    LONE_TENSOR_MAX_SLOTS) tiles along any tensor's rows and columns whose scratch and tile map fit ``budget`` bytes: tiles grow, rows first (column sums cost m
     per row tile, row sums n per column tile of 8 columns a byte), until they fit or cover every tensor
     whole."""
     tile_rows, tile_bytes = rows_per_block, BLOCK_J
     max_rows = max((s[0] for s in shapes), default=1)
     max_bytes = max((s[2] for s in shapes), default=1)
+    max_slots = LONE_TENSOR_MAX_SLOTS if len(shapes) == 1 else MAX_SLOTS
     while True:
         scratch, tiles = _extra_numel(shapes, tile_rows, tile_bytes, moments)
-        rows_capped = math.ceil(max_rows / tile_rows) <= MAX_SLOTS
-        bytes_capped = math.ceil(max_bytes / tile_bytes) <= MAX_SLOTS
+        rows_capped = math.ceil(max_rows / tile_rows) <= max_slots
+        bytes_capped = math.ceil(max_bytes / tile_bytes) <= max_slots
         if rows_capped and bytes_capped and scratch * acc_bytes + 4 * tiles <= budget:
             return tile_rows, tile_bytes
         if not rows_capped:
