@@ -214,9 +214,13 @@ def _normalized_block(sums, length, idx, out, ACC: tl.constexpr, BLOCK: tl.const
     """out[idx] = sums[idx] / sum(sums[:length]) (or sums[idx] where that total is 0), the total added up
     BLOCK-wise in a fixed order."""
     total = tl.zeros((BLOCK,), dtype=ACC)
-    for start in range(0, length, BLOCK):
-        block = start + tl.arange(0, BLOCK)
-        total += tl.load(sums + block, mask=block < length, other=0.0)
+    lanes = tl.arange(0, BLOCK)
+    for start in range(0, length, 4 * BLOCK):  # four blocks loaded, then added in order (as _slot_sum)
+        first = tl.load(sums + start + lanes, mask=start + lanes < length, other=0.0)
+        second = tl.load(sums + start + BLOCK + lanes, mask=start + BLOCK + lanes < length, other=0.0)
+        third = tl.load(sums + start + 2 * BLOCK + lanes, mask=start + 2 * BLOCK + lanes < length, other=0.0)
+        fourth = tl.load(sums + start + 3 * BLOCK + lanes, mask=start + 3 * BLOCK + lanes < length, other=0.0)
+        total = (((total + first) + second) + third) + fourth
     total_sum = tl.sum(total, axis=0)
     scale = tl.where(total_sum == 0, 1.0, total_sum)
     tl.store(out + idx, tl.load(sums + idx, mask=idx < length, other=0.0) / scale, mask=idx < length)
