@@ -83,6 +83,13 @@ def test_triton_half_precision_matches_eager_on_cuda(dtype: torch.dtype) -> None
     _assert_close_runs(_run("triton", dtype), _run("eager", dtype), tol=1e-2)
 
 
+def test_triton_stochastic_rounding_matches_eager_on_cuda() -> None:
+    """The same random bits for the same element and step; the float32 value they round may differ in
+    its last bits (the compiled division is approximate), so at most a bf16 ulp apart."""
+    kwargs = {"stochastic_rounding": True}
+    _assert_close_runs(_run("triton", torch.bfloat16, **kwargs), _run("eager", torch.bfloat16, **kwargs), tol=1e-2)
+
+
 def test_triton_matches_eager_on_gpt2_shapes() -> None:
     shapes = [(50257, 768), (1024, 768), (768, 2304), (2304,), (768, 768), (768,), (768, 3072), (3072, 768)]
     _assert_close_runs(_run("triton", steps=3, shapes=shapes), _run("eager", steps=3, shapes=shapes))
