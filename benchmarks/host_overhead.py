@@ -28,7 +28,6 @@ from smmf import triton_kernels, triton_tile
 from smmf.commands.models import build_meta_model, meta_shapes
 from smmf.functional import StepCache
 
-
 # the four kernels of a step, where smmf.triton_backend.step looks them up
 KERNELS = (
     (triton_kernels, "check_gradients"),

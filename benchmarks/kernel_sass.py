@@ -18,10 +18,11 @@ These are static counts of the compiled code, not timings: predicated-off and ou
 (slow paths of division or square root) is not told apart, and nothing is said about latency.
 A loop is named after the function called from the kernel that owns most of its instructions
 (``nvdisasm -gi`` gives each instruction's inlining chain), or ``_factored_tile`` if it stores sign
-bytes; of the two ``_factored_tile`` loops the aligned one is the one with 64- or 128-bit LDG/STG, and the table also gives the line of the call
-in ``step_tiles`` each loop was inlined from. Kernels are compiled as tests/test_triton_compile.py
-compiles them (``triton.compile`` for ``GPUTarget("cuda", 90, 32)``), with the launch options of
-:mod:`smmf.triton_backend` (pass 1's register cap: ``.maxnreg`` in the PTX, so ptxas's rerun keeps it).
+bytes; of the two ``_factored_tile`` loops the aligned one is the one with 64- or 128-bit LDG/STG,
+and the table also gives the line of the call in ``step_tiles`` each loop was inlined from.
+Kernels are compiled as tests/test_triton_compile.py compiles them (``triton.compile`` for
+``GPUTarget("cuda", 90, 32)``), with the launch options of :mod:`smmf.triton_backend` (pass 1's
+register cap: ``.maxnreg`` in the PTX, so ptxas's rerun keeps it).
 
     python benchmarks/kernel_sass.py [--block-r 16] [--block-j 16] [--num-warps 4] [--maxnreg 0]
 """

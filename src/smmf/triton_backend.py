@@ -113,7 +113,8 @@ def with_gradients(plan: Plan, gradients: tuple[int, ...]) -> Plan:
     then wait for the backward pass it could be running ahead of)."""
     from . import triton_kernels as tk
 
-    columns = torch.tensor(list(zip(gradients, _aligned_column(plan.aligned, gradients))), dtype=torch.int64)
+    aligned = _aligned_column(plan.aligned, gradients)
+    columns = torch.tensor(list(zip(gradients, aligned, strict=True)), dtype=torch.int64)
     if plan.table.is_cuda:
         columns = columns.pin_memory()  # freed safely: torch's pinned allocator waits for the copy
     first = int(tk.COL_G)  # and COL_ALIGNED next to it: a slice, as indexing with a list of columns would
@@ -168,9 +169,9 @@ def _tiling(
     shapes: list[tuple[int, int, int, bool]], moments: int, acc_bytes: int, budget: int, rows_per_block: int = BLOCK_R
 ) -> tuple[int, int]:
     """The smallest tiles (most parallelism) with at most MAX_SLOTS (a lone tensor:
-    LONE_TENSOR_MAX_SLOTS) tiles along any tensor's rows and columns whose scratch and tile map fit ``budget`` bytes: tiles grow, rows first (column sums cost m
-    per row tile, row sums n per column tile of 8 columns a byte), until they fit or cover every tensor
-    whole."""
+    LONE_TENSOR_MAX_SLOTS) tiles along any tensor's rows and columns whose scratch and tile map fit
+    ``budget`` bytes: tiles grow, rows first (column sums cost m per row tile, row sums n per column
+    tile of 8 columns a byte), until they fit or cover every tensor whole."""
     tile_rows, tile_bytes = rows_per_block, BLOCK_J
     max_rows = max((s[0] for s in shapes), default=1)
     max_bytes = max((s[2] for s in shapes), default=1)
