@@ -32,7 +32,8 @@ def summarize(activities: Iterable[tuple[str, float]], top: int = TOP_KERNELS) -
 
 
 def profile_kernels(work: Callable[[], object], device: torch.device) -> dict[str, Any] | None:
-    """Run ``work`` once under the profiler and :func:`summarize` what it ran on the GPU; None off CUDA."""
+    """Run ``work`` once under the profiler and :func:`summarize` what it ran on the GPU; None off CUDA,
+    or where the profiler saw no GPU activity at all (CUPTI unavailable: not a step of zero kernels)."""
     if device.type != "cuda":
         return None
     from torch.profiler import DeviceType, ProfilerActivity, profile
@@ -41,6 +42,5 @@ def profile_kernels(work: Callable[[], object], device: torch.device) -> dict[st
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         work()
         torch.cuda.synchronize(device)
-    return summarize(
-        (event.name, event.time_range.elapsed_us()) for event in prof.events() if event.device_type == DeviceType.CUDA
-    )
+    activities = [(e.name, e.time_range.elapsed_us()) for e in prof.events() if e.device_type == DeviceType.CUDA]
+    return summarize(activities) if activities else None
