@@ -120,7 +120,8 @@ def _build(spec: dict[str, Any], device: torch.device) -> tuple[nn.Module, Workl
     return model, workload
 
 
-def train_step(forward_backward: Callable[[], None], opt: torch.optim.Optimizer) -> None:
+def _train_step(forward_backward: Callable[[], None], opt: torch.optim.Optimizer) -> None:
+    """One whole training step, as the timed loop runs it."""
     forward_backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -140,13 +141,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             loss.backward()
 
         for _ in range(spec["warmup"]):
-            train_step(forward_backward, opt)
+            _train_step(forward_backward, opt)
         sync()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         for _ in range(spec["steps"]):
-            train_step(forward_backward, opt)
+            _train_step(forward_backward, opt)
         sync()
         full_s = (time.perf_counter() - start) / spec["steps"]
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -159,7 +160,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             sync()
             step_s.append(time.perf_counter() - start)
             opt.zero_grad(set_to_none=True)
-        full_profile = profile_kernels(lambda: train_step(forward_backward, opt), device)
+        full_profile = profile_kernels(lambda: _train_step(forward_backward, opt), device)
         forward_backward()
         step_profile = profile_kernels(opt.step, device)
     except torch.OutOfMemoryError:
