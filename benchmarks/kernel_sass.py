@@ -10,7 +10,8 @@ moment, packed signs) and ``check_gradients`` (pass 0, bf16) this prints a markd
   at most 64 warps and 32 blocks per SM; shared memory, a few KB here, is not considered);
 * for every innermost loop (a backward branch in ``nvdisasm`` output that encloses no other): the
   function it belongs to, the static instruction count of its body, thread-instructions per element
-  (instructions x num_warps x 32 / (BLOCK_R * 8 * BLOCK_J), the elements one iteration covers) and
+  (instructions x num_warps x 32 / (BLOCK_R * 8 * BLOCK_J), the elements one iteration covers; for
+  ``check_gradients``, whose loops the compiler may unroll, the elements its loads cover) and
   its global loads and stores by width ("none": e.g. a loop the compiler made to step over iterations
   whose inner loop is empty).
 
@@ -193,15 +194,30 @@ def resident_warps(regs: int, num_warps: int) -> int:
     return blocks * num_warps
 
 
-def table_rows(label: str, kernel: Any, tools: tuple[str, str], elements: int) -> list[str]:
-    """One markdown row per innermost loop of a compiled kernel."""
+def load_bits(opcode: str) -> int:
+    """Bits a thread loads with one LDG opcode (LDG.E: 32)."""
+    parts = opcode.split(".")
+    for bits, names in ((128, ("128",)), (64, ("64",)), (16, ("U16", "S16")), (8, ("U8", "S8"))):
+        if any(name in parts for name in names):
+            return bits
+    return 32
+
+
+def table_rows(
+    label: str, kernel: Any, tools: tuple[str, str], elements: int, element_bits: int | None = None
+) -> list[str]:
+    """One markdown row per innermost loop of a compiled kernel. With ``element_bits`` (a kernel whose
+    loops load nothing but the elements they cover, as pass 0), a loop's elements are counted from its
+    loads, so that a loop the compiler unrolled is not taken for one block of ``elements``."""
     regs, spill_stores, spill_loads = registers_and_spills(kernel, *tools)
     num_warps = kernel.metadata.num_warps
     head = f"| {label} | {regs} | {spill_stores}/{spill_loads} | {resident_warps(regs, num_warps)} |"
     rows = []
     for body in innermost_loops(*parse_sass(disassemble(kernel.asm["cubin"], tools[1], "--print-line-info-inline"))):
         name, call_line, widths = describe_loop(body)
-        per_element = len(body) * num_warps * 32 / elements
+        loaded = sum(load_bits(ins.opcode) for ins in body if ins.opcode.startswith("LDG"))
+        covered = loaded // element_bits * num_warps * 32 if element_bits and loaded else elements
+        per_element = len(body) * num_warps * 32 / covered
         rows.append(f"{head} {name} | {call_line} | {len(body)} | {per_element:.1f} | {widths} |")
     return rows or [f"{head} (no loop) | | | | |"]
 
@@ -233,7 +249,7 @@ def main() -> None:
         print("\n".join(table_rows(f"step_tiles {variant}", kernel, tools, elements)))
     constexprs = {"G_DT": tl.bfloat16, "ACC": tl.float32, **blocks}
     kernel = compile_kernel(triton_kernels.check_gradients, constexprs, {"num_warps": args.num_warps})
-    print("\n".join(table_rows("check_gradients bf16", kernel, tools, elements)))
+    print("\n".join(table_rows("check_gradients bf16", kernel, tools, elements, element_bits=16)))
     print(f"\nStatic counts, not timings; compiled and analysed in {time.perf_counter() - start:.1f} s.")
 
 

@@ -111,21 +111,23 @@ NON_FINITE_CASES = [
 ]
 
 
-def assert_bad_step_is_skipped(backend: str, dtype: torch.dtype, bad: float, **kwargs: Any) -> None:
+def assert_bad_step_is_skipped(
+    backend: str, dtype: torch.dtype, bad: float, shape: tuple[int, int] = (64, 48), **kwargs: Any
+) -> None:
     """The issue's reproducer: a (64, 48) parameter, 25 steps of random gradients, one bad element at
     step 3. That step leaves parameter and state unchanged and counts 1 skipped; the others train on."""
     torch.manual_seed(0)
-    p = nn.Parameter(torch.randn(64, 48).to(dtype))
-    other = nn.Parameter(torch.randn(64, 48).to(dtype))  # same shape: the batched path, where it applies
+    p = nn.Parameter(torch.randn(shape).to(dtype))
+    other = nn.Parameter(torch.randn(shape).to(dtype))  # same shape: the batched path, where it applies
     opt = SMMF([p, other], lr=0.01, backend=backend, **kwargs)
     gen = torch.Generator().manual_seed(1)
     after_bad = None
     for step in range(25):
-        grad = torch.randn(64, 48, generator=gen)
+        grad = torch.randn(shape, generator=gen)
         if step == 3:
             grad[5, 7] = bad
             before = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items() if k != "skipped"}
-        p.grad, other.grad = grad.to(dtype), torch.randn(64, 48, generator=gen).to(dtype)
+        p.grad, other.grad = grad.to(dtype), torch.randn(shape, generator=gen).to(dtype)
         opt.step()
         if step == 3:
             assert torch.equal(p, before[0])

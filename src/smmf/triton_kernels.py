@@ -95,20 +95,47 @@ def _geometry(row, tile, tile_rows, tile_bytes, ALIGNED: tl.constexpr):
 
 
 @triton.jit
+def _pointer(row, col: tl.constexpr, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """A table column as a typed pointer, declared 16-byte aligned where the tensor is (the hint must
+    sit on the pointer itself: on the integer it is lost)."""
+    ptr = tl.load(row + col).to(tl.pointer_type(dtype))
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
+
+
+@triton.jit
 def check_gradients(
     table, tile_map, flags, tile_rows, tile_bytes,
     G_DT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
 ):  # fmt: skip
     """Pass 0 for one tile: set flags[tensor] to 1 if any gradient element g of the tile has a
-    non-finite g * g (NaN, inf, or |g| past the square root of the largest float)."""
+    non-finite g * g (NaN, inf, or |g| past the square root of the largest float). A tensor pass 1
+    moves in vectors (the table's aligned column) is read in vectors here too."""
     tile = tl.program_id(0)
     tensor = tl.load(tile_map + tile).to(tl.int64)
     row = table + tensor * TABLE_COLS
-    m64, m, width, _, _, r_start, r_end, j_start, j_end = _geometry(row, tile, tile_rows, tile_bytes, False)
-    g_ptr = _ptr(row, COL_G, G_DT)
+    if tl.load(row + COL_ALIGNED) != 0:
+        any_bad = _bad_in_tile(row, tile, tile_rows, tile_bytes, G_DT, ACC, True, BLOCK_R, BLOCK_J)
+    else:
+        any_bad = _bad_in_tile(row, tile, tile_rows, tile_bytes, G_DT, ACC, False, BLOCK_R, BLOCK_J)
+    if any_bad > 0:
+        tl.atomic_max(flags + tensor, any_bad)
+
+
+@triton.jit
+def _bad_in_tile(
+    row, tile, tile_rows, tile_bytes,
+    G_DT: tl.constexpr, ACC: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
+):  # fmt: skip
+    """1 if the tile holds a gradient element whose square is not finite, else 0."""
+    m64, m, width, _, _, r_start, r_end, j_start, j_end = _geometry(row, tile, tile_rows, tile_bytes, ALIGNED)
+    g_ptr = _pointer(row, COL_G, G_DT, ALIGNED)
     plane = tl.arange(0, 8)[None, :, None]
     bad = tl.zeros((BLOCK_R, 8, BLOCK_J), dtype=tl.int32)
     for j0 in range(j_start, j_end, BLOCK_J):
+        if ALIGNED:
+            j0 = tl.multiple_of(j0, 16)
         j = j0 + tl.arange(0, BLOCK_J)[None, None, :]
         col = plane * width + j
         for r0 in range(r_start, r_end, BLOCK_R):
@@ -116,9 +143,7 @@ def check_gradients(
             ok = (rel + r0 < r_end) & (j < j_end) & (col < m)
             g = tl.load(g_ptr + m64 * r0 + rel * m + col, mask=ok, other=0.0).to(ACC)
             bad = tl.maximum(bad, (~(g * g < _INF)).to(tl.int32))
-    any_bad = tl.max(tl.max(tl.max(bad, axis=2), axis=1), axis=0)
-    if any_bad > 0:
-        tl.atomic_max(flags + tensor, any_bad)
+    return tl.max(tl.max(tl.max(bad, axis=2), axis=1), axis=0)
 
 
 @triton.jit

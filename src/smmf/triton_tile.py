@@ -48,6 +48,7 @@ from .triton_kernels import (
     COL_TILE0,
     TABLE_COLS,
     _geometry,
+    _pointer,
     _ptr,
     _schedules,
 )
@@ -102,16 +103,6 @@ def step_tiles(
 # Whether the kernels are compiled (False under Triton's interpreter, which has no libdevice and whose
 # cast to bf16 truncates): compiled, pass 1 divides and rounds to bf16 with single instructions.
 _COMPILED = tl.constexpr(not isinstance(step_tiles, InterpretedFunction))
-
-
-@triton.jit
-def _pointer(row, col: tl.constexpr, dtype: tl.constexpr, ALIGNED: tl.constexpr):
-    """A table column as a typed pointer, declared 16-byte aligned where the tensor is (the hint must
-    sit on the pointer itself: on the integer it is lost)."""
-    ptr = tl.load(row + col).to(tl.pointer_type(dtype))
-    if ALIGNED:
-        ptr = tl.multiple_of(ptr, 16)
-    return ptr
 
 
 @triton.jit

@@ -276,6 +276,11 @@ def test_a_bad_gradient_skips_only_its_tensor(dtype: torch.dtype, bad: float) ->
     assert_bad_step_is_skipped("triton", dtype, bad)
 
 
+def test_a_bad_gradient_of_a_tensor_on_the_vector_path_skips_it() -> None:
+    """(64, 128) tensors take pass 0's and pass 1's aligned branch (see the vector-path test above)."""
+    assert_bad_step_is_skipped("triton", torch.float32, float("nan"), shape=(64, 128))
+
+
 def test_8bit_signs_skip_too() -> None:
     assert_bad_step_is_skipped("triton", torch.float32, float("nan"), sign_bits=8)
 
