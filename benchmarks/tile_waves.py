@@ -50,8 +50,7 @@ def makespan(costs: list[int], resident: int, overhead: float) -> float:
 
 def launch(shapes: list[Shape], element_bytes: int, resident: int, overhead: float) -> tuple[float, float, int]:
     """(makespan, balanced time without overheads, tiles) of one launch over ``shapes``."""
-    largest = max(n * m for n, m, _, _ in shapes) * element_bytes
-    budget = max(int(triton_backend.SCRATCH_FRACTION * largest), triton_backend._MIN_SCRATCH_BYTES)
+    budget = triton_backend.scratch_budget(max(n * m for n, m, _, _ in shapes) * element_bytes)
     block_rows = triton_backend.BLOCK_R
     tile_rows, tile_bytes = triton_backend._tiling(shapes, 2, 4, budget, block_rows)
     costs = [c for shape in shapes for c in tile_costs(shape, tile_rows, tile_bytes, block_rows)]

@@ -180,8 +180,9 @@ class SMMF(Optimizer):
     ) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """A parameter's plain local tensors and state, the state created or converted as the group
         asks; a plain (real, unsharded) parameter's state is then marked checked in ``cache``."""
-        plain = not (torch.is_complex(p) or sharding.is_dtensor(p))
-        if torch.is_complex(p):
+        complex_valued = torch.is_complex(p)
+        plain = not (complex_valued or sharding.is_dtensor(p))
+        if complex_valued:
             p, grad = torch.view_as_real(p), torch.view_as_real(grad)
         if not state:
             state.update(state_format.init_state(p, group["vector_reshape"], group["sign_bits"]))

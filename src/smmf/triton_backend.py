@@ -24,8 +24,8 @@ from .matricization import square_matricize
 from .signpack import row_bytes
 
 __all__ = [
-    "available", "Plan", "layout_key", "gradient_addresses", "block_rows", "vector_ready", "build_plan",
-    "with_gradients", "step",
+    "available", "Plan", "layout_key", "gradient_addresses", "scratch_budget", "block_rows", "vector_ready",
+    "build_plan", "with_gradients", "step",
 ]  # fmt: skip
 
 # A sub-block is BLOCK_R rows by 8 * BLOCK_J columns (512 elements, 4 per thread of Triton's default 4
@@ -160,6 +160,11 @@ def _extra_numel(
     return scratch, tiles
 
 
+def scratch_budget(largest_bytes: int) -> int:
+    """Bytes of scratch and tile map a step may use, given its largest parameter's size in bytes."""
+    return max(int(SCRATCH_FRACTION * largest_bytes), _MIN_SCRATCH_BYTES)
+
+
 def block_rows(device: torch.device) -> int:
     """Rows of a sub-block of pass 1 on ``device``: BLOCK_R on a GPU, INTERPRETER_BLOCK_R under the interpreter."""
     return BLOCK_R if device.type == "cuda" else INTERPRETER_BLOCK_R
@@ -203,8 +208,7 @@ def build_plan(items: list[Item], layout: tuple[Any, ...], acc_dtype: torch.dtyp
     device = items[0][0].device
     shapes = [_tensor_shape(p, state) for p, _, state in items]
     acc_bytes = torch.finfo(acc_dtype).bits // 8
-    largest = max(p.numel() * p.element_size() for p, _, _ in items)
-    budget = max(int(SCRATCH_FRACTION * largest), _MIN_SCRATCH_BYTES)
+    budget = scratch_budget(max(p.numel() * p.element_size() for p, _, _ in items))
     moments = 2 if has_m else 1
     rows_per_block = block_rows(device)
     tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget, rows_per_block)
