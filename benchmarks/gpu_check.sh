@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The prepared GPU checks, in stages that each fit one device call. A session has 15 minutes of device
-# time, the machine's start (1-2 minutes) included, and the machine goes back after 30 s idle, so run
-# `main` (at most 9.5 minutes by its timeouts) and, at once after it, `memory-small` (3.5 minutes):
-#   bash benchmarks/gpu_check.sh main          # CUDA tests; whole training steps and step() alone of
-#                                              # ResNet-50, GPT-2 and the 7B shape (issue 8); peak memory
-#                                              # and time of a 7B step four ways (issue 9)
-#   bash benchmarks/gpu_check.sh memory-small  # the same memory table for the 3B and 1B shapes
-#   bash benchmarks/gpu_check.sh compare       # smmf compare's GPU text task for Adam and SMMF
+# The prepared GPU checks, in stages; name one or more, run in the order given. A session has 15 minutes
+# of device time, each machine start (1-2 minutes) included, and the machine goes back after 30 s idle:
+#   bash benchmarks/gpu_check.sh tests          # CUDA tests of the Triton backend (100 s at most)
+#   bash benchmarks/gpu_check.sh train-small    # whole training steps and step() alone, ResNet-50 and
+#                                               # GPT-2, four optimizers (issue 8; 190 s at most)
+#   bash benchmarks/gpu_check.sh train-7b       # the same for the 7B shape, three optimizers (110 s)
+#   bash benchmarks/gpu_check.sh memory-7b      # peak memory and time of a 7B step four ways (issue 9; 130 s)
+#   bash benchmarks/gpu_check.sh memory-small   # the same memory table for the 3B and 1B shapes (200 s)
+#   bash benchmarks/gpu_check.sh compare        # smmf compare's GPU text task for Adam and SMMF (560 s)
+#   bash benchmarks/gpu_check.sh main           # tests train-small train-7b memory-7b (9.5 minutes)
 # Stage times measured on an H200 on 2026-11-26: CUDA tests 78 s; ResNet-50 or GPT-2 with four
 # optimizers about 80 s each (the inductor path, not run here, adds 1-2 minutes of compilation per
 # workload); the 7B shape with three optimizers 82 s; the 7B memory table 88 s, 3B and 1B 149 s.
 # Since then the memory bench runs five steps a cell instead of two, and both benches profile one more
-# step (GPU busy time): a few seconds a cell, within the timeouts below.
+# step (GPU busy time): a few seconds a cell, within the timeouts above.
 # Each optimizer and model runs in a fresh process; tables are rewritten after every row, so a stage
 # cut short by its timeout still leaves what it measured in $OUT (or runs/). A timeout interrupts the
 # bench (SIGINT), which stops its worker; leftover workers are killed before the next stage.
@@ -20,18 +22,22 @@
 #   mkdir -p .golden && cp ../shared/golden/official_trajectories.npz .golden/
 set -uo pipefail
 cd "$(dirname "$0")/.."
-stage="${1:-}"
-case "$stage" in main | memory-small | compare) ;; *)
-    echo "usage: bash benchmarks/gpu_check.sh main|memory-small|compare" >&2
-    exit 2
-    ;;
-esac
+usage="usage: bash benchmarks/gpu_check.sh STAGE... (tests train-small train-7b memory-7b memory-small compare main)"
+[ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
+stages=()
+for stage in "$@"; do
+    case "$stage" in
+    main) stages+=(tests train-small train-7b memory-7b) ;;
+    tests | train-small | train-7b | memory-7b | memory-small | compare) stages+=("$stage") ;;
+    *) echo "unknown stage '$stage'; $usage" >&2; exit 2 ;;
+    esac
+done
 out="${OUT:-runs}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ -f .golden/official_trajectories.npz ]; then export SMMF_GOLDEN="$PWD/.golden/official_trajectories.npz"; fi
 py="$(command -v python3 || command -v python)"
-log="$out/gpu-check-$stage.log"
+log="$out/gpu-check-$(IFS=-; echo "$*").log"
 
 {
     date -u +"%Y-%m-%d %H:%M UTC"
@@ -48,24 +54,31 @@ bench() { # bench SECONDS ARGS...: one smmf bench run with a timeout
     stop_workers
 }
 
-case "$stage" in
-main)
-    # the CUDA tests of the Triton backend; those of the inductor path (the step of before) are left
-    # out to save device time (`pytest tests/test_cuda.py` runs all)
-    timeout -s INT -k 5 100 "$py" -m pytest -q -p no:cacheprovider -k "not inductor" tests/test_cuda.py 2>&1 | tee -a "$log"
-    bench 190 --mode train --set resnet50,gpt2 --steps 10 --warmup 3 \
-        --optimizers adamw-fused,smmf,smmf8,adamw --out "$out/bench-train-cuda"
-    bench 110 --mode train --set llama-7b --steps 5 --warmup 2 --optimizers adamw-fused,smmf,smmf8 \
-        --out "$out/bench-train-llama-7b-cuda"
-    bench 130 --mode memory --set llama-7b --optimizers adamw-bf16,smmf-backward,smmf,adamw-fp32 \
-        --out "$out/bench-memory-llama-7b-cuda"
-    ;;
-memory-small)
-    bench 200 --mode memory --set llama-3b,llama-1b --optimizers adamw-bf16,smmf-backward,smmf,adamw-fp32 \
-        --out "$out/bench-memory-cuda"
-    ;;
-compare)
-    timeout -s INT -k 10 560 "$py" -m smmf compare --device cuda --tasks text-gpu --optimizers adam,smmf \
-        --out "$out/compare-cuda" 2>&1 | tee -a "$log"
-    ;;
-esac
+for stage in "${stages[@]}"; do
+    case "$stage" in
+    tests) # those of the inductor path (the step of before) are left out to save device time
+        timeout -s INT -k 5 100 "$py" -m pytest -q -p no:cacheprovider -k "not inductor" tests/test_cuda.py 2>&1 |
+            tee -a "$log"
+        ;;
+    train-small)
+        bench 190 --mode train --set resnet50,gpt2 --steps 10 --warmup 3 \
+            --optimizers adamw-fused,smmf,smmf8,adamw --out "$out/bench-train-cuda"
+        ;;
+    train-7b)
+        bench 110 --mode train --set llama-7b --steps 5 --warmup 2 --optimizers adamw-fused,smmf,smmf8 \
+            --out "$out/bench-train-llama-7b-cuda"
+        ;;
+    memory-7b)
+        bench 130 --mode memory --set llama-7b --optimizers adamw-bf16,smmf-backward,smmf,adamw-fp32 \
+            --out "$out/bench-memory-llama-7b-cuda"
+        ;;
+    memory-small)
+        bench 200 --mode memory --set llama-3b,llama-1b --optimizers adamw-bf16,smmf-backward,smmf,adamw-fp32 \
+            --out "$out/bench-memory-cuda"
+        ;;
+    compare)
+        timeout -s INT -k 10 560 "$py" -m smmf compare --device cuda --tasks text-gpu --optimizers adam,smmf \
+            --out "$out/compare-cuda" 2>&1 | tee -a "$log"
+        ;;
+    esac
+done

@@ -2,8 +2,9 @@
 
 On a GPU a step whose kernels are memory-bound can still be slowed by the host: the Python that
 gathers tensors, checks the launch table and launches. This times exactly that part on CPU tensors,
-with the Triton backend selected (``TRITON_INTERPRET=1``) and its four kernel launches replaced by
-no-ops, for a model's real parameter shapes, both as ``optimizer.step()`` and as
+with the Triton backend selected (``TRITON_INTERPRET=1``) and its four kernels replaced by stand-ins
+for compiled kernels whose launches do nothing (so the backend takes its direct-launch path, as on a
+GPU after the first step), for a model's real parameter shapes, both as ``optimizer.step()`` and as
 :func:`smmf.step_in_backward` does it (one call per parameter). Beside it, for scale, the whole
 ``step()`` of ``torch.optim.AdamW(fused=True)`` and ``(foreach=True)`` on as many one-element
 tensors: their host cost plus almost no arithmetic. What a Triton launch itself costs on the host is
@@ -24,7 +25,7 @@ import torch
 from torch.utils import benchmark
 
 import smmf
-from smmf import triton_kernels, triton_tile
+from smmf import triton_backend, triton_kernels, triton_tile
 from smmf.commands.models import build_meta_model, meta_shapes
 from smmf.functional import StepCache
 
@@ -37,11 +38,21 @@ KERNELS = (
 )
 
 
-class _NoLaunch:
-    """Stands in for a Triton kernel: ``kernel[grid](...)`` does nothing."""
+class _Compiled:
+    """Stands in for a compiled kernel: its launcher does nothing."""
 
     def __getitem__(self, grid: object) -> object:
-        return lambda *args, **kwargs: None
+        return lambda *args: None
+
+
+class _NoLaunch:
+    """Stands in for a Triton kernel: ``kernel[grid](...)`` returns a :class:`_Compiled`."""
+
+    def __init__(self, kernel: object) -> None:
+        self.arg_names = kernel.arg_names  # type: ignore[attr-defined]
+
+    def __getitem__(self, grid: object) -> object:
+        return lambda *args, **kwargs: _Compiled()
 
 
 def _params(shapes: list[tuple[int, ...]]) -> list[torch.nn.Parameter]:
@@ -65,7 +76,8 @@ def main() -> None:
     torch.set_num_threads(1)
     shapes = meta_shapes(build_meta_model(args.model, num_classes=100 if args.model == "resnet50" else None))
     for module, name in KERNELS:
-        setattr(module, name, _NoLaunch())
+        setattr(module, name, _NoLaunch(getattr(module, name)))
+    triton_backend._is_compiled = lambda launched: isinstance(launched, _Compiled)
     params = _params(shapes)
     opt = smmf.SMMF(params, lr=1e-3, backend="triton")
     group = opt.param_groups[0]

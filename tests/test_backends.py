@@ -4,6 +4,8 @@ here: those are tested under the interpreter, in tests/interpreter)."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -108,3 +110,36 @@ def test_triton_tiling_of_a_lone_tensor_bounds_pass_2s_work(shape: tuple[int, in
     cap = triton_backend.LONE_TENSOR_MAX_SLOTS
     assert math.ceil(n / rows) <= cap and math.ceil(row_bytes(m) / width) <= cap
     assert scratch * 4 + 4 * tiles <= budget and tiles >= 3 * 660
+
+
+def test_triton_launches_dispatch_once_per_plan_and_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan's first launch of a kernel goes through Triton's dispatch; later ones under the same key
+    call the compiled kernel's launcher with every argument in the kernel's order; a new key (another
+    lr tensor, say) dispatches again. Faked here: only a GPU compiles (tests/test_cuda.py runs it)."""
+    calls: list[tuple[Any, ...]] = []
+
+    class Compiled:
+        def __getitem__(self, grid: tuple[int, ...]) -> Any:
+            return lambda *args: calls.append(("direct", grid, args))
+
+    class Kernel:
+        def __init__(self) -> None:
+            self.arg_names = ["table", "n", "ACC", "BLOCK"]
+
+        def __getitem__(self, grid: tuple[int, ...]) -> Any:
+            def dispatch(*args: Any, **kwargs: Any) -> Compiled:
+                calls.append(("dispatch", grid, args, kwargs))
+                return Compiled()
+
+            return dispatch
+
+    monkeypatch.setattr(triton_backend, "_is_compiled", lambda launched: isinstance(launched, Compiled))
+    plan, kernel, constexprs = SimpleNamespace(launches={}), Kernel(), {"ACC": "fp32", "BLOCK": 4}
+    for key, n in [("lr0", 1), ("lr0", 2), ("lr1", 3), ("lr1", 4)]:
+        triton_backend._launch(plan, kernel, (7,), (key,), ("t", n), constexprs, {"num_warps": 4})  # type: ignore[arg-type]
+    assert calls == [
+        ("dispatch", (7,), ("t", 1), {"ACC": "fp32", "BLOCK": 4, "num_warps": 4}),
+        ("direct", (7,), ("t", 2, "fp32", 4)),
+        ("dispatch", (7,), ("t", 3), {"ACC": "fp32", "BLOCK": 4, "num_warps": 4}),
+        ("direct", (7,), ("t", 4, "fp32", 4)),
+    ]

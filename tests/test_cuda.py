@@ -95,6 +95,13 @@ def test_triton_matches_eager_on_gpt2_shapes() -> None:
     _assert_close_runs(_run("triton", steps=3, shapes=shapes), _run("eager", steps=3, shapes=shapes))
 
 
+def test_triton_launches_skip_tritons_dispatch_after_the_first_step() -> None:
+    """Every kernel of a step is launched directly after the first step (same results: the tests above)."""
+    _, opt = _run("triton", steps=2)
+    (plan,) = opt._caches[0].plans.values()
+    assert len(plan.launches) == 4
+
+
 def test_triton_two_runs_are_bitwise_equal_on_cuda() -> None:
     (first, _), (second, _) = _run("triton"), _run("triton")
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))

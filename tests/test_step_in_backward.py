@@ -40,16 +40,59 @@ def _ordinary(batches: list, model: nn.Module | None = None) -> nn.Module:
     return model
 
 
-def test_same_parameters_as_the_ordinary_loop_over_20_steps() -> None:
+@pytest.mark.parametrize("bucket_bytes", [0, 1500, None], ids=["each-alone", "some-together", "default"])
+def test_same_parameters_as_the_ordinary_loop_over_20_steps(bucket_bytes: int | None) -> None:
     batches = _batches(20)
     model = _model()
-    handle = step_in_backward(model, **KWARGS)
+    extra = {} if bucket_bytes is None else {"bucket_bytes": bucket_bytes}
+    handle = step_in_backward(model, **extra, **KWARGS)
     for batch in batches:
         _loss(model, batch).backward()
         assert all(p.grad is None for p in model.parameters())  # each freed right after its step
     for a, b in zip(model.parameters(), _ordinary(batches).parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert all(handle.optimizer.state[p]["step"].item() == 20 for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("bucket_bytes", "expected"),
+    # weights of 1,536, 4,096 and 640 bytes, biases of 128, 128 and 20; backward reaches the last layer first
+    [(0, [1, 1, 1, 1, 1, 1]), (1500, [4, 2]), (100_000, [6])],
+)
+def test_small_gradients_wait_and_are_stepped_together(
+    monkeypatch: pytest.MonkeyPatch, bucket_bytes: int, expected: list[int]
+) -> None:
+    """Gradients wait until they add up to ``bucket_bytes`` (the last layer's 660 bytes wait for the middle
+    layer's), and what still waits is stepped when backward ends."""
+    model = _model()
+    handle = step_in_backward(model, bucket_bytes=bucket_bytes, **KWARGS)
+    steps: list[int] = []
+    step_group = handle.optimizer.step_group
+    monkeypatch.setattr(
+        handle.optimizer, "step_group", lambda g, c, only: steps.append(len(only)) or step_group(g, c, only)
+    )
+    _loss(model, _batches(1)[0]).backward()
+    assert steps == expected and all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("bucket_bytes", [-1, 1.5, True])
+def test_a_bad_bucket_size_is_a_value_error_naming_it(bucket_bytes: object) -> None:
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        step_in_backward(_model(), bucket_bytes=bucket_bytes, **KWARGS)
+
+
+def test_a_loaded_checkpoints_hyperparameters_are_used() -> None:
+    """load_state_dict replaces the optimizer's group dicts; the hooks step with the new ones (lr 0 here)."""
+    model = _model()
+    handle = step_in_backward(model, **KWARGS)
+    _loss(model, _batches(1)[0]).backward()
+    saved = handle.state_dict()
+    saved["param_groups"][0]["lr"] = 0.0
+    handle.load_state_dict(saved)
+    before = [p.detach().clone() for p in model.parameters()]
+    _loss(model, _batches(2)[1]).backward()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
+    assert all(handle.optimizer.state[p]["step"].item() == 2 for p in model.parameters())
 
 
 def test_checkpoint_resumes_bitwise_and_moves_to_the_ordinary_optimizer(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -94,6 +94,8 @@ class Plan:
     has_m: bool
     packed: bool
     stochastic: bool  # every tensor's state has a seed: stochastic rounding to bf16
+    # per kernel: (launch key, the compiled kernel's launcher); shared by the plans with_gradients makes
+    launches: dict[Any, tuple[tuple[Any, ...], Any]] = field(default_factory=dict, compare=False, repr=False)
 
 
 def layout_key(items: list[Item], state_epoch: int) -> tuple[Any, ...]:
@@ -299,27 +301,51 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
     tensors = plan.table.shape[0]
     scratch = torch.empty(plan.scratch_numel + tensors, dtype=hp.dtype, device=hp.device)
     flag_copies = scratch[plan.scratch_numel :].view(-1)[:tensors]
+    # what Triton specializes a compiled kernel on, beyond the plan's own tensors and integers
+    key = (hp.device, p_dtype, g_dtype, hp.dtype, hp.data_ptr(), lr.dtype, lr.data_ptr(), scratch.data_ptr() % 16)
     blocks = {"BLOCK_R": plan.block_rows, "BLOCK_J": BLOCK_J}
     tiles = plan.tile_map.numel()
+    table, flags, tiling = plan.table, plan.flags, (plan.tile_rows, plan.tile_bytes)
     if tiles:
-        tk.check_gradients[(tiles,)](
-            plan.table,
-            plan.tile_map,
-            plan.flags,
-            plan.tile_rows,
-            plan.tile_bytes,
-            G_DT=_triton_dtype(g_dtype),
-            ACC=acc,
-            **blocks,
-        )
-        dtypes = {"P_DT": _triton_dtype(p_dtype), "G_DT": _triton_dtype(g_dtype), "ACC": acc}
-        tt.step_tiles[(tiles,)](
-            plan.table, plan.tile_map, plan.flags, hp, lr, scratch, flag_copies, plan.tile_rows, plan.tile_bytes,
-            HAS_M=plan.has_m, PACKED=plan.packed, STOCHASTIC=plan.stochastic, **dtypes, **blocks, **PASS1_OPTIONS,
-        )  # fmt: skip
+        g_dt = _triton_dtype(g_dtype)
+        pass0 = (table, plan.tile_map, flags, *tiling)
+        _launch(plan, tk.check_gradients, (tiles,), key, pass0, {"G_DT": g_dt, "ACC": acc, **blocks})
+        pass1 = (table, plan.tile_map, flags, hp, lr, scratch, flag_copies, *tiling)
+        kinds = {"P_DT": _triton_dtype(p_dtype), "G_DT": g_dt, "ACC": acc, "HAS_M": plan.has_m, "PACKED": plan.packed}
+        constexprs = {**kinds, "STOCHASTIC": plan.stochastic, **blocks}
+        _launch(plan, tt.step_tiles, (tiles,), key, pass1, constexprs, PASS1_OPTIONS)
     reduce = {"ACC": acc, "HAS_M": plan.has_m, "BLOCK": _REDUCE_BLOCK}
-    tk.reduce_factors[(tensors, 1 + plan.row_chunks + plan.column_chunks)](
-        plan.table, scratch, plan.flags, flag_copies, **reduce
-    )
+    grid = (tensors, 1 + plan.row_chunks + plan.column_chunks)
+    _launch(plan, tk.reduce_factors, grid, key, (table, scratch, flags, flag_copies), reduce)
     if plan.column_chunks:
-        tk.normalize_columns[(tensors, plan.column_chunks)](plan.table, scratch, flag_copies, **reduce)
+        _launch(plan, tk.normalize_columns, (tensors, plan.column_chunks), key, (table, scratch, flag_copies), reduce)
+
+
+def _launch(
+    plan: Plan,
+    kernel: Any,
+    grid: tuple[int, ...],
+    key: tuple[Any, ...],
+    args: tuple[Any, ...],
+    constexprs: dict[str, Any],
+    options: dict[str, Any] | None = None,
+) -> None:
+    """``kernel[grid](*args, **constexprs, **options)``. Triton's dispatch (binding, specialization, cache
+    lookup) costs some 8 µs of host time a launch on a 2-core Xeon (Triton 3.6), more than the rest of a
+    step's Python, and step_in_backward launches four times per parameter. So only a plan's first launch
+    of ``kernel`` under ``key`` goes through it; later ones call the compiled kernel's launcher directly.
+    The plan's own tensors and integers are the same at every launch, and ``key`` holds what Triton
+    specializes on among the rest. Under the interpreter nothing is compiled: every launch dispatches."""
+    hit = plan.launches.get(kernel)
+    if hit is not None and hit[0] == key:
+        hit[1](*args, *constexprs.values())
+        return
+    compiled = kernel[grid](*args, **constexprs, **(options or {}))
+    if _is_compiled(compiled) and kernel.arg_names[len(args) :] == list(constexprs):
+        plan.launches[kernel] = (key, compiled[grid])
+
+
+def _is_compiled(launched: Any) -> bool:
+    from triton.compiler import CompiledKernel
+
+    return isinstance(launched, CompiledKernel)
