@@ -7,8 +7,11 @@
 #   bash benchmarks/gpu_check.sh train-7b       # the same for the 7B shape, three optimizers (110 s)
 #   bash benchmarks/gpu_check.sh memory-7b      # peak memory and time of a 7B step four ways (issue 9; 130 s)
 #   bash benchmarks/gpu_check.sh memory-small   # the same memory table for the 3B and 1B shapes (200 s)
+#   bash benchmarks/gpu_check.sh sweep          # pass 1's launch settings timed (benchmarks/pass1_sweep.py; 90 s)
+#   bash benchmarks/gpu_check.sh ncu            # Nsight Compute's report of one pass 1 launch, 7B layers (60 s)
 #   bash benchmarks/gpu_check.sh compare        # smmf compare's GPU text task for Adam and SMMF (560 s)
 #   bash benchmarks/gpu_check.sh main           # tests train-small train-7b memory-7b (9.5 minutes)
+# A bench stage takes its optimizers after a colon, to save time: train-7b:adamw-fused,smmf
 # Stage times measured on an H200 on 2026-11-26: CUDA tests 78 s; ResNet-50 or GPT-2 with four
 # optimizers about 80 s each (the inductor path, not run here, adds 1-2 minutes of compilation per
 # workload); the 7B shape with three optimizers 82 s; the 7B memory table 88 s, 3B and 1B 149 s.
@@ -22,13 +25,13 @@
 #   mkdir -p .golden && cp ../shared/golden/official_trajectories.npz .golden/
 set -uo pipefail
 cd "$(dirname "$0")/.."
-usage="usage: bash benchmarks/gpu_check.sh STAGE... (tests train-small train-7b memory-7b memory-small compare main)"
+usage="usage: bash benchmarks/gpu_check.sh STAGE[:OPTIMIZERS]... (tests train-small train-7b memory-7b memory-small sweep ncu compare main)"
 [ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
 stages=()
 for stage in "$@"; do
-    case "$stage" in
+    case "${stage%%:*}" in
     main) stages+=(tests train-small train-7b memory-7b) ;;
-    tests | train-small | train-7b | memory-7b | memory-small | compare) stages+=("$stage") ;;
+    tests | train-small | train-7b | memory-7b | memory-small | sweep | ncu | compare) stages+=("$stage") ;;
     *) echo "unknown stage '$stage'; $usage" >&2; exit 2 ;;
     esac
 done
@@ -37,7 +40,7 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ -f .golden/official_trajectories.npz ]; then export SMMF_GOLDEN="$PWD/.golden/official_trajectories.npz"; fi
 py="$(command -v python3 || command -v python)"
-log="$out/gpu-check-$(IFS=-; echo "$*").log"
+log="$out/gpu-check.log"
 
 {
     date -u +"%Y-%m-%d %H:%M UTC"
@@ -55,26 +58,44 @@ bench() { # bench SECONDS ARGS...: one smmf bench run with a timeout
 }
 
 for stage in "${stages[@]}"; do
-    case "$stage" in
+    picked="${stage#*:}"
+    optimizers() { if [ "$picked" != "$stage" ]; then echo "$picked"; else echo "$1"; fi; }
+    case "${stage%%:*}" in
     tests) # those of the inductor path (the step of before) are left out to save device time
         timeout -s INT -k 5 100 "$py" -m pytest -q -p no:cacheprovider -k "not inductor" tests/test_cuda.py 2>&1 |
             tee -a "$log"
         ;;
     train-small)
         bench 190 --mode train --set resnet50,gpt2 --steps 10 --warmup 3 \
-            --optimizers adamw-fused,smmf,smmf8,adamw --out "$out/bench-train-cuda"
+            --optimizers "$(optimizers adamw-fused,smmf,smmf8,adamw)" --out "$out/bench-train-cuda"
         ;;
     train-7b)
-        bench 110 --mode train --set llama-7b --steps 5 --warmup 2 --optimizers adamw-fused,smmf,smmf8 \
+        bench 110 --mode train --set llama-7b --steps 5 --warmup 2 --optimizers "$(optimizers adamw-fused,smmf,smmf8)" \
             --out "$out/bench-train-llama-7b-cuda"
         ;;
     memory-7b)
-        bench 130 --mode memory --set llama-7b --optimizers adamw-bf16,smmf-backward,smmf,adamw-fp32 \
+        bench 130 --mode memory --set llama-7b --optimizers "$(optimizers adamw-bf16,smmf-backward,smmf,adamw-fp32)" \
             --out "$out/bench-memory-llama-7b-cuda"
         ;;
     memory-small)
-        bench 200 --mode memory --set llama-3b,llama-1b --optimizers adamw-bf16,smmf-backward,smmf,adamw-fp32 \
-            --out "$out/bench-memory-cuda"
+        bench 200 --mode memory --set llama-3b,llama-1b \
+            --optimizers "$(optimizers adamw-bf16,smmf-backward,smmf,adamw-fp32)" --out "$out/bench-memory-cuda"
+        ;;
+    sweep)
+        for workload in llama-layers gpt2; do
+            timeout -s INT -k 5 45 "$py" benchmarks/pass1_sweep.py --workload "$workload" \
+                --configs 4:96:4,4:0:4,4:128:8,8:96:8,2:96:4 2>&1 | tee -a "$log"
+        done
+        ;;
+    ncu) # the first step_tiles launch after pass1_sweep.py's two warm-up steps
+        ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
+        [ -n "$ncu" ] || { echo "ncu: not found" | tee -a "$log"; continue; }
+        timeout -s INT -k 5 60 "$ncu" --kernel-name step_tiles --launch-skip 2 --launch-count 1 \
+            --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+            --section SchedulerStats --section MemoryWorkloadAnalysis --section InstructionStats \
+            --section SourceCounters "$py" benchmarks/pass1_sweep.py --workload llama-layers --configs 4:96:4 \
+            >"$out/ncu-step_tiles.txt" 2>&1
+        tail -n 60 "$out/ncu-step_tiles.txt" | tee -a "$log"
         ;;
     compare)
         timeout -s INT -k 10 560 "$py" -m smmf compare --device cuda --tasks text-gpu --optimizers adam,smmf \

@@ -52,8 +52,18 @@ def _assert_close_runs(
         for key, value in of.state[a].items():
             if key == "sign":  # a sign may flip where M is within rounding of 0
                 assert (value != oe.state[b][key]).float().mean().item() < 0.01
+            elif key in ("row_m", "col_m"):  # and then |M| rebuilt with the other sign next step
+                _assert_close_but_for_a_few(value, oe.state[b][key], tol)
             elif isinstance(value, torch.Tensor):
                 torch.testing.assert_close(value, oe.state[b][key], rtol=tol, atol=tol / 10)
+
+
+def _assert_close_but_for_a_few(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
+    """Factors of |M| equal to ``tol`` but for a few rows or columns holding an element whose sign
+    flipped (seen on an H100: 2 of GPT-2's 6,932 row factors, 2.9e-4 apart after 3 steps)."""
+    far = ~torch.isclose(a, b, rtol=tol, atol=tol / 10)
+    assert int(far.sum()) <= max(1, a.numel() // 1000), f"{int(far.sum())} of {a.numel()} factors differ"
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=tol)
 
 
 def _assert_close_but_for_flipped_signs(a: torch.Tensor, b: torch.Tensor, tol: float, steps: int) -> None:

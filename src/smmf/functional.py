@@ -172,14 +172,13 @@ def smmf(
         lr_ref = _lr_reference(lr, hp, chosen)
         if chosen == "triton":
             items = _triton_bucket(items, (device, p_dtype, g_dtype), hp, lr_ref, beta is not None, cache)
-            chosen = "inductor" if torch_backend.compiler_available(device.type) else "eager"
             if items and isinstance(lr, Tensor):
                 hp[kernels.HP_LR].copy_(lr.reshape(()))
         elif chosen == "cpp":
             items = _cpp_bucket(items, hp)
-            chosen = "inductor" if torch_backend.compiler_available(device.type) else "eager"
-        if items:
-            torch_backend.step(items, hp, block_size, compiled=chosen == "inductor")
+        if items:  # all of them (eager, inductor), or those the Triton or C++ kernel does not take
+            compiled = chosen == "inductor" or (chosen != "eager" and torch_backend.compiler_available(device.type))
+            torch_backend.step(items, hp, block_size, compiled=compiled)
 
 
 def _partition(items: list[Item], takes: Callable[[Item], bool]) -> tuple[list[Item], list[Item]]:
