@@ -115,7 +115,8 @@ def test_triton_tiling_of_a_lone_tensor_bounds_pass_2s_work(shape: tuple[int, in
 def test_triton_launches_dispatch_once_per_plan_and_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """A plan's first launch of a kernel goes through Triton's dispatch; later ones under the same key
     call the compiled kernel's launcher with every argument in the kernel's order; a new key (another
-    lr tensor, say) dispatches again. Faked here: only a GPU compiles (tests/test_cuda.py runs it)."""
+    lr tensor, say) dispatches again. A compiled kernel's launcher takes a grid of three dimensions (given
+    one, it failed every CUDA test on an H100). Faked here: only a GPU compiles (tests/test_cuda.py)."""
     calls: list[tuple[Any, ...]] = []
 
     class Compiled:
@@ -139,7 +140,7 @@ def test_triton_launches_dispatch_once_per_plan_and_key(monkeypatch: pytest.Monk
         triton_backend._launch(plan, kernel, (7,), (key,), ("t", n), constexprs, {"num_warps": 4})  # type: ignore[arg-type]
     assert calls == [
         ("dispatch", (7,), ("t", 1), {"ACC": "fp32", "BLOCK": 4, "num_warps": 4}),
-        ("direct", (7,), ("t", 2, "fp32", 4)),
+        ("direct", (7, 1, 1), ("t", 2, "fp32", 4)),
         ("dispatch", (7,), ("t", 3), {"ACC": "fp32", "BLOCK": 4, "num_warps": 4}),
-        ("direct", (7,), ("t", 4, "fp32", 4)),
+        ("direct", (7, 1, 1), ("t", 4, "fp32", 4)),
     ]
