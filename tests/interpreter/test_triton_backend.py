@@ -315,3 +315,24 @@ def test_small_lr_bf16_learns_with_stochastic_rounding_as_in_eager() -> None:
         results.append(p.detach().float())
     assert results[0].mean().item() < 1 - 40 * 1e-4 * 0.5
     assert (results[0] != results[1]).float().mean().item() < 0.01  # the same random bits in both backends
+
+
+@pytest.mark.parametrize("bucket_bytes", [0, 1 << 20], ids=["each-alone", "together"])
+def test_step_in_backward_through_triton_matches_the_eager_loop(bucket_bytes: int) -> None:
+    """Stepped inside backward by the Triton kernels, alone or together, as the eager loop steps."""
+    from smmf import step_in_backward
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 24), nn.Tanh(), nn.Linear(24, 8))
+    twin = nn.Sequential(nn.Linear(16, 24), nn.Tanh(), nn.Linear(24, 8))
+    twin.load_state_dict(model.state_dict())
+    step_in_backward(model, bucket_bytes=bucket_bytes, lr=1e-2, backend="triton")
+    opt = SMMF(twin.parameters(), lr=1e-2, backend="eager")
+    batches = [torch.randn(4, 16, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    for x in batches:
+        model(x).square().mean().backward()
+        opt.zero_grad()
+        twin(x).square().mean().backward()
+        opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
