@@ -206,15 +206,26 @@ def _triton_bucket(
 ) -> list[Item]:
     """Step the contiguous tensors of a bucket with Triton; returns the others (a channels-last
     weight, say), which the caller steps with the torch backend."""
-    ready, rest = _partition(items, lambda item: item[0].is_contiguous() and item[1].is_contiguous())
+    ready: list[Item] = []
+    rest: list[Item] = []
+    params: list[int] = []
+    grads: list[int] = []
+    for item in items:  # one pass over every tensor, every step: host time is what a GPU step waits on
+        p, g, _ = item
+        if p.is_contiguous() and g.is_contiguous():
+            ready.append(item)
+            params.append(p.data_ptr())
+            grads.append(g.data_ptr())
+        else:
+            rest.append(item)
     if ready:
-        layout = triton_backend.layout_key(ready, cache.state_epoch)
+        layout = triton_backend.layout_key(ready, cache.state_epoch, tuple(params))
         plan = cache.plans.get(bucket)
         if plan is None or plan.layout != layout:
             signs = [state["sign"] for _, _, state in ready if "sign" in state]
             packed = not signs or signs[0].dtype == torch.uint8
             plan = cache.plans[bucket] = triton_backend.build_plan(ready, layout, hp.dtype, has_m, packed)
-        elif plan.gradients != (gradients := triton_backend.gradient_addresses(ready)):
+        elif plan.gradients != (gradients := tuple(grads)):
             plan = cache.plans[bucket] = triton_backend.with_gradients(plan, gradients)
         triton_backend.step(plan, bucket[1], bucket[2], hp, lr)
     return rest

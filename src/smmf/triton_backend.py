@@ -98,11 +98,11 @@ class Plan:
     launches: dict[Any, tuple[tuple[Any, ...], Any]] = field(default_factory=dict, compare=False, repr=False)
 
 
-def layout_key(items: list[Item], state_epoch: int) -> tuple[Any, ...]:
-    """What a plan's layout depends on: the parameters' addresses and the optimizer's state epoch
+def layout_key(items: list[Item], state_epoch: int, addresses: tuple[int, ...]) -> tuple[Any, ...]:
+    """What a plan's layout depends on: the parameters' ``addresses`` and the optimizer's state epoch
     (bumped whenever state tensors are created or replaced)."""
     seeded = all("seed" in state for _, _, state in items)  # stochastic rounding can be switched off
-    return (state_epoch, seeded, tuple(p.data_ptr() for p, _, _ in items))
+    return (state_epoch, seeded, addresses)
 
 
 def gradient_addresses(items: list[Item]) -> tuple[int, ...]:
