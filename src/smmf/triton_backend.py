@@ -331,11 +331,12 @@ def _launch(
     options: dict[str, Any] | None = None,
 ) -> None:
     """``kernel[grid](*args, **constexprs, **options)``. Triton's dispatch (binding, specialization, cache
-    lookup) costs some 8 µs of host time a launch on a 2-core Xeon (Triton 3.6), more than the rest of a
-    step's Python, and step_in_backward launches four times per parameter. So only a plan's first launch
-    of ``kernel`` under ``key`` goes through it; later ones call the compiled kernel's launcher directly.
-    The plan's own tensors and integers are the same at every launch, and ``key`` holds what Triton
-    specializes on among the rest. Under the interpreter nothing is compiled: every launch dispatches."""
+    lookup) costs some 8 µs of host time a launch on a 2-core Xeon (benchmarks/triton_dispatch.py), more
+    than the rest of a step's Python, and step_in_backward steps many times a backward pass. So only a
+    plan's first launch of ``kernel`` under ``key`` goes through it; later ones call the compiled kernel's
+    launcher directly. The plan's own tensors and integers are the same at every launch, and ``key``
+    holds what Triton specializes on among the rest. Under the interpreter nothing is compiled: every
+    launch dispatches."""
     hit = plan.launches.get(kernel)
     if hit is not None and hit[0] == key:
         hit[1](*args, *constexprs.values())
