@@ -220,12 +220,13 @@ def _triton_bucket(
             rest.append(item)
     if ready:
         layout = triton_backend.layout_key(ready, cache.state_epoch, tuple(params))
+        gradients = tuple(grads)
         plan = cache.plans.get(bucket)
         if plan is None or plan.layout != layout:
             signs = [state["sign"] for _, _, state in ready if "sign" in state]
             packed = not signs or signs[0].dtype == torch.uint8
-            plan = cache.plans[bucket] = triton_backend.build_plan(ready, layout, hp.dtype, has_m, packed)
-        elif plan.gradients != (gradients := tuple(grads)):
+            plan = cache.plans[bucket] = triton_backend.build_plan(ready, layout, gradients, hp.dtype, has_m, packed)
+        elif plan.gradients != gradients:
             plan = cache.plans[bucket] = triton_backend.with_gradients(plan, gradients)
         triton_backend.step(plan, bucket[1], bucket[2], hp, lr)
     return rest

@@ -24,7 +24,7 @@ from .matricization import square_matricize
 from .signpack import row_bytes
 
 __all__ = [
-    "available", "Plan", "layout_key", "gradient_addresses", "scratch_budget", "block_rows", "vector_ready",
+    "available", "Plan", "layout_key", "scratch_budget", "block_rows", "vector_ready",
     "build_plan", "with_gradients", "step",
 ]  # fmt: skip
 
@@ -103,10 +103,6 @@ def layout_key(items: list[Item], state_epoch: int, addresses: tuple[int, ...]) 
     (bumped whenever state tensors are created or replaced)."""
     seeded = all("seed" in state for _, _, state in items)  # stochastic rounding can be switched off
     return (state_epoch, seeded, addresses)
-
-
-def gradient_addresses(items: list[Item]) -> tuple[int, ...]:
-    return tuple(g.data_ptr() for _, g, _ in items)
 
 
 def with_gradients(plan: Plan, gradients: tuple[int, ...]) -> Plan:
@@ -203,8 +199,16 @@ def _tiling(
             return tile_rows, tile_bytes
 
 
-def build_plan(items: list[Item], layout: tuple[Any, ...], acc_dtype: torch.dtype, has_m: bool, packed: bool) -> Plan:
-    """The table, tile map and tiling for ``items`` (all on one device)."""
+def build_plan(
+    items: list[Item],
+    layout: tuple[Any, ...],
+    gradients: tuple[int, ...],
+    acc_dtype: torch.dtype,
+    has_m: bool,
+    packed: bool,
+) -> Plan:
+    """The table, tile map and tiling for ``items`` (all on one device), whose gradients are at
+    ``gradients``."""
     from . import triton_kernels as tk
 
     device = items[0][0].device
@@ -218,13 +222,13 @@ def build_plan(items: list[Item], layout: tuple[Any, ...], acc_dtype: torch.dtyp
     aligned: list[bool] = []
     tile_counts: list[int] = []
     scratch = 0
-    for (p, g, state), shape in zip(items, shapes, strict=True):
+    for (p, _, state), shape, gradient in zip(items, shapes, gradients, strict=True):
         n, m, width, dense = shape
         row_tiles, col_tiles = _counts(shape, tile_rows, tile_bytes)
         entry = [0] * int(tk.TABLE_COLS)
         entry[tk.COL_TILE0] = sum(tile_counts)
         tile_counts.append(row_tiles * col_tiles)
-        entry[tk.COL_P], entry[tk.COL_G] = p.data_ptr(), g.data_ptr()
+        entry[tk.COL_P], entry[tk.COL_G] = p.data_ptr(), gradient
         entry[tk.COL_STEP], entry[tk.COL_SKIPPED] = state["step"].data_ptr(), state["skipped"].data_ptr()
         entry[tk.COL_N], entry[tk.COL_M], entry[tk.COL_B] = n, m, width
         entry[tk.COL_COL_TILES], entry[tk.COL_ROW_TILES], entry[tk.COL_DENSE] = col_tiles, row_tiles, int(dense)
@@ -237,7 +241,6 @@ def build_plan(items: list[Item], layout: tuple[Any, ...], acc_dtype: torch.dtyp
             entry[tk.COL_COL_PART] = scratch
             scratch += moments * m * row_tiles
         rows.append(entry)
-    gradients = gradient_addresses(items)
     for entry, flag in zip(rows, _aligned_column(tuple(aligned), gradients), strict=True):
         entry[tk.COL_ALIGNED] = flag
     owners = torch.repeat_interleave(torch.arange(len(items), dtype=torch.int32), torch.tensor(tile_counts))
