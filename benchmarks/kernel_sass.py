@@ -13,13 +13,15 @@ moment, packed signs) and ``check_gradients`` (pass 0, bf16) this prints a markd
   (instructions x num_warps x 32 / (BLOCK_R * 8 * BLOCK_J), the elements one iteration covers; for
   ``check_gradients``, whose loops the compiler may unroll, the elements its loads cover) and
   its global loads and stores by width ("none": e.g. a loop the compiler made to step over iterations
-  whose inner loop is empty).
+  whose inner loop is empty), and its barriers (``BAR.SYNC``: a layout conversion through shared
+  memory, which stops the program's warps until all of them reach it).
 
 These are static counts of the compiled code, not timings: predicated-off and out-of-line code
 (slow paths of division or square root) is not told apart, and nothing is said about latency.
 A loop is named after the function called from the kernel that owns most of its instructions
-(``nvdisasm -gi`` gives each instruction's inlining chain), or ``_factored_tile`` if it stores sign
-bytes; of the two ``_factored_tile`` loops the aligned one is the one with 64- or 128-bit LDG/STG,
+(``nvdisasm -gi`` gives each instruction's inlining chain), or ``_factored_tile`` if that is one of
+pass 1's helpers for a factored tensor's rows; of the two ``_factored_tile`` loops the aligned one is
+the one with 64- or 128-bit LDG,
 and the table also gives the line of the call in ``step_tiles`` each loop was inlined from.
 Kernels are compiled as tests/test_triton_compile.py compiles them (``triton.compile`` for
 ``GPUTarget("cuda", 90, 32)``), with the launch options of :mod:`smmf.triton_backend` (pass 1's
@@ -59,6 +61,9 @@ TYPES = {
     "hp": "*fp32", "lr_ptr": "*fp32", "scratch": "*fp32", "flag_copies": "*fp32",
 }  # fmt: skip
 STEP_VARIANTS = {"bf16": (tl.bfloat16, False), "fp32": (tl.float32, False), "bf16 + SR": (tl.bfloat16, True)}
+# Functions that only pass 1's loops over a factored tensor's rows call.
+FACTORED_HELPERS = {"_rows_in", "_rows_out", "_signed_moment", "_add_sums", "_store_param", "_mix", "_random_bits",
+                    "_stochastic_bf16", "_quotient", "_to_param_dtype", "_column_accumulators"}  # fmt: skip
 INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z0-9_.]+)([^;]*);")
 LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 FRAME = re.compile(r'"([^"]+)", line (\d+)')
@@ -83,8 +88,11 @@ def tool_paths() -> tuple[str, str]:
 
 
 def compile_kernel(fn: Any, constexprs: dict[str, Any], options: dict[str, Any]) -> Any:
+    """``fn`` compiled for sm_90 with every pointer argument 16-byte aligned, as Triton specializes a
+    launch whose tensors are (those of torch's CUDA allocator are)."""
     signature = {name: TYPES.get(name, "constexpr") for name in fn.arg_names}
-    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if signature[name][0] == "*"}
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned)
     return triton.compile(source, target=TARGET, options=options)
 
 
@@ -179,9 +187,9 @@ def describe_loop(body: list[Instr]) -> tuple[str, str, str]:
     calls = collections.Counter(ins.call_line for ins in body if ins.owner == name)
     call_line = calls.most_common(1)[0][0]
     accesses = collections.Counter(ins.opcode for ins in body if ins.opcode.split(".")[0] in ("LDG", "STG"))
-    wide = any(part in ("64", "128") for op in accesses for part in op.split("."))
-    if name != "_dense_tile" and any(op.startswith("STG") and op.endswith(".U8") for op in accesses):
-        name = "_factored_tile"  # it stores sign bytes (Triton 3.6's line table names its code after helpers)
+    wide = any(op.startswith("LDG") and {"64", "128"} & set(op.split(".")) for op in accesses)
+    if name in FACTORED_HELPERS:
+        name = "_factored_tile"  # Triton 3.6's line table names a loop's code after the helpers it inlined
     if name == "_factored_tile":
         name += ", aligned" if wide else ", unaligned"
     widths = ", ".join(f"{op} x{count}" for op, count in sorted(accesses.items())) or "none"
@@ -218,8 +226,9 @@ def table_rows(
         loaded = sum(load_bits(ins.opcode) for ins in body if ins.opcode.startswith("LDG"))
         covered = loaded // element_bits * num_warps * 32 if element_bits and loaded else elements
         per_element = len(body) * num_warps * 32 / covered
-        rows.append(f"{head} {name} | {call_line} | {len(body)} | {per_element:.1f} | {widths} |")
-    return rows or [f"{head} (no loop) | | | | |"]
+        barriers = sum(ins.opcode.startswith("BAR.SYNC") for ins in body)
+        rows.append(f"{head} {name} | {call_line} | {len(body)} | {per_element:.1f} | {widths} | {barriers} |")
+    return rows or [f"{head} (no loop) | | | | | |"]
 
 
 def main() -> None:
@@ -230,6 +239,12 @@ def main() -> None:
     parser.add_argument(
         "--maxnreg", type=int, default=triton_backend.PASS1_OPTIONS["maxnreg"], help="pass 1's register cap (0: none)"
     )
+    parser.add_argument(
+        "--prefetch",
+        action=argparse.BooleanOptionalAction,
+        default=triton_backend.PASS1_PREFETCH,
+        help="pass 1 loads the next block of rows before computing on the current one",
+    )
     args = parser.parse_args()
     pass1_options = {"num_warps": args.num_warps} | ({"maxnreg": args.maxnreg} if args.maxnreg else {})
     tools = tool_paths()
@@ -237,14 +252,14 @@ def main() -> None:
     blocks = {"BLOCK_R": args.block_r, "BLOCK_J": args.block_j}
     elements = args.block_r * 8 * args.block_j
     print(f"sm_90, Triton {triton.__version__}, BLOCK_R={args.block_r}, BLOCK_J={args.block_j}, "
-          f"num_warps={args.num_warps}, pass 1's maxnreg={args.maxnreg or 'none'}: {elements} elements per loop "
-          "iteration\n")  # fmt: skip
+          f"num_warps={args.num_warps}, pass 1's maxnreg={args.maxnreg or 'none'}, prefetch={args.prefetch}: "
+          f"{elements} elements per loop iteration\n")  # fmt: skip
     print("| kernel | regs/thread | spill B st/ld | warps/SM | loop | called at line | instrs | thread-instr/elem "
-          "| global loads/stores |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| global loads/stores | barriers |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for variant, (dtype, stochastic) in STEP_VARIANTS.items():
         constexprs = {"P_DT": dtype, "G_DT": dtype, "ACC": tl.float32, "HAS_M": True, "PACKED": True}
-        constexprs |= {"STOCHASTIC": stochastic, **blocks}
+        constexprs |= {"STOCHASTIC": stochastic, "PREFETCH": args.prefetch, **blocks}
         kernel = compile_kernel(triton_tile.step_tiles, constexprs, pass1_options)
         print("\n".join(table_rows(f"step_tiles {variant}", kernel, tools, elements)))
     constexprs = {"G_DT": tl.bfloat16, "ACC": tl.float32, **blocks}

@@ -10,7 +10,9 @@ counts the bytes it must move: gradient and parameter read, parameter written, s
     python benchmarks/pass1_sweep.py --workload llama-layers --configs 4:96:4,4:0:4,4:128:8,8:96:8
     python benchmarks/pass1_sweep.py --workload gpt2 --configs 4:96:4
 
-A setting is WARPS:MAXNREG:BLOCK_R (MAXNREG 0: no cap). Each new setting compiles pass 1 again (seconds).
+A setting is WARPS:MAXNREG:BLOCK_R[:PREFETCH] (MAXNREG 0: no cap; PREFETCH 1: pass 1 loads a tile's next
+block of rows before computing on the current one, 0 or left out: it does not). Each new setting
+compiles pass 1 again (seconds).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def _captured_step(params: list[torch.Tensor]) -> tuple[smmf.SMMF, tuple[Any, ..
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="llama-layers", help="llama-layers, or a model of smmf's (gpt2, ...)")
-    parser.add_argument("--configs", default="4:96:4", help="comma-separated WARPS:MAXNREG:BLOCK_R")
+    parser.add_argument("--configs", default="4:96:4", help="comma-separated WARPS:MAXNREG:BLOCK_R[:PREFETCH]")
     args = parser.parse_args()
     import triton.testing
 
@@ -75,19 +77,22 @@ def main() -> None:
         f"{args.workload}: {len(params)} tensors, {numel / 1e6:.1f} M elements, {dtype}; {torch.cuda.get_device_name()}"
     )
     print(f"tiles {plan.tile_map.numel()}, tile {plan.tile_rows} rows x {plan.tile_bytes * 8} columns\n")
-    print("| warps | maxnreg | BLOCK_R | step's kernels, ms | GB/s moved |\n| ---: | ---: | ---: | ---: | ---: |")
+    print("| warps | maxnreg | BLOCK_R | prefetch | step's kernels, ms | GB/s moved |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for config in args.configs.split(","):
-        warps, maxnreg, block_r = (int(x) for x in config.split(":"))
+        warps, maxnreg, block_r, prefetch = (int(x) for x in (config + ":0").split(":")[:4])
+        setting = f"| {warps} | {maxnreg or '-'} | {block_r} | {'yes' if prefetch else 'no'} |"
         if plan.tile_rows % block_r:
-            print(f"| {warps} | {maxnreg} | {block_r} | tiles of {plan.tile_rows} rows: not a multiple | - |")
+            print(f"{setting} tiles of {plan.tile_rows} rows: not a multiple | - |")
             continue
         options = {"num_warps": warps, **({"maxnreg": maxnreg} if maxnreg else {})}
         variant = dataclasses.replace(plan, block_rows=block_r, launches={})
         triton_backend.PASS1_OPTIONS = options
+        triton_backend.PASS1_PREFETCH = bool(prefetch)
         ms = triton.testing.do_bench(
             lambda v=variant: triton_backend.step(v, p_dtype, g_dtype, hp, lr), warmup=50, rep=200, return_mode="median"
         )
-        print(f"| {warps} | {maxnreg or '-'} | {block_r} | {ms:.3f} | {moved / ms / 1e6:,.0f} |", flush=True)
+        print(f"{setting} {ms:.3f} | {moved / ms / 1e6:,.0f} |", flush=True)
     assert opt.state and all(math.isfinite(float(p.detach().float().abs().max())) for p in params)
 
 

@@ -59,9 +59,10 @@ def test_the_four_kernels_compile(
     check_kernel = _compile(tk.check_gradients, _signature(check, types), {"G_DT": p_dt, "ACC": acc, **BLOCKS}, target)
     assert "ld.global.v" in check_kernel.asm["ptx"]  # pass 0 reads an aligned tensor's gradient in vectors too
     step = ["table", "tile_map", "flags", "hp", "lr_ptr", "scratch", "flag_copies", "tile_rows", "tile_bytes",
-            "P_DT", "G_DT", "ACC", "HAS_M", "PACKED", "STOCHASTIC", "BLOCK_R", "BLOCK_J"]  # fmt: skip
+            "P_DT", "G_DT", "ACC", "HAS_M", "PACKED", "STOCHASTIC", "PREFETCH", "BLOCK_R", "BLOCK_J"]  # fmt: skip
     types |= {"hp": f"*{accs}", "lr_ptr": "*fp32", "scratch": f"*{accs}", "flag_copies": f"*{accs}"}
     constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": acc, "HAS_M": has_m, "PACKED": packed, "STOCHASTIC": stochastic}
+    constexprs["PREFETCH"] = stochastic  # both ways of pass 1's loop, on different kernels
     options = triton_backend.PASS1_OPTIONS
     step_kernel = _compile(tt.step_tiles, _signature(step, types), {**constexprs, **BLOCKS}, target, options)
     ptx = step_kernel.asm["ptx"]

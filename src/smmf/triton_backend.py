@@ -38,11 +38,15 @@ INTERPRETER_BLOCK_R = 16
 BLOCK_J = 16
 _VECTOR_BYTES = 16
 # Launch options of pass 1: at most 96 registers a thread, so that 20 warps are resident on an SM
-# whatever the dtype and Triton version. Uncapped, Triton 3.6 (the GPU machine's) gives bf16 128
-# registers (16 warps), fp32 and stochastic rounding 143-151 (12 warps); capped, the loops spill
-# nothing and gain 2-4 instructions in 60-85 per element (sm_90 machine code, benchmarks/kernel_sass.py;
-# static counts, not timings).
+# whatever the dtype and Triton version. Uncapped, Triton 3.6 (the GPU machine's) gives 125-128
+# registers (16 warps); capped, the loops over rows spill nothing and take 237-317 instructions for
+# 512 elements, against 229-300 (sm_90 machine code, benchmarks/kernel_sass.py; static counts, not
+# timings).
 PASS1_OPTIONS = {"num_warps": 4, "maxnreg": 96}
+# Whether pass 1 issues the loads of a tile's next block of rows before it computes on the current
+# one (more bytes in flight, for 8-21 more instructions a block and, under the cap, 20-40 bytes of
+# spills). Off until a GPU has timed both (benchmarks/pass1_sweep.py; gpu_check.sh sweep).
+PASS1_PREFETCH = False
 _REDUCE_BLOCK = 1024
 # The extra memory of a step (scratch and tile map) stays within this fraction of the largest
 # parameter, or _MIN_SCRATCH_BYTES for models of tiny tensors.
@@ -315,7 +319,7 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
         _launch(plan, tk.check_gradients, (tiles,), key, pass0, {"G_DT": g_dt, "ACC": acc, **blocks})
         pass1 = (table, plan.tile_map, flags, hp, lr, scratch, flag_copies, *tiling)
         kinds = {"P_DT": _triton_dtype(p_dtype), "G_DT": g_dt, "ACC": acc, "HAS_M": plan.has_m, "PACKED": plan.packed}
-        constexprs = {**kinds, "STOCHASTIC": plan.stochastic, **blocks}
+        constexprs = {**kinds, "STOCHASTIC": plan.stochastic, "PREFETCH": PASS1_PREFETCH, **blocks}
         _launch(plan, tt.step_tiles, (tiles,), key, pass1, constexprs, PASS1_OPTIONS)
     reduce = {"ACC": acc, "HAS_M": plan.has_m, "BLOCK": _REDUCE_BLOCK}
     grid = (tensors, 1 + plan.row_chunks + plan.column_chunks)

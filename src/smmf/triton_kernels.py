@@ -20,8 +20,8 @@ row per tensor holding the addresses of its parameter, gradient, sign, factors a
 
 No atomics, so runs are bitwise reproducible; factors change only in passes 2 and 3, after every tile
 has read the old ones. Tiles follow the sign layout of :mod:`smmf.signpack`: a tile of whole sign bytes covers
-columns ``k*B + j`` for planes k = 0..7, loaded as a (rows, 8, bytes) block, so packing a sign byte is
-a sum over the plane axis and no two tiles share a byte.
+columns ``k*B + j`` for planes k = 0..7 (pass 1 lays them out as a block of rows by 8 planes of
+bytes), so packing a sign byte is a sum over the planes and no two tiles share a byte.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ block's first row (an int64 base), and a tensor's kind is a branch per program, 
   parameter and gradient loads and stores are vectors (8 bytes a thread in bf16, 16 in fp32 with
   blocks of 4 rows); its column sums are added up
   element-wise over a tile's rows and reduced once per column block;
+  a block's rows are one warp's each, so that the rows' sums and sign bytes are reduced within a
+  warp: the loop's only exchange between warps is the store of the rows' sums (two barriers a block,
+  where a 3-D block took 6 to 11, as Triton broke a tie in its layout; benchmarks/kernel_sass.py);
 * any other factored tensor runs it without hints;
 * a tensor with dense moments (``vector_reshape=False``) runs the plain element-wise update.
 """
@@ -58,13 +61,14 @@ from .triton_kernels import (
 def step_tiles(
     table, tile_map, flags, hp, lr_ptr, scratch, flag_copies, tile_rows, tile_bytes,
     P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
-    STOCHASTIC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
+    STOCHASTIC: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
 ):  # fmt: skip
     """Pass 1 for one tile: reads the old factors and signs (or dense moments) once, computes the
     moments and the update, writes the parameter and the new signs, and writes the tile's row and
     column sums of |M| and V into its own scratch slots. ``hp`` holds the hyperparameters in the layout
     of :mod:`smmf.kernels`. A tensor flagged by pass 0 is neither read nor written; its first tile
-    copies the flag to ``flag_copies`` for pass 2's column programs."""
+    copies the flag to ``flag_copies`` for pass 2's column programs. With PREFETCH, a factored tile
+    issues the loads of its next block of rows before it computes on the current one."""
     tile = tl.program_id(0)
     tensor = tl.load(tile_map + tile).to(tl.int64)
     row = table + tensor * TABLE_COLS
@@ -72,31 +76,18 @@ def step_tiles(
     if tile == tl.load(row + COL_TILE0):
         tl.store(flag_copies + tensor, flag)
     if flag == 0:
-        step_ptr = _ptr(row, COL_STEP, tl.float32)
-        beta1, beta2 = _schedules(step_ptr, hp, ACC)
-        lr = tl.load(lr_ptr).to(ACC)
-        key = 0
-        if STOCHASTIC:
-            key = _stream_key(tl.load(_ptr(row, COL_SEED, tl.int64)), tl.load(step_ptr).to(tl.int64) + 1)
-        # g <- g * g_sign + wd_coupled * p, p <- p * p_scale - lr * M / (sqrt(V) + eps)
-        p_scale = 1.0 - lr * tl.load(hp + _HP_WD_DECOUPLED)
-        g_sign = tl.load(hp + _HP_SIGN)
-        wd_coupled = tl.load(hp + _HP_WD_COUPLED)
-        eps = tl.load(hp + _HP_EPS)
+        hyper = _hyperparameters(row, hp, lr_ptr, ACC, STOCHASTIC)
         if tl.load(row + COL_DENSE) != 0:
-            _dense_tile(
-                row, tile, tile_rows, tile_bytes, lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key,
-                P_DT, G_DT, ACC, HAS_M, STOCHASTIC, BLOCK_R, BLOCK_J,
-            )  # fmt: skip
+            _dense_tile(row, tile, tile_rows, tile_bytes, hyper, P_DT, G_DT, ACC, HAS_M, STOCHASTIC, BLOCK_R, BLOCK_J)
         elif tl.load(row + COL_ALIGNED) != 0:
             _factored_tile(
-                row, tile, scratch, tile_rows, tile_bytes, lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key,
-                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, True, BLOCK_R, BLOCK_J,
+                row, tile, scratch, tile_rows, tile_bytes, hyper,
+                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, True, PREFETCH, BLOCK_R, BLOCK_J,
             )  # fmt: skip
         else:
             _factored_tile(
-                row, tile, scratch, tile_rows, tile_bytes, lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key,
-                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, False, BLOCK_R, BLOCK_J,
+                row, tile, scratch, tile_rows, tile_bytes, hyper,
+                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, False, PREFETCH, BLOCK_R, BLOCK_J,
             )  # fmt: skip
 
 
@@ -106,81 +97,151 @@ _COMPILED = tl.constexpr(not isinstance(step_tiles, InterpretedFunction))
 
 
 @triton.jit
+def _hyperparameters(row, hp, lr_ptr, ACC: tl.constexpr, STOCHASTIC: tl.constexpr):
+    """What a tile's update takes beyond its elements, the same for the whole tensor this step:
+    (lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, rounding key), for
+    g <- g * g_sign + wd_coupled * p and p <- p * p_scale - lr * M / (sqrt(V) + eps)."""
+    step_ptr = _ptr(row, COL_STEP, tl.float32)
+    beta1, beta2 = _schedules(step_ptr, hp, ACC)
+    lr = tl.load(lr_ptr).to(ACC)
+    key = 0
+    if STOCHASTIC:
+        key = _stream_key(tl.load(_ptr(row, COL_SEED, tl.int64)), tl.load(step_ptr).to(tl.int64) + 1)
+    p_scale = 1.0 - lr * tl.load(hp + _HP_WD_DECOUPLED)
+    return lr, p_scale, tl.load(hp + _HP_SIGN), tl.load(hp + _HP_WD_COUPLED), tl.load(hp + _HP_EPS), beta1, beta2, key
+
+
+@triton.jit
 def _factored_tile(
-    row, tile, scratch, tile_rows, tile_bytes, lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key,
+    row, tile, scratch, tile_rows, tile_bytes, hyper,
     P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
-    STOCHASTIC: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
+    STOCHASTIC: tl.constexpr, ALIGNED: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_J: tl.constexpr,
 ):  # fmt: skip
     """A tile of a factored tensor, column block by column block, each block of rows by rows: the
     row sums of a block go to the tile's scratch slot (added to those of the column blocks before),
-    the column sums are kept in registers and stored once per column block."""
+    the column sums are kept in registers and stored once per column block. A block is BLOCK_R rows by
+    8 * BLOCK_J lanes, lane c holding column plane * width + j (plane = c // BLOCK_J, j = j0 + c % BLOCK_J):
+    two dimensions, so that Triton gives each row to one warp whatever its version, and a row's sums and
+    sign bytes are reduced within it (a 3-D block's layout depends on how a version breaks ties)."""
     m64, m, width, row_tile, col_tile, r_start, r_end, j_start, j_end = _geometry(
         row, tile, tile_rows, tile_bytes, ALIGNED
     )
     row_part, row_part_m, col_part, col_part_m = _scratch_slots(row, scratch, row_tile, col_tile, m64)
-    p_ptr = _pointer(row, COL_P, P_DT, ALIGNED)
-    g_ptr = _pointer(row, COL_G, G_DT, ALIGNED)
-    sign = _pointer(row, COL_SIGN, tl.uint8, ALIGNED)
-    row_v = _pointer(row, COL_ROW_V, ACC, ALIGNED)
+    state = (
+        _pointer(row, COL_P, P_DT, ALIGNED), _pointer(row, COL_G, G_DT, ALIGNED),
+        _pointer(row, COL_SIGN, tl.uint8, ALIGNED), _pointer(row, COL_ROW_V, ACC, ALIGNED),
+        _pointer(row, COL_ROW_M, ACC, ALIGNED), row_part, row_part_m,
+    )  # fmt: skip
     col_v = _pointer(row, COL_COL_V, ACC, ALIGNED)
-    row_m = _pointer(row, COL_ROW_M, ACC, ALIGNED)
     col_m = _pointer(row, COL_COL_M, ACC, ALIGNED)
-    rr = tl.arange(0, BLOCK_R)
-    kk = tl.arange(0, 8)
-    jj = tl.arange(0, BLOCK_J)
+    lane = tl.arange(0, 8 * BLOCK_J)
     for j0 in range(j_start, j_end, BLOCK_J):
         if ALIGNED:
             j0 = tl.multiple_of(j0, 16)
         tl.debug_barrier()  # this program's row sums of the previous column block are in scratch
-        j = j0 + jj[None, None, :]
-        col = kk[None, :, None] * width + j
+        j = j0 + lane % BLOCK_J
+        col = lane // BLOCK_J * width + j
         col_ok = (j < j_end) & (col < m)
+        # the column block: where its lanes lie, and what every block of its rows shares
+        where = (m64, m, width, j, col, col_ok, j0 > j_start)  # later blocks add to the row sums of the first
         col_v_old = tl.load(col_v + col, mask=col_ok, other=0.0)
         col_m_old = col_v_old
         if HAS_M:
             col_m_old = tl.load(col_m + col, mask=col_ok, other=0.0)
-        later = j0 > j_start  # later column blocks add to the row sums the first one wrote
         sums_v, sums_m = _column_accumulators(BLOCK_R, BLOCK_J, ACC, ALIGNED)
+        if PREFETCH:
+            ahead = _rows_in(state, where, r_start, r_end, HAS_M, PACKED, BLOCK_R)
         for r0 in range(r_start, r_end, BLOCK_R):
-            r = r0 + rr
-            rows_ok = r < r_end
-            v_old = tl.load(row_v + r, mask=rows_ok, other=0.0)[:, None, None] * col_v_old
-            m_abs_old = col_m_old
-            if HAS_M:
-                m_abs_old = tl.load(row_m + r, mask=rows_ok, other=0.0)[:, None, None] * col_m_old
-            g, p, ok, offs, base = _load_block(
-                p_ptr, g_ptr, r0, m64, m, rows_ok, col, col_ok, g_sign, wd_coupled, ACC, BLOCK_R
-            )
-            # loaded before this block's stores, which the compiler cannot move them past
-            row_sums_v = tl.load(row_part + r, mask=rows_ok & later, other=0.0)
-            row_sums_m = row_sums_v
-            if HAS_M:
-                row_sums_m = tl.load(row_part_m + r, mask=rows_ok & later, other=0.0)
-            v = beta2 * v_old + (1.0 - beta2) * (g * g)
-            mom = g
-            if HAS_M:
-                mom = _signed_moment(
-                    sign, r0, width, rows_ok, j, offs, ok, base, m_abs_old, g, beta1, ACC, PACKED, BLOCK_R
-                )
-            _store_param(p_ptr + base, offs, ok, p * p_scale, mom, v, lr, eps, key, base, P_DT, STOCHASTIC)
-            sums_v = _add_sums(row_part + r, rows_ok, row_sums_v, v, sums_v, ALIGNED)
-            if HAS_M:
-                sums_m = _add_sums(row_part_m + r, rows_ok, row_sums_m, tl.abs(mom), sums_m, ALIGNED)
-        col2 = kk[:, None] * width + j0 + jj[None, :]
-        col2_ok = (j0 + jj[None, :] < j_end) & (col2 < m)
-        tl.store(col_part + col2, _column_sums(sums_v, ALIGNED), mask=col2_ok)
+            if PREFETCH:  # this block's loads went out an iteration ago; the next block's go out now
+                rows = ahead
+                ahead = _rows_in(state, where, r0 + BLOCK_R, r_end, HAS_M, PACKED, BLOCK_R)
+            else:
+                rows = _rows_in(state, where, r0, r_end, HAS_M, PACKED, BLOCK_R)
+            sums_v, sums_m = _rows_out(
+                rows, state, where, r0, r_end, col_v_old, col_m_old, sums_v, sums_m, hyper,
+                P_DT, ACC, HAS_M, PACKED, STOCHASTIC, ALIGNED, BLOCK_R,
+            )  # fmt: skip
+        tl.store(col_part + col, _column_sums(sums_v, ALIGNED), mask=col_ok)
         if HAS_M:
-            tl.store(col_part_m + col2, _column_sums(sums_m, ALIGNED), mask=col2_ok)
+            tl.store(col_part_m + col, _column_sums(sums_m, ALIGNED), mask=col_ok)
+
+
+@triton.jit
+def _rows_in(state, where, r0, r_end, HAS_M: tl.constexpr, PACKED: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Everything pass 1 loads for the BLOCK_R rows from r0 of a column block (nothing at or past
+    r_end), as stored: the parameter and gradient, the old sign bits (when packed, each lane loads the
+    byte that holds its bit), the rows' factors of V and |M| and the row sums earlier column blocks left
+    in scratch. Loaded in one place, so that they can be issued an iteration ahead of the arithmetic."""
+    p_ptr, g_ptr, sign, row_v, row_m, row_part, row_part_m = state
+    m64, m, width, j, col, col_ok, later = where
+    r = r0 + tl.arange(0, BLOCK_R)
+    rows_ok = r < r_end
+    offs = tl.arange(0, BLOCK_R)[:, None] * m + col[None, :]
+    ok = rows_ok[:, None] & col_ok[None, :]
+    p = tl.load(p_ptr + m64 * r0 + offs, mask=ok, other=0.0)
+    g = tl.load(g_ptr + m64 * r0 + offs, mask=ok, other=0.0)
+    row_v_old = tl.load(row_v + r, mask=rows_ok, other=0.0)
+    row_sums_v = tl.load(row_part + r, mask=rows_ok & later, other=0.0)
+    row_m_old, row_sums_m, old_signs = row_v_old, row_sums_v, row_sums_v
+    if HAS_M:
+        row_m_old = tl.load(row_m + r, mask=rows_ok, other=0.0)
+        row_sums_m = tl.load(row_part_m + r, mask=rows_ok & later, other=0.0)
+        if PACKED:
+            bytes_off = tl.arange(0, BLOCK_R)[:, None] * width + j[None, :]
+            bytes_ok = rows_ok[:, None] & (j < width)[None, :]
+            old_signs = tl.load(sign + width.to(tl.int64) * r0 + bytes_off, mask=bytes_ok, other=0)
+        else:
+            old_signs = tl.load(sign + m64 * r0 + offs, mask=ok, other=0)
+    return p, g, old_signs, row_v_old, row_m_old, row_sums_v, row_sums_m
+
+
+@triton.jit
+def _rows_out(
+    rows, state, where, r0, r_end, col_v_old, col_m_old, sums_v, sums_m, hyper,
+    P_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
+    STOCHASTIC: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """The update of the BLOCK_R rows from r0 that :func:`_rows_in` loaded (``rows``): the moments, the
+    parameter and new signs written, the rows' sums stored; returns the column sums with theirs added."""
+    p_ptr, _, sign, _, _, row_part, row_part_m = state
+    m64, m, width, j, col, col_ok, _ = where
+    lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key = hyper
+    p_old, g_old, old_signs, row_v_old, row_m_old, row_sums_v, row_sums_m = rows
+    r = r0 + tl.arange(0, BLOCK_R)
+    rows_ok = r < r_end
+    offs = tl.arange(0, BLOCK_R)[:, None] * m + col[None, :]
+    ok = rows_ok[:, None] & col_ok[None, :]
+    base = m64 * r0
+    p = p_old.to(ACC)
+    g = g_old.to(ACC) * g_sign + wd_coupled * p
+    v = beta2 * (row_v_old[:, None] * col_v_old[None, :]) + (1.0 - beta2) * (g * g)
+    mom = g
+    if HAS_M:
+        m_abs_old = row_m_old[:, None] * col_m_old[None, :]
+        mom = _signed_moment(
+            sign, r0, width, rows_ok, j, offs, ok, base, old_signs, m_abs_old, g, beta1, PACKED, BLOCK_R
+        )
+    _store_param(p_ptr + base, offs, ok, p * p_scale, mom, v, lr, eps, key, base, P_DT, STOCHASTIC)
+    # the rows' sums added to what the tile's slots held (0 in a tile's first column block); |M|'s and
+    # V's stored as one tensor, as they leave the block's layout through one exchange between warps
+    if HAS_M:
+        both = tl.join(row_sums_v + tl.sum(v, axis=1), row_sums_m + tl.sum(tl.abs(mom), axis=1))
+        tl.store(tl.join(row_part + r, row_part_m + r), both, mask=tl.join(rows_ok, rows_ok))
+        sums_m = _add_columns(sums_m, tl.abs(mom), ALIGNED)
+    else:
+        tl.store(row_part + r, row_sums_v + tl.sum(v, axis=1), mask=rows_ok)
+    return _add_columns(sums_v, v, ALIGNED), sums_m
 
 
 @triton.jit
 def _column_accumulators(BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.constexpr, ALIGNED: tl.constexpr):
-    """Aligned tiles add whole blocks and reduce over rows once (their layout spreads rows over warps,
-    so a reduction per block would cost a shared-memory round trip); others reduce every block."""
+    """Aligned tiles add whole blocks and reduce over rows once (rows are spread over warps, so a
+    reduction per block would cost a shared-memory round trip); others reduce every block."""
     if ALIGNED:
-        return tl.zeros((BLOCK_R, 8, BLOCK_J), dtype=ACC), tl.zeros((BLOCK_R, 8, BLOCK_J), dtype=ACC)
+        return tl.zeros((BLOCK_R, 8 * BLOCK_J), dtype=ACC), tl.zeros((BLOCK_R, 8 * BLOCK_J), dtype=ACC)
     else:
-        return tl.zeros((8, BLOCK_J), dtype=ACC), tl.zeros((8, BLOCK_J), dtype=ACC)
+        return tl.zeros((8 * BLOCK_J,), dtype=ACC), tl.zeros((8 * BLOCK_J,), dtype=ACC)
 
 
 @triton.jit
@@ -199,10 +260,8 @@ def _scratch_slots(row, scratch, row_tile, col_tile, m64):
 
 
 @triton.jit
-def _add_sums(row_sums, rows_ok, previous, block, column_sums, ALIGNED: tl.constexpr):
-    """A block's row sums added to ``previous`` (what the tile's slot at ``row_sums`` held: 0 in the
-    first column block of a tile) and stored there; returns ``column_sums`` with the block added in."""
-    tl.store(row_sums, previous + tl.sum(tl.sum(block, axis=2), axis=1), mask=rows_ok)
+def _add_columns(column_sums, block, ALIGNED: tl.constexpr):
+    """``column_sums`` with a block added in (summed over its rows unless the tile is aligned)."""
     if ALIGNED:
         return column_sums + block
     else:
@@ -233,27 +292,31 @@ def _load_block(
 
 @triton.jit
 def _signed_moment(
-    sign, r0, width, rows_ok, j, offs, ok, base, m_abs_old, g, beta1,
-    ACC: tl.constexpr, PACKED: tl.constexpr, BLOCK_R: tl.constexpr,
+    sign, r0, width, rows_ok, j, offs, ok, base, old_signs, m_abs_old, g, beta1,
+    PACKED: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
-    """The new first moment of a factored block, from |M| rebuilt from the factors and the old signs;
-    the new signs stored (exact zeros count as negative, as in the reference). Packed: byte j of a
-    sign row holds columns k * width + j in bit k, so packing is a sum over the plane axis."""
+    """The new first moment of a factored block, from |M| rebuilt from the factors and the old signs
+    (``old_signs``: as stored, one byte per lane); the new signs stored (exact zeros count as negative,
+    as in the reference). Packed: byte j of a sign row holds columns k * width + j in bit k, so packing
+    is a sum over the block's planes of lanes; plane 0's lanes store the bytes."""
+    lanes: tl.constexpr = g.shape[1]
+    plane = tl.arange(0, lanes) // (lanes // 8)
     if PACKED:
-        sign = sign + width.to(tl.int64) * r0
-        byte_off = tl.arange(0, BLOCK_R)[:, None, None] * width + j
-        byte_ok = rows_ok[:, None, None] & (j < width)
-        old = (tl.load(sign + byte_off, mask=byte_ok, other=0).to(tl.int32) >> tl.arange(0, 8)[None, :, None]) & 1
+        old = (old_signs.to(tl.int32) >> plane[None, :]) & 1
     else:
-        sign = sign + base
-        old = tl.load(sign + offs, mask=ok, other=0).to(tl.int32)
+        old = old_signs.to(tl.int32)
     mom = beta1 * tl.where(old != 0, m_abs_old, -m_abs_old) + (1.0 - beta1) * g
     positive = (mom > 0).to(tl.int32)
     if PACKED:
-        packed = tl.sum(positive << tl.arange(0, 8)[None, :, None], axis=1)
-        tl.store(sign + byte_off, tl.expand_dims(packed, 1).to(tl.uint8), mask=byte_ok)
+        planes = tl.reshape(positive << plane[None, :], (BLOCK_R, 8, lanes // 8))
+        packed = tl.broadcast_to(tl.expand_dims(tl.sum(planes, axis=1), 1), (BLOCK_R, 8, lanes // 8))
+        tl.store(
+            sign + width.to(tl.int64) * r0 + tl.arange(0, BLOCK_R)[:, None] * width + j[None, :],
+            tl.reshape(packed, (BLOCK_R, lanes)).to(tl.uint8),
+            mask=rows_ok[:, None] & ((j < width) & (plane == 0))[None, :],
+        )
     else:
-        tl.store(sign + offs, positive.to(tl.uint8), mask=ok)
+        tl.store(sign + base + offs, positive.to(tl.uint8), mask=ok)
     return mom
 
 
@@ -273,12 +336,13 @@ def _store_param(p_blk, offs, ok, p, mom, v, lr, eps, key, base, P_DT: tl.conste
 
 @triton.jit
 def _dense_tile(
-    row, tile, tile_rows, tile_bytes, lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key,
+    row, tile, tile_rows, tile_bytes, hyper,
     P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, STOCHASTIC: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
 ):  # fmt: skip
     """A tile of a tensor with dense moments (exp_avg_sq, and exp_avg with a first moment): Adam's
     element-wise update without bias correction, in the same tile geometry."""
+    lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key = hyper
     m64, m, width, _, _, r_start, r_end, j_start, j_end = _geometry(row, tile, tile_rows, tile_bytes, False)
     p_ptr = _ptr(row, COL_P, P_DT)
     g_ptr = _ptr(row, COL_G, G_DT)

@@ -147,6 +147,24 @@ def test_the_gpus_blocks_of_rows_match_eager(monkeypatch: pytest.MonkeyPatch, kw
     assert_same(triton_run, run(shapes, steps=3, backend="eager", **kwargs))
 
 
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"sign_bits": 8}, {"beta": None, "growth_rate": None}], ids=["1-bit", "8-bit", "no-momentum"]
+)
+def test_prefetching_the_next_rows_matches_eager(monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any]) -> None:
+    """PASS1_PREFETCH: pass 1 loads a tile's next block of rows while it computes on the current one
+    (the loads past a tile's last row are masked off), over tiles of several blocks of the GPU's
+    BLOCK_R rows and of several column blocks."""
+    monkeypatch.setattr(triton_backend, "PASS1_PREFETCH", True)
+    monkeypatch.setattr(triton_backend, "INTERPRETER_BLOCK_R", triton_backend.BLOCK_R)
+    monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)
+    monkeypatch.setattr(triton_backend, "SCRATCH_FRACTION", 0.002)
+    shapes = [(250, 240), (64, 128), (33, 12), (7,)]
+    triton_run = run(shapes, steps=3, backend="triton", **kwargs)
+    plan = next(iter(triton_run[1]._caches[0].plans.values()))
+    assert plan.tile_rows > plan.block_rows and plan.tile_bytes > triton_backend.BLOCK_J
+    assert_same(triton_run, run(shapes, steps=3, backend="eager", **kwargs))
+
+
 def test_scratch_stays_within_a_quarter_of_the_largest_parameter() -> None:
     _, opt = run([(250, 240), (64, 48), (33, 12)], steps=1, backend="triton")
     plan = next(iter(opt._caches[0].plans.values()))
