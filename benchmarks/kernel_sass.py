@@ -262,7 +262,7 @@ def main() -> None:
         constexprs |= {"STOCHASTIC": stochastic, "PREFETCH": args.prefetch, **blocks}
         kernel = compile_kernel(triton_tile.step_tiles, constexprs, pass1_options)
         print("\n".join(table_rows(f"step_tiles {variant}", kernel, tools, elements)))
-    constexprs = {"G_DT": tl.bfloat16, "ACC": tl.float32, **blocks}
+    constexprs = {"G_DT": tl.bfloat16, "ACC": tl.float32, "BLOCK": triton_backend.CHECK_BLOCK}
     kernel = compile_kernel(triton_kernels.check_gradients, constexprs, {"num_warps": args.num_warps})
     print("\n".join(table_rows("check_gradients bf16", kernel, tools, elements, element_bits=16)))
     print(f"\nStatic counts, not timings; compiled and analysed in {time.perf_counter() - start:.1f} s.")

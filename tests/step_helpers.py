@@ -112,10 +112,16 @@ NON_FINITE_CASES = [
 
 
 def assert_bad_step_is_skipped(
-    backend: str, dtype: torch.dtype, bad: float, shape: tuple[int, int] = (64, 48), **kwargs: Any
+    backend: str,
+    dtype: torch.dtype,
+    bad: float,
+    shape: tuple[int, int] = (64, 48),
+    at: tuple[int, int] = (5, 7),
+    **kwargs: Any,
 ) -> None:
-    """The issue's reproducer: a (64, 48) parameter, 25 steps of random gradients, one bad element at
-    step 3. That step leaves parameter and state unchanged and counts 1 skipped; the others train on."""
+    """The issue's reproducer: a (64, 48) parameter, 25 steps of random gradients, one bad element (at
+    ``at``) at step 3. That step leaves parameter and state unchanged and counts 1 skipped; the others
+    train on."""
     torch.manual_seed(0)
     p = nn.Parameter(torch.randn(shape).to(dtype))
     other = nn.Parameter(torch.randn(shape).to(dtype))  # same shape: the batched path, where it applies
@@ -125,7 +131,7 @@ def assert_bad_step_is_skipped(
     for step in range(25):
         grad = torch.randn(shape, generator=gen)
         if step == 3:
-            grad[5, 7] = bad
+            grad[at] = bad
             before = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items() if k != "skipped"}
         p.grad, other.grad = grad.to(dtype), torch.randn(shape, generator=gen).to(dtype)
         opt.step()

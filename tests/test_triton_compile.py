@@ -54,9 +54,12 @@ def test_the_four_kernels_compile(
     target: GPUTarget, p_dt: Any, acc: Any, has_m: bool, packed: bool, stochastic: bool
 ) -> None:
     accs = "fp64" if acc == tl.float64 else "fp32"
-    check = ["table", "tile_map", "flags", "tile_rows", "tile_bytes", "G_DT", "ACC", "BLOCK_R", "BLOCK_J"]
+    check = ["table", "tile_map", "flags", "G_DT", "ACC", "BLOCK"]
     types = {"table": "*i64", "tile_map": "*i32", "flags": "*i32", "tile_rows": "i32", "tile_bytes": "i32"}
-    check_kernel = _compile(tk.check_gradients, _signature(check, types), {"G_DT": p_dt, "ACC": acc, **BLOCKS}, target)
+    check_blocks = {"BLOCK": triton_backend.CHECK_BLOCK}
+    check_kernel = _compile(
+        tk.check_gradients, _signature(check, types), {"G_DT": p_dt, "ACC": acc, **check_blocks}, target
+    )
     assert "ld.global.v" in check_kernel.asm["ptx"]  # pass 0 reads an aligned tensor's gradient in vectors too
     step = ["table", "tile_map", "flags", "hp", "lr_ptr", "scratch", "flag_copies", "tile_rows", "tile_bytes",
             "P_DT", "G_DT", "ACC", "HAS_M", "PACKED", "STOCHASTIC", "PREFETCH", "BLOCK_R", "BLOCK_J"]  # fmt: skip

@@ -48,6 +48,8 @@ PASS1_OPTIONS = {"num_warps": 4, "maxnreg": 96}
 # spills). Off until a GPU has timed both (benchmarks/pass1_sweep.py; gpu_check.sh sweep).
 PASS1_PREFETCH = False
 _REDUCE_BLOCK = 1024
+# Elements pass 0 reads per loop iteration: 16 a thread of 4 warps, four 16-byte loads in fp32.
+CHECK_BLOCK = 2048
 # The extra memory of a step (scratch and tile map) stays within this fraction of the largest
 # parameter, or _MIN_SCRATCH_BYTES for models of tiny tensors.
 SCRATCH_FRACTION = 0.25
@@ -315,8 +317,8 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
     table, flags, tiling = plan.table, plan.flags, (plan.tile_rows, plan.tile_bytes)
     if tiles:
         g_dt = _triton_dtype(g_dtype)
-        pass0 = (table, plan.tile_map, flags, *tiling)
-        _launch(plan, tk.check_gradients, (tiles,), key, pass0, {"G_DT": g_dt, "ACC": acc, **blocks})
+        pass0 = (table, plan.tile_map, flags)
+        _launch(plan, tk.check_gradients, (tiles,), key, pass0, {"G_DT": g_dt, "ACC": acc, "BLOCK": CHECK_BLOCK})
         pass1 = (table, plan.tile_map, flags, hp, lr, scratch, flag_copies, *tiling)
         kinds = {"P_DT": _triton_dtype(p_dtype), "G_DT": g_dt, "ACC": acc, "HAS_M": plan.has_m, "PACKED": plan.packed}
         constexprs = {**kinds, "STOCHASTIC": plan.stochastic, "PREFETCH": PASS1_PREFETCH, **blocks}

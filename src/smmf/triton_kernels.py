@@ -4,10 +4,10 @@ A bucket's tensors are described by a device table (:mod:`smmf.triton_backend` b
 row per tensor holding the addresses of its parameter, gradient, sign, factors and step counter, its
 (n, m) view and where its tiles and scratch slots start. Launches never depend on the tensor count:
 
-* :func:`check_gradients` (pass 0), one program per tile: flags a tensor whose gradient holds a
-  non-finite element or one whose square overflows; such a tensor keeps its parameter and state for
-  this step and counts it in ``skipped`` (the flag is the maximum of 0/1 values, so the order in which
-  tiles set it cannot change the result).
+* :func:`check_gradients` (pass 0), one program per tile, reading a contiguous share of its tensor's
+  gradient: flags a tensor whose gradient holds a non-finite element or one whose square overflows;
+  such a tensor keeps its parameter and state for this step and counts it in ``skipped`` (the flag is
+  the maximum of 0/1 values, so the order in which tiles set it cannot change the result).
 * :func:`smmf.triton_tile.step_tiles` (pass 1), one program per tile of ``tile_rows`` rows by
   ``tile_bytes`` sign bytes (8 columns each) of some tensor: reads the old factors and signs once,
   computes the moments and the update, writes the parameter and the new signs, and writes this tile's
@@ -105,45 +105,42 @@ def _pointer(row, col: tl.constexpr, dtype: tl.constexpr, ALIGNED: tl.constexpr)
 
 
 @triton.jit
-def check_gradients(
-    table, tile_map, flags, tile_rows, tile_bytes,
-    G_DT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
-):  # fmt: skip
-    """Pass 0 for one tile: set flags[tensor] to 1 if any gradient element g of the tile has a
-    non-finite g * g (NaN, inf, or |g| past the square root of the largest float). A tensor pass 1
-    moves in vectors (the table's aligned column) is read in vectors here too."""
+def check_gradients(table, tile_map, flags, G_DT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Pass 0 for one tile's share of its tensor's gradient: set flags[tensor] to 1 if any element g
+    of it has a non-finite g * g (NaN, inf, or |g| past the square root of the largest float). A share
+    is a contiguous run of whole BLOCKs (the gradient as pass 1 reads it is contiguous), not the tile's
+    rows and planes: long runs read at the memory's pace. A tensor pass 1 moves in vectors (the
+    table's aligned column) is read in vectors here too."""
     tile = tl.program_id(0)
     tensor = tl.load(tile_map + tile).to(tl.int64)
     row = table + tensor * TABLE_COLS
     if tl.load(row + COL_ALIGNED) != 0:
-        any_bad = _bad_in_tile(row, tile, tile_rows, tile_bytes, G_DT, ACC, True, BLOCK_R, BLOCK_J)
+        any_bad = _bad_in_share(row, tile, G_DT, ACC, True, BLOCK)
     else:
-        any_bad = _bad_in_tile(row, tile, tile_rows, tile_bytes, G_DT, ACC, False, BLOCK_R, BLOCK_J)
+        any_bad = _bad_in_share(row, tile, G_DT, ACC, False, BLOCK)
     if any_bad > 0:
         tl.atomic_max(flags + tensor, any_bad)
 
 
 @triton.jit
-def _bad_in_tile(
-    row, tile, tile_rows, tile_bytes,
-    G_DT: tl.constexpr, ACC: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
-):  # fmt: skip
-    """1 if the tile holds a gradient element whose square is not finite, else 0."""
-    m64, m, width, _, _, r_start, r_end, j_start, j_end = _geometry(row, tile, tile_rows, tile_bytes, ALIGNED)
+def _bad_in_share(row, tile, G_DT: tl.constexpr, ACC: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    """1 if this tile's share of the gradient holds an element whose square is not finite, else 0:
+    its tensor's n * m elements cut into as many runs of whole BLOCKs as it has tiles."""
+    numel = tl.load(row + COL_N) * tl.load(row + COL_M)
+    tiles = tl.load(row + COL_ROW_TILES) * tl.load(row + COL_COL_TILES)
+    blocks = tl.cdiv(tl.cdiv(numel, tiles), BLOCK)  # per tile
+    first = (tile - tl.load(row + COL_TILE0)).to(tl.int64) * blocks
+    end = numel
+    if ALIGNED:  # m, and so n * m, a multiple of 64
+        end = tl.multiple_of(end, 64)
     g_ptr = _pointer(row, COL_G, G_DT, ALIGNED)
-    plane = tl.arange(0, 8)[None, :, None]
-    bad = tl.zeros((BLOCK_R, 8, BLOCK_J), dtype=tl.int32)
-    for j0 in range(j_start, j_end, BLOCK_J):
-        if ALIGNED:
-            j0 = tl.multiple_of(j0, 16)
-        j = j0 + tl.arange(0, BLOCK_J)[None, None, :]
-        col = plane * width + j
-        for r0 in range(r_start, r_end, BLOCK_R):
-            rel = tl.arange(0, BLOCK_R)[:, None, None]  # int32 offsets from row r0, as in pass 1
-            ok = (rel + r0 < r_end) & (j < j_end) & (col < m)
-            g = tl.load(g_ptr + m64 * r0 + rel * m + col, mask=ok, other=0.0).to(ACC)
-            bad = tl.maximum(bad, (~(g * g < _INF)).to(tl.int32))
-    return tl.max(tl.max(tl.max(bad, axis=2), axis=1), axis=0)
+    lanes = tl.arange(0, BLOCK)
+    bad = tl.zeros((BLOCK,), dtype=tl.int32)
+    for b in range(first, tl.minimum(first + blocks, tl.cdiv(numel, BLOCK))):
+        start = b * BLOCK
+        g = tl.load(g_ptr + start + lanes, mask=start + lanes < end, other=0.0).to(ACC)
+        bad = tl.maximum(bad, (~(g * g < _INF)).to(tl.int32))
+    return tl.max(bad, axis=0)
 
 
 @triton.jit

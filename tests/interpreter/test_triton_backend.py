@@ -299,6 +299,12 @@ def test_a_bad_gradient_of_a_tensor_on_the_vector_path_skips_it() -> None:
     assert_bad_step_is_skipped("triton", torch.float32, float("nan"), shape=(64, 128))
 
 
+def test_a_bad_gradient_in_the_last_share_of_a_tensor_of_many_tiles_skips_it() -> None:
+    """Pass 0 reads a tensor's gradient in one contiguous share per tile; a bad last element lies in
+    the last share of a (250, 240) tensor."""
+    assert_bad_step_is_skipped("triton", torch.float32, float("inf"), shape=(250, 240), at=(249, 239))
+
+
 def test_8bit_signs_skip_too() -> None:
     assert_bad_step_is_skipped("triton", torch.float32, float("nan"), sign_bits=8)
 
