@@ -62,8 +62,8 @@ TYPES = {
 }  # fmt: skip
 STEP_VARIANTS = {"bf16": (tl.bfloat16, False), "fp32": (tl.float32, False), "bf16 + SR": (tl.bfloat16, True)}
 # Functions that only pass 1's loops over a factored tensor's rows call.
-FACTORED_HELPERS = {"_rows_in", "_rows_out", "_signed_moment", "_add_sums", "_store_param", "_mix", "_random_bits",
-                    "_stochastic_bf16", "_quotient", "_to_param_dtype", "_column_accumulators"}  # fmt: skip
+FACTORED_HELPERS = {"_rows_in", "_rows_out", "_signed_moment", "_add_columns", "_store_param", "_mix", "random_bits",
+                    "stochastic_bf16", "quotient", "to_param_dtype", "_column_accumulators"}  # fmt: skip
 INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z0-9_.]+)([^;]*);")
 LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 FRAME = re.compile(r'"([^"]+)", line (\d+)')

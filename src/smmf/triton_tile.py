@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
-from triton.runtime.interpreter import InterpretedFunction
 
+from .triton_arithmetic import quotient, random_bits, stochastic_bf16, stream_key, to_param_dtype
 from .triton_kernels import (
     _HP_EPS,
     _HP_SIGN,
@@ -91,11 +90,6 @@ def step_tiles(
             )  # fmt: skip
 
 
-# Whether the kernels are compiled (False under Triton's interpreter, which has no libdevice and whose
-# cast to bf16 truncates): compiled, pass 1 divides and rounds to bf16 with single instructions.
-_COMPILED = tl.constexpr(not isinstance(step_tiles, InterpretedFunction))
-
-
 @triton.jit
 def _hyperparameters(row, hp, lr_ptr, ACC: tl.constexpr, STOCHASTIC: tl.constexpr):
     """What a tile's update takes beyond its elements, the same for the whole tensor this step:
@@ -106,7 +100,7 @@ def _hyperparameters(row, hp, lr_ptr, ACC: tl.constexpr, STOCHASTIC: tl.constexp
     lr = tl.load(lr_ptr).to(ACC)
     key = 0
     if STOCHASTIC:
-        key = _stream_key(tl.load(_ptr(row, COL_SEED, tl.int64)), tl.load(step_ptr).to(tl.int64) + 1)
+        key = stream_key(tl.load(_ptr(row, COL_SEED, tl.int64)), tl.load(step_ptr).to(tl.int64) + 1)
     p_scale = 1.0 - lr * tl.load(hp + _HP_WD_DECOUPLED)
     return lr, p_scale, tl.load(hp + _HP_SIGN), tl.load(hp + _HP_WD_COUPLED), tl.load(hp + _HP_EPS), beta1, beta2, key
 
@@ -325,13 +319,13 @@ def _store_param(p_blk, offs, ok, p, mom, v, lr, eps, key, base, P_DT: tl.conste
     """p - lr * M / (sqrt(V) + eps) (0 where the denominator is 0) written in the parameter's dtype:
     bf16 rounded stochastically with bits drawn for the element's index in its tensor, or to nearest."""
     denom = tl.sqrt(v) + eps
-    new_p = p - lr * tl.where(denom > 0, _quotient(mom, tl.where(denom > 0, denom, 1.0)), 0.0)
+    new_p = p - lr * tl.where(denom > 0, quotient(mom, tl.where(denom > 0, denom, 1.0)), 0.0)
     if STOCHASTIC:
         index = base.to(tl.uint32) + offs.to(tl.uint32)  # the low 32 bits of the element's index
-        bits = _random_bits(key, index)
-        tl.store(p_blk + offs, _stochastic_bf16(new_p.to(tl.float32), bits), mask=ok)
+        bits = random_bits(key, index)
+        tl.store(p_blk + offs, stochastic_bf16(new_p.to(tl.float32), bits), mask=ok)
     else:
-        tl.store(p_blk + offs, _to_param_dtype(new_p, P_DT), mask=ok)
+        tl.store(p_blk + offs, to_param_dtype(new_p, P_DT), mask=ok)
 
 
 @triton.jit
@@ -364,55 +358,3 @@ def _dense_tile(
                 mom = beta1 * tl.load(exp_avg + base + offs, mask=ok, other=0.0) + (1.0 - beta1) * g
                 tl.store(exp_avg + base + offs, mom, mask=ok)
             _store_param(p_ptr + base, offs, ok, p * p_scale, mom, v, lr, eps, key, base, P_DT, STOCHASTIC)
-
-
-@triton.jit
-def _mix(x):
-    """The 31-bit integer hash of smmf.rounding, on uint32: the products wrap modulo 2^32, and only
-    their low 31 bits are kept, as with the int64 arithmetic there."""
-    x = x & 0x7FFFFFFF
-    x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0x7FFFFFFF
-    x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0x7FFFFFFF
-    return x ^ (x >> 16)
-
-
-@triton.jit
-def _stream_key(seed, step):
-    """The part of smmf.rounding's hash mix(index ^ mix(seed ^ mix(step))) that is the same for every
-    element of a tensor in a step (only the low 31 bits of seed and step count there)."""
-    return _mix((seed & 0x7FFFFFFF).to(tl.uint32) ^ _mix((step & 0x7FFFFFFF).to(tl.uint32)))
-
-
-@triton.jit
-def _random_bits(key, index):
-    """The element's random bits from the tensor's key and the low 32 bits of its index (uint32)."""
-    return _mix(index ^ key)
-
-
-@triton.jit
-def _stochastic_bf16(x, bits):
-    """float32 x to bfloat16, rounded away from zero with probability (dropped bits) / 2^16, as
-    smmf.rounding.stochastic_round_bf16 does; the cast at the end is exact."""
-    kept = (x.to(tl.uint32, bitcast=True) + (bits & 0xFFFF)) & 0xFFFF0000
-    return tl.where(x != x, x, kept.to(tl.float32, bitcast=True)).to(tl.bfloat16)
-
-
-@triton.jit
-def _quotient(x, y):
-    """x / y. Compiled in float32, the approximate division (2 ulp, as the div.full.f32 that ``/`` gives,
-    without its range checks: |y| = sqrt(V) + eps lies well inside its 2^-126..2^126 range); else ``/``."""
-    if _COMPILED and x.dtype == tl.float32:
-        return libdevice.fast_dividef(x, y)
-    else:
-        return x / y
-
-
-@triton.jit
-def _to_param_dtype(x, P_DT: tl.constexpr):
-    """x in the parameter's dtype, rounded to nearest even: by the cast when compiled; by hand for bf16
-    under the interpreter, whose cast to bf16 truncates (the cast after it is then exact)."""
-    if P_DT == tl.bfloat16 and not _COMPILED:
-        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        x = tl.where(x != x, x, rounded.to(tl.float32, bitcast=True))
-    return x.to(P_DT)

@@ -16,6 +16,7 @@ from torch import nn
 
 from golden_replay import CASES, max_relative_error, replay
 from smmf import SMMF, rounding, triton_backend
+from smmf import triton_arithmetic as ta
 from smmf import triton_kernels as tk
 from smmf import triton_tile as tt
 from step_helpers import (
@@ -312,8 +313,8 @@ def test_8bit_signs_skip_too() -> None:
 @triton.jit
 def _round_kernel(x_ptr, out_ptr, seed, step, N: tl.constexpr):
     index = tl.arange(0, N).to(tl.int64)
-    bits = tt._random_bits(tt._stream_key(seed, step), index.to(tl.uint32))
-    tl.store(out_ptr + index, tt._stochastic_bf16(tl.load(x_ptr + index), bits))
+    bits = ta.random_bits(ta.stream_key(seed, step), index.to(tl.uint32))
+    tl.store(out_ptr + index, ta.stochastic_bf16(tl.load(x_ptr + index), bits))
 
 
 def test_triton_draws_the_same_random_bits_and_rounds_like_torch() -> None:
