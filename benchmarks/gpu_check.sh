@@ -84,7 +84,7 @@ for stage in "${stages[@]}"; do
     sweep)
         for workload in llama-layers gpt2; do
             timeout -s INT -k 5 45 "$py" benchmarks/pass1_sweep.py --workload "$workload" \
-                --configs 4:96:4,4:128:4:1,4:96:4:1,4:128:8,8:96:8 2>&1 | tee -a "$log"
+                --configs 4:96:4,4:128:4:1,4:96:4:1,4:128:4,8:96:8 2>&1 | tee -a "$log"
         done
         ;;
     ncu) # the first step_tiles launch after pass1_sweep.py's two warm-up steps
