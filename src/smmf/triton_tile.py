@@ -9,13 +9,15 @@ block's first row (an int64 base), and a tensor's kind is a branch per program, 
 * a factored tensor whose rows and addresses are whole 16-byte units (``aligned``, see
   :func:`smmf.triton_backend.vector_ready`) runs the same code with alignment hints, so that its
   parameter and gradient loads and stores are vectors (8 bytes a thread in bf16, 16 in fp32 with
-  blocks of 4 rows); its column sums are added up
-  element-wise over a tile's rows and reduced once per column block;
-  a block's rows are one warp's each, so that the rows' sums and sign bytes are reduced within a
-  warp: the loop's only exchange between warps is the store of the rows' sums (two barriers a block,
-  where a 3-D block took 6 to 11, as Triton broke a tie in its layout; benchmarks/kernel_sass.py);
+  blocks of 4 rows) and its column sums are added up element-wise over a tile's rows and reduced
+  once per column block;
 * any other factored tensor runs it without hints;
 * a tensor with dense moments (``vector_reshape=False``) runs the plain element-wise update.
+
+A factored tensor's block is two-dimensional, rows by 8 planes of sign bytes, so that each row is one
+warp's: its sums and sign bytes are reduced within the warp, and the loop's only exchange between
+warps is the store of the rows' sums (two barriers a block, where a 3-D block took 6 to 11 as Triton
+3.8 and 3.6 broke a tie in its layout; benchmarks/kernel_sass.py).
 """
 
 from __future__ import annotations
