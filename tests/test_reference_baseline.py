@@ -7,8 +7,6 @@ state (factors and bool signs) after every case.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -16,17 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+import benchmark_modules
 from golden_replay import CASES, replay
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_reference() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reference_smmf", ROOT / "benchmarks" / "reference_smmf.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_modules.load("reference_smmf")
 
 
 @pytest.mark.parametrize("name", CASES)

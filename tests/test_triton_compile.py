@@ -12,6 +12,7 @@ tl = pytest.importorskip("triton.language")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+import benchmark_modules  # noqa: E402
 from smmf import triton_backend  # noqa: E402
 from smmf import triton_kernels as tk  # noqa: E402
 from smmf import triton_tile as tt  # noqa: E402
@@ -81,27 +82,12 @@ def test_the_four_kernels_compile(
     _compile(tk.normalize_columns, _signature(normalize, types), {"ACC": acc, "HAS_M": has_m, "BLOCK": 1024}, target)
 
 
-def _kernel_sass() -> Any:
-    """benchmarks/kernel_sass.py, the machine-code reader, loaded as a module."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_sass.py"
-    spec = importlib.util.spec_from_file_location("kernel_sass", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("p_dt", [tl.bfloat16, tl.float32], ids=["bf16", "fp32"])
 def test_pass1s_loop_over_an_aligned_tiles_rows_crosses_warps_once_per_block(p_dt: Any) -> None:
     """Each row of pass 1's block is one warp's, so a block's row sums and sign bytes are reduced
     within warps: the loop's only exchange through shared memory is the rows' sums (two barriers).
     A layout with warps across the sign planes took 6 (Triton 3.8) to 11 (3.6) barriers a block."""
-    sass = _kernel_sass()
+    sass = benchmark_modules.load("kernel_sass")
     constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": tl.float32, "HAS_M": True, "PACKED": True}
     constexprs |= {"STOCHASTIC": False, "PREFETCH": triton_backend.PASS1_PREFETCH, **BLOCKS}
     kernel = sass.compile_kernel(tt.step_tiles, constexprs, triton_backend.PASS1_OPTIONS)

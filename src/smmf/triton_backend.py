@@ -100,7 +100,8 @@ class Plan:
     has_m: bool
     packed: bool
     stochastic: bool  # every tensor's state has a seed: stochastic rounding to bf16
-    # per kernel: (launch key, the compiled kernel's launcher); shared by the plans with_gradients makes
+    # per kernel: (its launch: key, constexprs and options; the compiled kernel's launcher); shared by the
+    # plans with_gradients makes
     launches: dict[Any, tuple[tuple[Any, ...], Any]] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -343,16 +344,19 @@ def _launch(
     lookup) costs some 8 µs of host time a launch on a 2-core Xeon (benchmarks/triton_dispatch.py), more
     than the rest of a step's Python, and step_in_backward steps many times a backward pass. So only a
     plan's first launch of ``kernel`` under ``key`` goes through it; later ones call the compiled kernel's
-    launcher directly. The plan's own tensors and integers are the same at every launch, and ``key``
-    holds what Triton specializes on among the rest. Under the interpreter nothing is compiled: every
+    launcher directly. The plan's own tensors and integers are the same at every launch; ``key`` holds
+    what Triton specializes on among the rest, and the constexprs and options (module settings such as
+    PASS1_PREFETCH may change between steps) join it. Under the interpreter nothing is compiled: every
     launch dispatches."""
+    values = tuple(constexprs.values())
+    launch = (key, values, tuple((options or {}).items()))
     hit = plan.launches.get(kernel)
-    if hit is not None and hit[0] == key:
-        hit[1](*args, *constexprs.values())
+    if hit is not None and hit[0] == launch:
+        hit[1](*args, *values)
         return
     compiled = kernel[grid](*args, **constexprs, **(options or {}))
     if _is_compiled(compiled) and kernel.arg_names[len(args) :] == list(constexprs):
-        plan.launches[kernel] = (key, compiled[(*grid, 1, 1)[:3]])  # its launcher takes three dimensions
+        plan.launches[kernel] = (launch, compiled[(*grid, 1, 1)[:3]])  # its launcher takes three dimensions
 
 
 def _is_compiled(launched: Any) -> bool:

@@ -222,9 +222,10 @@ def _rows_out(
     # the rows' sums added to what the tile's slots held (0 in a tile's first column block); |M|'s and
     # V's stored as one tensor, as they leave the block's layout through one exchange between warps
     if HAS_M:
-        both = tl.join(row_sums_v + tl.sum(v, axis=1), row_sums_m + tl.sum(tl.abs(mom), axis=1))
+        m_abs = tl.abs(mom)
+        both = tl.join(row_sums_v + tl.sum(v, axis=1), row_sums_m + tl.sum(m_abs, axis=1))
         tl.store(tl.join(row_part + r, row_part_m + r), both, mask=tl.join(rows_ok, rows_ok))
-        sums_m = _add_columns(sums_m, tl.abs(mom), ALIGNED)
+        sums_m = _add_columns(sums_m, m_abs, ALIGNED)
     else:
         tl.store(row_part + r, row_sums_v + tl.sum(v, axis=1), mask=rows_ok)
     return _add_columns(sums_v, v, ALIGNED), sums_m
