@@ -7,8 +7,8 @@
 #   bash benchmarks/gpu_check.sh train-7b       # the same for the 7B shape, three optimizers (110 s)
 #   bash benchmarks/gpu_check.sh memory-7b      # peak memory and time of a 7B step four ways (issue 9; 130 s)
 #   bash benchmarks/gpu_check.sh memory-small   # the same memory table for the 3B and 1B shapes (200 s)
-#   bash benchmarks/gpu_check.sh sweep          # pass 1's launch settings timed (benchmarks/pass1_sweep.py; 90 s)
-#   bash benchmarks/gpu_check.sh ncu            # Nsight Compute's report of one pass 1 launch, 7B layers (60 s)
+#   bash benchmarks/gpu_check.sh sweep          # pass 1's launch settings timed (benchmarks/pass1_sweep.py; 120 s)
+#   bash benchmarks/gpu_check.sh ncu            # Nsight Compute's report of a pass 1 launch, 7B layers, two blocks (120 s)
 #   bash benchmarks/gpu_check.sh compare        # smmf compare's GPU text task for Adam and SMMF (560 s)
 #   bash benchmarks/gpu_check.sh main           # tests train-small train-7b memory-7b (9.5 minutes)
 # A bench stage takes its optimizers after a colon, to save time: train-7b:adamw-fused,smmf
@@ -83,19 +83,25 @@ for stage in "${stages[@]}"; do
         ;;
     sweep)
         for workload in llama-layers gpt2; do
-            timeout -s INT -k 5 45 "$py" benchmarks/pass1_sweep.py --workload "$workload" \
-                --configs 4:96:4,4:128:4:1,4:96:4:1,4:128:4,8:96:8 2>&1 | tee -a "$log"
+            timeout -s INT -k 5 60 "$py" benchmarks/pass1_sweep.py --workload "$workload" \
+                --configs 4:96:4,4:128:4:0:32,4:128:4:1,4:96:4:1,4:128:4,8:96:8 2>&1 | tee -a "$log"
         done
         ;;
-    ncu) # the first step_tiles launch after pass1_sweep.py's two warm-up steps
+    ncu) # the first step_tiles launch after pass1_sweep.py's two warm-up steps, today's block and the wide one
         ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
         [ -n "$ncu" ] || { echo "ncu: not found" | tee -a "$log"; continue; }
-        timeout -s INT -k 5 60 "$ncu" --kernel-name step_tiles --launch-skip 2 --launch-count 1 \
-            --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-            --section SchedulerStats --section MemoryWorkloadAnalysis --section InstructionStats \
-            --section SourceCounters "$py" benchmarks/pass1_sweep.py --workload llama-layers --configs 4:96:4 \
-            >"$out/ncu-step_tiles.txt" 2>&1
-        tail -n 60 "$out/ncu-step_tiles.txt" | tee -a "$log"
+        # bytes the memory moved against the 32-byte sectors the SMs asked L2 for: fetches wider than asked
+        dram_against_requested=dram__bytes_read.sum,dram__bytes_write.sum
+        dram_against_requested+=,lts__t_sectors_srcunit_tex_op_read.sum,lts__t_sectors_srcunit_tex_op_write.sum
+        for config in 4:96:4 4:128:4:0:32; do
+            report="$out/ncu-step_tiles-${config//:/-}.txt"
+            timeout -s INT -k 5 60 "$ncu" --kernel-name step_tiles --launch-skip 2 --launch-count 1 \
+                --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+                --section SchedulerStats --section MemoryWorkloadAnalysis --section InstructionStats \
+                --section SourceCounters --metrics "$dram_against_requested" \
+                "$py" benchmarks/pass1_sweep.py --workload llama-layers --configs "$config" >"$report" 2>&1
+            tail -n 60 "$report" | tee -a "$log"
+        done
         ;;
     compare)
         timeout -s INT -k 10 560 "$py" -m smmf compare --device cuda --tasks text-gpu --optimizers adam,smmf \

@@ -27,7 +27,7 @@ Kernels are compiled as tests/test_triton_compile.py compiles them (``triton.com
 ``GPUTarget("cuda", 90, 32)``), with the launch options of :mod:`smmf.triton_backend` (pass 1's
 register cap: ``.maxnreg`` in the PTX, so ptxas's rerun keeps it).
 
-    python benchmarks/kernel_sass.py [--block-r 16] [--block-j 16] [--num-warps 4] [--maxnreg 0]
+    python benchmarks/kernel_sass.py [--block-r 4] [--block-j 32] [--num-warps 4] [--maxnreg 0] [--prefetch]
 """
 
 from __future__ import annotations
@@ -186,7 +186,9 @@ def describe_loop(body: list[Instr]) -> tuple[str, str, str]:
     name, _ = collections.Counter(ins.owner for ins in body).most_common(1)[0]
     calls = collections.Counter(ins.call_line for ins in body if ins.owner == name)
     call_line = calls.most_common(1)[0][0]
-    accesses = collections.Counter(ins.opcode for ins in body if ins.opcode.split(".")[0] in ("LDG", "STG"))
+    accesses = collections.Counter(
+        ins.opcode for ins in body if ins.opcode.split(".")[0] in ("LDG", "STG", "LDL", "STL")
+    )
     wide = any(op.startswith("LDG") and {"64", "128"} & set(op.split(".")) for op in accesses)
     if name in FACTORED_HELPERS:
         name = "_factored_tile"  # Triton 3.6's line table names a loop's code after the helpers it inlined
@@ -235,10 +237,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--block-r", type=int, default=triton_backend.BLOCK_R)
     parser.add_argument("--block-j", type=int, default=triton_backend.BLOCK_J)
-    parser.add_argument("--num-warps", type=int, default=triton_backend.PASS1_OPTIONS["num_warps"])
-    parser.add_argument(
-        "--maxnreg", type=int, default=triton_backend.PASS1_OPTIONS["maxnreg"], help="pass 1's register cap (0: none)"
-    )
+    parser.add_argument("--num-warps", type=int, help="pass 1's warps (default: smmf's for the BLOCK_J)")
+    parser.add_argument("--maxnreg", type=int, help="pass 1's register cap (0: none; default: smmf's for the BLOCK_J)")
     parser.add_argument(
         "--prefetch",
         action=argparse.BooleanOptionalAction,
@@ -246,6 +246,9 @@ def main() -> None:
         help="pass 1 loads the next block of rows before computing on the current one",
     )
     args = parser.parse_args()
+    default = triton_backend.PASS1_OPTIONS.get(args.block_j, triton_backend.PASS1_OPTIONS[triton_backend.BLOCK_J])
+    args.num_warps = args.num_warps or default["num_warps"]
+    args.maxnreg = default.get("maxnreg", 0) if args.maxnreg is None else args.maxnreg
     pass1_options = {"num_warps": args.num_warps} | ({"maxnreg": args.maxnreg} if args.maxnreg else {})
     tools = tool_paths()
     start = time.perf_counter()

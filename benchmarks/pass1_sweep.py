@@ -1,18 +1,19 @@
 """Pass 1's launch settings swept on a GPU: the time of a Triton step's kernels for real shapes.
 
-``smmf.triton_backend`` fixes pass 1's launch (``PASS1_OPTIONS``: warps, register cap) and its block of
-rows (``BLOCK_R``) from machine code read without a GPU (benchmarks/kernel_sass.py). This times the
-four kernels of one step (``triton_backend.step``, CUDA events, median of ``triton.testing.do_bench``)
-for each setting given, on the same tensors: four decoder layers of a Llama-2-7B (bf16 weights,
-fp32 factors) or GPT-2 124M's tensors (fp32), gradients drawn once. The step's effective bandwidth
-counts the bytes it must move: gradient and parameter read, parameter written, signs read and written.
+``smmf.triton_backend`` fixes pass 1's launch (``PASS1_OPTIONS``: warps, register cap) and its block
+(``BLOCK_R`` rows by 8 x ``BLOCK_J`` columns) from machine code read without a GPU
+(benchmarks/kernel_sass.py). This times the four kernels of one step (``triton_backend.step``, CUDA
+events, median of ``triton.testing.do_bench``) for each setting given, on the same tensors: four decoder
+layers of a Llama-2-7B (bf16 weights, fp32 factors) or GPT-2 124M's tensors (fp32), gradients drawn
+once. The step's effective bandwidth counts the bytes it must move: gradient and parameter read,
+parameter written, signs read and written.
 
-    python benchmarks/pass1_sweep.py --workload llama-layers --configs 4:96:4,4:0:4,4:128:8,8:96:8
+    python benchmarks/pass1_sweep.py --workload llama-layers --configs 4:96:4,4:0:4,4:128:8,4:128:4:0:32
     python benchmarks/pass1_sweep.py --workload gpt2 --configs 4:96:4
 
-A setting is WARPS:MAXNREG:BLOCK_R[:PREFETCH] (MAXNREG 0: no cap; PREFETCH 1: pass 1 loads a tile's next
-block of rows before computing on the current one, 0 or left out: it does not). Each new setting
-compiles pass 1 again (seconds).
+A setting is WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J]] (MAXNREG 0: no cap; PREFETCH 1: pass 1 loads a
+tile's next block of rows before computing on the current one, 0 or left out: it does not; BLOCK_J: sign
+bytes a block, left out: the plan's). Each new setting compiles pass 1 again (seconds).
 """
 
 from __future__ import annotations
@@ -58,18 +59,39 @@ def _captured_step(params: list[torch.Tensor]) -> tuple[smmf.SMMF, tuple[Any, ..
     return opt, seen[-1]
 
 
+def setting(plan: triton_backend.Plan, config: str) -> tuple[str, triton_backend.Plan | None]:
+    """A config's table cells and the plan to time it with (None where the plan's tiles are not a
+    whole number of its blocks); sets pass 1's module-level launch settings to the config's."""
+    warps, maxnreg, block_r, prefetch, block_j = (int(x) for x in (config + ":0:0").split(":")[:5])
+    block_j = block_j or plan.block_bytes
+    cells = f"| {warps} | {maxnreg or '-'} | {block_r} | {'yes' if prefetch else 'no'} | {block_j} |"
+    if plan.tile_rows % block_r or plan.tile_bytes % block_j:
+        return f"{cells} tiles of {plan.tile_rows} rows x {plan.tile_bytes} bytes: not a multiple | - |", None
+    triton_backend.PASS1_OPTIONS = {block_j: {"num_warps": warps, **({"maxnreg": maxnreg} if maxnreg else {})}}
+    triton_backend.PASS1_PREFETCH = bool(prefetch)
+    return cells, dataclasses.replace(plan, block_rows=block_r, block_bytes=block_j, launches={})
+
+
+def parameters(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: str) -> list[torch.Tensor]:
+    """Parameters of ``shapes`` with gradients, drawn from a seeded generator."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    params = [torch.randn(s, device=device, generator=gen).to(dtype).requires_grad_() for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, device=device, generator=gen).to(dtype)
+    return params
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="llama-layers", help="llama-layers, or a model of smmf's (gpt2, ...)")
-    parser.add_argument("--configs", default="4:96:4", help="comma-separated WARPS:MAXNREG:BLOCK_R[:PREFETCH]")
+    parser.add_argument(
+        "--configs", default="4:96:4", help="comma-separated WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J]]"
+    )
     args = parser.parse_args()
     import triton.testing
 
     shapes, dtype = _shapes(args.workload)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    params = [torch.randn(s, device="cuda", generator=gen).to(dtype).requires_grad_() for s in shapes]
-    for p in params:
-        p.grad = torch.randn(p.shape, device="cuda", generator=gen).to(dtype)
+    params = parameters(shapes, dtype, "cuda")
     opt, (plan, p_dtype, g_dtype, hp, lr) = _captured_step(params)
     numel = sum(p.numel() for p in params)
     moved = numel * (3 * params[0].element_size()) + 2 * numel / 8
@@ -77,22 +99,17 @@ def main() -> None:
         f"{args.workload}: {len(params)} tensors, {numel / 1e6:.1f} M elements, {dtype}; {torch.cuda.get_device_name()}"
     )
     print(f"tiles {plan.tile_map.numel()}, tile {plan.tile_rows} rows x {plan.tile_bytes * 8} columns\n")
-    print("| warps | maxnreg | BLOCK_R | prefetch | step's kernels, ms | GB/s moved |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| warps | maxnreg | BLOCK_R | prefetch | BLOCK_J | step's kernels, ms | GB/s moved |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for config in args.configs.split(","):
-        warps, maxnreg, block_r, prefetch = (int(x) for x in (config + ":0").split(":")[:4])
-        setting = f"| {warps} | {maxnreg or '-'} | {block_r} | {'yes' if prefetch else 'no'} |"
-        if plan.tile_rows % block_r:
-            print(f"{setting} tiles of {plan.tile_rows} rows: not a multiple | - |")
+        cells, variant = setting(plan, config)
+        if variant is None:
+            print(cells)
             continue
-        options = {"num_warps": warps, **({"maxnreg": maxnreg} if maxnreg else {})}
-        variant = dataclasses.replace(plan, block_rows=block_r, launches={})
-        triton_backend.PASS1_OPTIONS = options
-        triton_backend.PASS1_PREFETCH = bool(prefetch)
         ms = triton.testing.do_bench(
             lambda v=variant: triton_backend.step(v, p_dtype, g_dtype, hp, lr), warmup=50, rep=200, return_mode="median"
         )
-        print(f"{setting} {ms:.3f} | {moved / ms / 1e6:,.0f} |", flush=True)
+        print(f"{cells} {ms:.3f} | {moved / ms / 1e6:,.0f} |", flush=True)
     assert opt.state and all(math.isfinite(float(p.detach().float().abs().max())) for p in params)
 
 

@@ -67,7 +67,7 @@ def test_the_four_kernels_compile(
     types |= {"hp": f"*{accs}", "lr_ptr": "*fp32", "scratch": f"*{accs}", "flag_copies": f"*{accs}"}
     constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": acc, "HAS_M": has_m, "PACKED": packed, "STOCHASTIC": stochastic}
     constexprs["PREFETCH"] = stochastic  # both ways of pass 1's loop, on different kernels
-    options = triton_backend.PASS1_OPTIONS
+    options = triton_backend.PASS1_OPTIONS[triton_backend.BLOCK_J]
     step_kernel = _compile(tt.step_tiles, _signature(step, types), {**constexprs, **BLOCKS}, target, options)
     ptx = step_kernel.asm["ptx"]
     # the alignment hints of pass 1's vector path held: parameter and gradient move in vectors
@@ -82,15 +82,24 @@ def test_the_four_kernels_compile(
     _compile(tk.normalize_columns, _signature(normalize, types), {"ACC": acc, "HAS_M": has_m, "BLOCK": 1024}, target)
 
 
-@pytest.mark.parametrize("p_dt", [tl.bfloat16, tl.float32], ids=["bf16", "fp32"])
-def test_pass1s_loop_over_an_aligned_tiles_rows_crosses_warps_once_per_block(p_dt: Any) -> None:
+@pytest.mark.parametrize(
+    ("p_dt", "block_j"),
+    [
+        (tl.bfloat16, triton_backend.BLOCK_J),
+        (tl.float32, triton_backend.BLOCK_J),
+        (tl.bfloat16, triton_backend.WIDE_BLOCK_J),
+    ],
+    ids=["bf16", "fp32", "bf16-wide"],
+)
+def test_pass1s_loop_over_an_aligned_tiles_rows_crosses_warps_once_per_block(p_dt: Any, block_j: int) -> None:
     """Each row of pass 1's block is one warp's, so a block's row sums and sign bytes are reduced
     within warps: the loop's only exchange through shared memory is the rows' sums (two barriers).
-    A layout with warps across the sign planes took 6 (Triton 3.8) to 11 (3.6) barriers a block."""
+    A layout with warps across the sign planes took 6 (Triton 3.8) to 11 (3.6) barriers a block.
+    Under its register cap the loop keeps its values in registers (no local memory)."""
     sass = benchmark_modules.load("kernel_sass")
     constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": tl.float32, "HAS_M": True, "PACKED": True}
-    constexprs |= {"STOCHASTIC": False, "PREFETCH": triton_backend.PASS1_PREFETCH, **BLOCKS}
-    kernel = sass.compile_kernel(tt.step_tiles, constexprs, triton_backend.PASS1_OPTIONS)
+    constexprs |= {"STOCHASTIC": False, "PREFETCH": triton_backend.PASS1_PREFETCH, **BLOCKS, "BLOCK_J": block_j}
+    kernel = sass.compile_kernel(tt.step_tiles, constexprs, triton_backend.PASS1_OPTIONS[block_j])
     instrs, labels = sass.parse_sass(sass.disassemble(kernel.asm["cubin"], sass.tool_paths()[1]))
     aligned = [
         body
@@ -99,3 +108,4 @@ def test_pass1s_loop_over_an_aligned_tiles_rows_crosses_warps_once_per_block(p_d
     ]
     assert len(aligned) == 1
     assert sum(ins.opcode.startswith("BAR.SYNC") for ins in aligned[0]) <= 2
+    assert not [ins.opcode for ins in aligned[0] if ins.opcode.split(".")[0] in ("LDL", "STL")]

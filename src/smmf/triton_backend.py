@@ -36,13 +36,21 @@ __all__ = [
 BLOCK_R = 4
 INTERPRETER_BLOCK_R = 16
 BLOCK_J = 16
+# A wide sub-block: 32 sign bytes, so that a row's run of each plane is 64 bytes of bf16 (16-byte
+# vectors), the unit an H100 fetches from its memory, where BLOCK_J's 32-byte runs may bring in bytes a
+# tile reads only thousands of rows later. 8 elements a thread: 128 registers, 16 warps an SM.
+WIDE_BLOCK_J = 32
+# BLOCK_J of pass 1 by the parameter's bytes an element. Wide blocks are off until a GPU has timed
+# them (benchmarks/pass1_sweep.py, BLOCK_J 32; gpu_check.sh sweep).
+PASS1_BLOCK_J = {2: BLOCK_J, 4: BLOCK_J, 8: BLOCK_J}
 _VECTOR_BYTES = 16
-# Launch options of pass 1: at most 96 registers a thread, so that 20 warps are resident on an SM
-# whatever the dtype and Triton version. Uncapped, Triton 3.6 (the GPU machine's) gives 125-128
-# registers (16 warps); capped, the loops over rows spill nothing and take 237-317 instructions for
-# 512 elements, against 229-300 (sm_90 machine code, benchmarks/kernel_sass.py; static counts, not
-# timings).
-PASS1_OPTIONS = {"num_warps": 4, "maxnreg": 96}
+# Launch options of pass 1 by BLOCK_J. BLOCK_J: at most 96 registers a thread, so that 20 warps are
+# resident on an SM whatever the dtype and Triton version. Uncapped, Triton 3.6 (the GPU machine's)
+# gives 125-128 registers (16 warps); capped, the loops over rows spill nothing and take 237-317
+# instructions for 512 elements, against 229-300. WIDE_BLOCK_J: 128 (uncapped, 208-213); the loop
+# over an aligned tensor's rows keeps its values in registers (sm_90 machine code,
+# benchmarks/kernel_sass.py; static counts, not timings).
+PASS1_OPTIONS = {BLOCK_J: {"num_warps": 4, "maxnreg": 96}, WIDE_BLOCK_J: {"num_warps": 4, "maxnreg": 128}}
 # Whether pass 1 issues the loads of a tile's next block of rows before it computes on the current
 # one (more bytes in flight, for 8-21 more instructions a block and, under the cap, 20-40 bytes of
 # spills). Off until a GPU has timed both (benchmarks/pass1_sweep.py; gpu_check.sh sweep).
@@ -92,6 +100,7 @@ class Plan:
     tile_map: Tensor  # (tiles,) int32: the tensor each tile belongs to
     flags: Tensor  # (tensors,) int32: 1 where pass 0 found a non-finite gradient; cleared by pass 2
     block_rows: int  # BLOCK_R of pass 1's sub-blocks; tile_rows is a multiple of it
+    block_bytes: int  # BLOCK_J of pass 1's sub-blocks; tile_bytes is a multiple of it
     tile_rows: int
     tile_bytes: int
     scratch_numel: int
@@ -176,13 +185,18 @@ def block_rows(device: torch.device) -> int:
 
 
 def _tiling(
-    shapes: list[tuple[int, int, int, bool]], moments: int, acc_bytes: int, budget: int, rows_per_block: int = BLOCK_R
+    shapes: list[tuple[int, int, int, bool]],
+    moments: int,
+    acc_bytes: int,
+    budget: int,
+    rows_per_block: int = BLOCK_R,
+    bytes_per_block: int = BLOCK_J,
 ) -> tuple[int, int]:
     """The smallest tiles (most parallelism) with at most MAX_SLOTS (a lone tensor:
     LONE_TENSOR_MAX_SLOTS) tiles along any tensor's rows and columns whose scratch and tile map fit
     ``budget`` bytes: tiles grow, rows first (column sums cost m per row tile, row sums n per column
     tile of 8 columns a byte), until they fit or cover every tensor whole."""
-    tile_rows, tile_bytes = rows_per_block, BLOCK_J
+    tile_rows, tile_bytes = rows_per_block, bytes_per_block
     max_rows = max((s[0] for s in shapes), default=1)
     max_bytes = max((s[2] for s in shapes), default=1)
     max_slots = LONE_TENSOR_MAX_SLOTS if len(shapes) == 1 else MAX_SLOTS
@@ -224,7 +238,8 @@ def build_plan(
     budget = scratch_budget(max(p.numel() * p.element_size() for p, _, _ in items))
     moments = 2 if has_m else 1
     rows_per_block = block_rows(device)
-    tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget, rows_per_block)
+    bytes_per_block = PASS1_BLOCK_J[items[0][0].element_size()]
+    tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget, rows_per_block, bytes_per_block)
     rows: list[list[int]] = []
     aligned: list[bool] = []
     tile_counts: list[int] = []
@@ -259,6 +274,7 @@ def build_plan(
         tile_map=owners.to(device),
         flags=torch.zeros(len(items), dtype=torch.int32, device=device),
         block_rows=rows_per_block,
+        block_bytes=bytes_per_block,
         tile_rows=tile_rows,
         tile_bytes=tile_bytes,
         scratch_numel=scratch,
@@ -313,7 +329,7 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
     flag_copies = scratch[plan.scratch_numel :].view(-1)[:tensors]
     # what Triton specializes a compiled kernel on, beyond the plan's own tensors and integers
     key = (hp.device, p_dtype, g_dtype, hp.dtype, hp.data_ptr(), lr.dtype, lr.data_ptr(), scratch.data_ptr() % 16)
-    blocks = {"BLOCK_R": plan.block_rows, "BLOCK_J": BLOCK_J}
+    blocks = {"BLOCK_R": plan.block_rows, "BLOCK_J": plan.block_bytes}
     tiles = plan.tile_map.numel()
     table, flags, tiling = plan.table, plan.flags, (plan.tile_rows, plan.tile_bytes)
     if tiles:
@@ -323,7 +339,7 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
         pass1 = (table, plan.tile_map, flags, hp, lr, scratch, flag_copies, *tiling)
         kinds = {"P_DT": _triton_dtype(p_dtype), "G_DT": g_dt, "ACC": acc, "HAS_M": plan.has_m, "PACKED": plan.packed}
         constexprs = {**kinds, "STOCHASTIC": plan.stochastic, "PREFETCH": PASS1_PREFETCH, **blocks}
-        _launch(plan, tt.step_tiles, (tiles,), key, pass1, constexprs, PASS1_OPTIONS)
+        _launch(plan, tt.step_tiles, (tiles,), key, pass1, constexprs, PASS1_OPTIONS[plan.block_bytes])
     reduce = {"ACC": acc, "HAS_M": plan.has_m, "BLOCK": _REDUCE_BLOCK}
     grid = (tensors, 1 + plan.row_chunks + plan.column_chunks)
     _launch(plan, tk.reduce_factors, grid, key, (table, scratch, flags, flag_copies), reduce)
