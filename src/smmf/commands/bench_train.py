@@ -3,11 +3,11 @@
 For each workload and optimizer, in a fresh process of its own: the model is built from a config with
 random weights directly on the device (nothing downloaded), trained for warm-up steps, then timed two
 ways: full steps back to back (one sync at the end, as training runs) and ``step()`` alone (synced
-before and after). Peak memory is the allocator's high-water mark over the timed steps, state memory
-counts the optimizer's tensors, and on CUDA ``torch.profiler`` counts the kernels one ``step()``
-launches and adds up the GPU's busy time in one ``step()`` and in one full step (well below the wall
-time, the step waits on the host). A workload that runs out of memory is reported as "does not fit",
-not as a crash.
+before and after; with the time until it returns, its host part on CUDA). Peak memory is the allocator's
+high-water mark over the timed steps, state memory counts the optimizer's tensors, and on CUDA
+``torch.profiler`` counts the kernels one ``step()`` launches and adds up the GPU's busy time in one
+``step()`` and in one full step (well below the wall time, the step waits on the host). A workload that
+runs out of memory is reported as "does not fit", not as a crash.
 """
 
 from __future__ import annotations
@@ -151,12 +151,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         sync()
         full_s = (time.perf_counter() - start) / spec["steps"]
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        step_s = []
+        step_s, host_s = [], []
         for _ in range(spec["steps"]):
             forward_backward()
             sync()
             start = time.perf_counter()
             opt.step()
+            host_s.append(time.perf_counter() - start)  # until step() returns: on CUDA its kernels run on
             sync()
             step_s.append(time.perf_counter() - start)
             opt.zero_grad(set_to_none=True)
@@ -170,6 +171,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "full_step_ms": full_s * 1e3,
         "step_ms": sorted(step_s)[len(step_s) // 2] * 1e3,
+        "step_host_ms": sorted(host_s)[len(host_s) // 2] * 1e3,
         "peak_bytes": peak,
         "state_bytes": optimizer_state_bytes(opt),
         **_gpu_fields(step_profile, full_profile),
@@ -199,7 +201,7 @@ def _table(group: list[dict[str, Any]]) -> str:
     base = next((r for r in group if r["name"] == "adamw-fused" and "error" not in r), None)
     header = (
         "optimizer", "`step()` ms", "x AdamW(fused)", "full step ms", "x AdamW(fused)", "peak GiB", "state MiB",
-        "launches / step", "`step()` GPU ms", "full step GPU ms",
+        "launches / step", "`step()` returns, ms", "`step()` GPU ms", "full step GPU ms",
     )  # fmt: skip
     body: list[tuple[str, ...]] = []
     for r in group:
@@ -219,6 +221,7 @@ def _table(group: list[dict[str, Any]]) -> str:
                 _cell(r["peak_bytes"], 2, 1024**3),
                 _cell(r["state_bytes"], 1, 1024**2),
                 str(launches) if launches is not None else "-",
+                _cell(r.get("step_host_ms"), 2),
                 _cell(r.get("step_gpu_ms"), 2),
                 _cell(r.get("full_step_gpu_ms")),
             )
@@ -231,7 +234,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
         f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}. Command: `{meta['command']}`",
         f"Full step: mean of {meta['steps']} back-to-back steps after {meta['warmup']} warm-up steps (bf16 autocast); "
-        "`step()`: median of as many, synced before and after. Each row in a fresh process. GPU ms: the kernels' "
+        "`step()`: median of as many, synced before and after; `step()` returns: the median time until it returns "
+        "(on CUDA, its host part: the kernels run on). Each row in a fresh process. GPU ms: the kernels' "
         "busy time in one profiled step (torch.profiler).",
     ]
     for workload in dict.fromkeys(r["workload"] for r in rows):
