@@ -245,16 +245,11 @@ def build_plan(
     tile_counts: list[int] = []
     scratch = 0
     for (p, _, state), shape, gradient in zip(items, shapes, gradients, strict=True):
-        n, m, width, dense = shape
+        n, m, _, dense = shape
         row_tiles, col_tiles = _counts(shape, tile_rows, tile_bytes)
-        entry = [0] * int(tk.TABLE_COLS)
+        entry = _table_entry(p, state, shape, gradient, (row_tiles, col_tiles))
         entry[tk.COL_TILE0] = sum(tile_counts)
         tile_counts.append(row_tiles * col_tiles)
-        entry[tk.COL_P], entry[tk.COL_G] = p.data_ptr(), gradient
-        entry[tk.COL_STEP], entry[tk.COL_SKIPPED] = state["step"].data_ptr(), state["skipped"].data_ptr()
-        entry[tk.COL_N], entry[tk.COL_M], entry[tk.COL_B] = n, m, width
-        entry[tk.COL_COL_TILES], entry[tk.COL_ROW_TILES], entry[tk.COL_DENSE] = col_tiles, row_tiles, int(dense)
-        _state_addresses(entry, state, fallback=p.data_ptr())
         vector_columns = (tk.COL_P, tk.COL_SIGN, tk.COL_ROW_M, tk.COL_COL_M, tk.COL_ROW_V, tk.COL_COL_V)
         aligned.append(vector_ready([entry[c] for c in vector_columns], m, dense))
         if not dense:
@@ -284,6 +279,23 @@ def build_plan(
         packed=packed,
         stochastic=all("seed" in state for _, _, state in items),
     )
+
+
+def _table_entry(
+    p: Tensor, state: dict[str, Any], shape: tuple[int, int, int, bool], gradient: int, tiles: tuple[int, int]
+) -> list[int]:
+    """A tensor's table row, but for what depends on the tensors before it (its first tile, its scratch
+    slots) and on every address's alignment; ``tiles``: (row tiles, column tiles)."""
+    from . import triton_kernels as tk
+
+    n, m, width, dense = shape
+    entry = [0] * int(tk.TABLE_COLS)
+    entry[tk.COL_P], entry[tk.COL_G] = p.data_ptr(), gradient
+    entry[tk.COL_STEP], entry[tk.COL_SKIPPED] = state["step"].data_ptr(), state["skipped"].data_ptr()
+    entry[tk.COL_N], entry[tk.COL_M], entry[tk.COL_B] = n, m, width
+    entry[tk.COL_ROW_TILES], entry[tk.COL_COL_TILES], entry[tk.COL_DENSE] = *tiles, int(dense)
+    _state_addresses(entry, state, fallback=p.data_ptr())
+    return entry
 
 
 def _state_addresses(entry: list[int], state: dict[str, Any], fallback: int) -> None:
