@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from golden_replay import CASES, max_relative_error, replay
-from smmf import SMMF
+from smmf import SMMF, triton_backend
 from smmf.commands.main import main
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -98,6 +98,18 @@ def test_triton_stochastic_rounding_matches_eager_on_cuda() -> None:
     its last bits (the compiled division is approximate), so at most a bf16 ulp apart."""
     kwargs = {"stochastic_rounding": True}
     _assert_close_runs(_run("triton", torch.bfloat16, **kwargs), _run("eager", torch.bfloat16, **kwargs), tol=1e-2)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"stochastic_rounding": True}], ids=["nearest", "stochastic"])
+def test_triton_wide_blocks_match_eager_in_bf16_on_cuda(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any]
+) -> None:
+    """Pass 1's wide blocks (``PASS1_BLOCK_J``: off until a GPU run times them) on 16-bit parameters."""
+    monkeypatch.setitem(triton_backend.PASS1_BLOCK_J, 2, triton_backend.WIDE_BLOCK_J)
+    triton_run = _run("triton", torch.bfloat16, **kwargs)
+    (plan,) = triton_run[1]._caches[0].plans.values()
+    assert plan.block_bytes == triton_backend.WIDE_BLOCK_J
+    _assert_close_runs(triton_run, _run("eager", torch.bfloat16, **kwargs), tol=1e-2)
 
 
 def test_triton_matches_eager_on_gpt2_shapes() -> None:
