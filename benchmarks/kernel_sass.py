@@ -12,9 +12,10 @@ moment, packed signs) and ``check_gradients`` (pass 0, bf16) this prints a markd
   function it belongs to, the static instruction count of its body, thread-instructions per element
   (instructions x num_warps x 32 / (BLOCK_R * 8 * BLOCK_J), the elements one iteration covers; for
   ``check_gradients``, whose loops the compiler may unroll, the elements its loads cover) and
-  its global loads and stores by width ("none": e.g. a loop the compiler made to step over iterations
-  whose inner loop is empty), and its barriers (``BAR.SYNC``: a layout conversion through shared
-  memory, which stops the program's warps until all of them reach it).
+  its global loads and stores by width and its local ones (``LDL``/``STL``: spilled registers; "none":
+  e.g. a loop the compiler made to step over iterations whose inner loop is empty), and its barriers
+  (``BAR.SYNC``: a layout conversion through shared memory, which stops the program's warps until all
+  of them reach it).
 
 These are static counts of the compiled code, not timings: predicated-off and out-of-line code
 (slow paths of division or square root) is not told apart, and nothing is said about latency.
