@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_check.sh train-7b       # the same for the 7B shape, three optimizers (110 s)
 #   bash benchmarks/gpu_check.sh memory-7b      # peak memory and time of a 7B step four ways (issue 9; 130 s)
 #   bash benchmarks/gpu_check.sh memory-small   # the same memory table for the 3B and 1B shapes (200 s)
-#   bash benchmarks/gpu_check.sh sweep          # pass 1's launch settings timed (benchmarks/pass1_sweep.py; 120 s)
+#   bash benchmarks/gpu_check.sh sweep          # pass 1's launch settings timed (benchmarks/pass1_sweep.py; 150 s)
 #   bash benchmarks/gpu_check.sh ncu            # Nsight Compute's report of a pass 1 launch, 7B layers, two blocks (120 s)
 #   bash benchmarks/gpu_check.sh compare        # smmf compare's GPU text task for Adam and SMMF (560 s)
 #   bash benchmarks/gpu_check.sh main           # tests train-small train-7b memory-7b (9.5 minutes)
@@ -83,8 +83,8 @@ for stage in "${stages[@]}"; do
         ;;
     sweep)
         for workload in llama-layers gpt2; do
-            timeout -s INT -k 5 60 "$py" benchmarks/pass1_sweep.py --workload "$workload" \
-                --configs 4:96:4,4:128:4:0:32,4:128:4:1,4:96:4:1,4:128:4,8:96:8 2>&1 | tee -a "$log"
+            timeout -s INT -k 5 75 "$py" benchmarks/pass1_sweep.py --workload "$workload" \
+                --configs 4:96:4,4:128:4:0:32,4:96:4:0:0:16,4:96:4:0:0:64,4:128:4:1,4:128:4,8:96:8 2>&1 | tee -a "$log"
         done
         ;;
     ncu) # the first step_tiles launch after pass1_sweep.py's two warm-up steps, today's block and the wide one

@@ -29,6 +29,7 @@ Kernels are compiled as tests/test_triton_compile.py compiles them (``triton.com
 register cap: ``.maxnreg`` in the PTX, so ptxas's rerun keeps it).
 
     python benchmarks/kernel_sass.py [--block-r 4] [--block-j 32] [--num-warps 4] [--maxnreg 0] [--prefetch]
+                                     [--row-chunk 16]
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ TYPES = {
     "hp": "*fp32", "lr_ptr": "*fp32", "scratch": "*fp32", "flag_copies": "*fp32",
 }  # fmt: skip
 STEP_VARIANTS = {"bf16": (tl.bfloat16, False), "fp32": (tl.float32, False), "bf16 + SR": (tl.bfloat16, True)}
-# Functions that only pass 1's loops over a factored tensor's rows call.
-FACTORED_HELPERS = {"_rows_in", "_rows_out", "_signed_moment", "_add_columns", "_store_param", "_mix", "random_bits",
-                    "stochastic_bf16", "quotient", "to_param_dtype", "_column_accumulators"}  # fmt: skip
+# Functions that pass 1's loops over a factored tensor's rows call (store_param and what it calls: the
+# dense tile's loop too, which is told apart by its own name).
+FACTORED_HELPERS = {"_column_blocks", "_rows_in", "_rows_out", "_signed_moment", "_add_columns",
+                    "store_param", "_mix", "random_bits", "stochastic_bf16", "quotient", "to_param_dtype",
+                    "_column_accumulators"}  # fmt: skip
 INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z0-9_.]+)([^;]*);")
 LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 FRAME = re.compile(r'"([^"]+)", line (\d+)')
@@ -246,6 +249,12 @@ def main() -> None:
         default=triton_backend.PASS1_PREFETCH,
         help="pass 1 loads the next block of rows before computing on the current one",
     )
+    parser.add_argument(
+        "--row-chunk",
+        type=int,
+        default=triton_backend.PASS1_ROW_CHUNK,
+        help="rows pass 1 steps through all a tile's column blocks before its next rows (0: all)",
+    )
     args = parser.parse_args()
     default = triton_backend.PASS1_OPTIONS.get(args.block_j, triton_backend.PASS1_OPTIONS[triton_backend.BLOCK_J])
     args.num_warps = args.num_warps or default["num_warps"]
@@ -256,14 +265,15 @@ def main() -> None:
     blocks = {"BLOCK_R": args.block_r, "BLOCK_J": args.block_j}
     elements = args.block_r * 8 * args.block_j
     print(f"sm_90, Triton {triton.__version__}, BLOCK_R={args.block_r}, BLOCK_J={args.block_j}, "
-          f"num_warps={args.num_warps}, pass 1's maxnreg={args.maxnreg or 'none'}, prefetch={args.prefetch}: "
+          f"num_warps={args.num_warps}, pass 1's maxnreg={args.maxnreg or 'none'}, prefetch={args.prefetch}, "
+          f"row chunk={args.row_chunk or 'the tile'}: "
           f"{elements} elements per loop iteration\n")  # fmt: skip
     print("| kernel | regs/thread | spill B st/ld | warps/SM | loop | called at line | instrs | thread-instr/elem "
           "| global loads/stores | barriers |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     for variant, (dtype, stochastic) in STEP_VARIANTS.items():
         constexprs = {"P_DT": dtype, "G_DT": dtype, "ACC": tl.float32, "HAS_M": True, "PACKED": True}
-        constexprs |= {"STOCHASTIC": stochastic, "PREFETCH": args.prefetch, **blocks}
+        constexprs |= {"STOCHASTIC": stochastic, "PREFETCH": args.prefetch, "ROW_CHUNK": args.row_chunk, **blocks}
         kernel = compile_kernel(triton_tile.step_tiles, constexprs, pass1_options)
         print("\n".join(table_rows(f"step_tiles {variant}", kernel, tools, elements)))
     constexprs = {"G_DT": tl.bfloat16, "ACC": tl.float32, "BLOCK": triton_backend.CHECK_BLOCK}

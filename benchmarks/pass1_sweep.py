@@ -8,12 +8,14 @@ layers of a Llama-2-7B (bf16 weights, fp32 factors) or GPT-2 124M's tensors (fp3
 once. The step's effective bandwidth counts the bytes it must move: gradient and parameter read,
 parameter written, signs read and written.
 
-    python benchmarks/pass1_sweep.py --workload llama-layers --configs 4:96:4,4:0:4,4:128:8,4:128:4:0:32
+    python benchmarks/pass1_sweep.py --workload llama-layers --configs 4:96:4,4:0:4,4:128:4:0:32,4:96:4:0:0:16
     python benchmarks/pass1_sweep.py --workload gpt2 --configs 4:96:4
 
-A setting is WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J]] (MAXNREG 0: no cap; PREFETCH 1: pass 1 loads a
-tile's next block of rows before computing on the current one, 0 or left out: it does not; BLOCK_J: sign
-bytes a block, left out: the plan's). Each new setting compiles pass 1 again (seconds).
+A setting is WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK]]] (MAXNREG 0: no cap; PREFETCH 1: pass 1
+loads a tile's next block of rows before computing on the current one, 0 or left out: it does not;
+BLOCK_J: sign bytes a block, 0 or left out: the plan's; ROW_CHUNK: rows stepped through all a tile's
+column blocks before the next rows, 0 or left out: all of them). Each new setting compiles pass 1 again
+(seconds).
 """
 
 from __future__ import annotations
@@ -62,13 +64,15 @@ def _captured_step(params: list[torch.Tensor]) -> tuple[smmf.SMMF, tuple[Any, ..
 def setting(plan: triton_backend.Plan, config: str) -> tuple[str, triton_backend.Plan | None]:
     """A config's table cells and the plan to time it with (None where the plan's tiles are not a
     whole number of its blocks); sets pass 1's module-level launch settings to the config's."""
-    warps, maxnreg, block_r, prefetch, block_j = (int(x) for x in (config + ":0:0").split(":")[:5])
+    warps, maxnreg, block_r, prefetch, block_j, chunk = (int(x) for x in (config + ":0:0:0").split(":")[:6])
     block_j = block_j or plan.block_bytes
-    cells = f"| {warps} | {maxnreg or '-'} | {block_r} | {'yes' if prefetch else 'no'} | {block_j} |"
-    if plan.tile_rows % block_r or plan.tile_bytes % block_j:
-        return f"{cells} tiles of {plan.tile_rows} rows x {plan.tile_bytes} bytes: not a multiple | - |", None
+    cells = f"| {warps} | {maxnreg or '-'} | {block_r} | {'yes' if prefetch else 'no'} | {block_j} | {chunk or '-'} |"
+    if plan.tile_rows % block_r or plan.tile_bytes % block_j or chunk % block_r:
+        why = f"tiles of {plan.tile_rows} rows x {plan.tile_bytes} bytes, chunks of {chunk} rows: not a multiple"
+        return f"{cells} {why} | - |", None
     triton_backend.PASS1_OPTIONS = {block_j: {"num_warps": warps, **({"maxnreg": maxnreg} if maxnreg else {})}}
     triton_backend.PASS1_PREFETCH = bool(prefetch)
+    triton_backend.PASS1_ROW_CHUNK = chunk
     return cells, dataclasses.replace(plan, block_rows=block_r, block_bytes=block_j, launches={})
 
 
@@ -85,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="llama-layers", help="llama-layers, or a model of smmf's (gpt2, ...)")
     parser.add_argument(
-        "--configs", default="4:96:4", help="comma-separated WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J]]"
+        "--configs", default="4:96:4", help="comma-separated WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK]]]"
     )
     args = parser.parse_args()
     import triton.testing
@@ -99,8 +103,8 @@ def main() -> None:
         f"{args.workload}: {len(params)} tensors, {numel / 1e6:.1f} M elements, {dtype}; {torch.cuda.get_device_name()}"
     )
     print(f"tiles {plan.tile_map.numel()}, tile {plan.tile_rows} rows x {plan.tile_bytes * 8} columns\n")
-    print("| warps | maxnreg | BLOCK_R | prefetch | BLOCK_J | step's kernels, ms | GB/s moved |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| warps | maxnreg | BLOCK_R | prefetch | BLOCK_J | row chunk | step's kernels, ms | GB/s moved |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for config in args.configs.split(","):
         cells, variant = setting(plan, config)
         if variant is None:

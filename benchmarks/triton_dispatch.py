@@ -73,7 +73,7 @@ def main() -> None:
     tensors = [torch.zeros(64, dtype=torch.int64) for _ in range(7)]
     constexprs = {
         "P_DT": tl.bfloat16, "G_DT": tl.bfloat16, "ACC": tl.float32, "HAS_M": True, "PACKED": True,
-        "STOCHASTIC": False, "PREFETCH": False, "BLOCK_R": 4, "BLOCK_J": 16,
+        "STOCHASTIC": False, "PREFETCH": False, "ROW_CHUNK": 0, "BLOCK_R": 4, "BLOCK_J": 16,
     }  # fmt: skip
     options = {"num_warps": 4, "maxnreg": 96}
 

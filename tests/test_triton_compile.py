@@ -63,10 +63,12 @@ def test_the_four_kernels_compile(
     )
     assert "ld.global.v" in check_kernel.asm["ptx"]  # pass 0 reads an aligned tensor's gradient in vectors too
     step = ["table", "tile_map", "flags", "hp", "lr_ptr", "scratch", "flag_copies", "tile_rows", "tile_bytes",
-            "P_DT", "G_DT", "ACC", "HAS_M", "PACKED", "STOCHASTIC", "PREFETCH", "BLOCK_R", "BLOCK_J"]  # fmt: skip
+            "P_DT", "G_DT", "ACC", "HAS_M", "PACKED", "STOCHASTIC", "PREFETCH", "ROW_CHUNK", "BLOCK_R",
+            "BLOCK_J"]  # fmt: skip
     types |= {"hp": f"*{accs}", "lr_ptr": "*fp32", "scratch": f"*{accs}", "flag_copies": f"*{accs}"}
     constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": acc, "HAS_M": has_m, "PACKED": packed, "STOCHASTIC": stochastic}
     constexprs["PREFETCH"] = stochastic  # both ways of pass 1's loop, on different kernels
+    constexprs["ROW_CHUNK"] = 16 if packed else 0  # and of its loop over a tile's rows
     options = triton_backend.PASS1_OPTIONS[triton_backend.BLOCK_J]
     step_kernel = _compile(tt.step_tiles, _signature(step, types), {**constexprs, **BLOCKS}, target, options)
     ptx = step_kernel.asm["ptx"]
@@ -98,7 +100,8 @@ def test_pass1s_loop_over_an_aligned_tiles_rows_crosses_warps_once_per_block(p_d
     Under its register cap the loop keeps its values in registers (no local memory)."""
     sass = benchmark_modules.load("kernel_sass")
     constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": tl.float32, "HAS_M": True, "PACKED": True}
-    constexprs |= {"STOCHASTIC": False, "PREFETCH": triton_backend.PASS1_PREFETCH, **BLOCKS, "BLOCK_J": block_j}
+    constexprs |= {"STOCHASTIC": False, "PREFETCH": triton_backend.PASS1_PREFETCH, "ROW_CHUNK": 0}
+    constexprs |= {**BLOCKS, "BLOCK_J": block_j}
     kernel = sass.compile_kernel(tt.step_tiles, constexprs, triton_backend.PASS1_OPTIONS[block_j])
     instrs, labels = sass.parse_sass(sass.disassemble(kernel.asm["cubin"], sass.tool_paths()[1]))
     aligned = [

@@ -1,6 +1,6 @@
-"""Element-wise arithmetic of pass 1 (:mod:`smmf.triton_tile`): division, rounding to the
-parameter's dtype, and the random bits of stochastic rounding, each as the compiled kernels and
-Triton's interpreter (CPU tensors, the tests) can both run it."""
+"""Element-wise arithmetic of pass 1 (:mod:`smmf.triton_tile`, :mod:`smmf.triton_dense`): division,
+rounding to the parameter's dtype, the random bits of stochastic rounding, and the parameter's update
+written, each as the compiled kernels and Triton's interpreter (CPU tensors, the tests) can both run it."""
 
 from __future__ import annotations
 
@@ -65,3 +65,17 @@ def to_param_dtype(x, P_DT: tl.constexpr):
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         x = tl.where(x != x, x, rounded.to(tl.float32, bitcast=True))
     return x.to(P_DT)
+
+
+@triton.jit
+def store_param(p_blk, offs, ok, p, mom, v, lr, eps, key, base, P_DT: tl.constexpr, STOCHASTIC: tl.constexpr):
+    """p - lr * M / (sqrt(V) + eps) (0 where the denominator is 0) written in the parameter's dtype:
+    bf16 rounded stochastically with bits drawn for the element's index in its tensor, or to nearest."""
+    denom = tl.sqrt(v) + eps
+    new_p = p - lr * tl.where(denom > 0, quotient(mom, tl.where(denom > 0, denom, 1.0)), 0.0)
+    if STOCHASTIC:
+        index = base.to(tl.uint32) + offs.to(tl.uint32)  # the low 32 bits of the element's index
+        bits = random_bits(key, index)
+        tl.store(p_blk + offs, stochastic_bf16(new_p.to(tl.float32), bits), mask=ok)
+    else:
+        tl.store(p_blk + offs, to_param_dtype(new_p, P_DT), mask=ok)

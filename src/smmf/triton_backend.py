@@ -55,6 +55,11 @@ PASS1_OPTIONS = {BLOCK_J: {"num_warps": 4, "maxnreg": 96}, WIDE_BLOCK_J: {"num_w
 # one (more bytes in flight, for 8-21 more instructions a block and, under the cap, 20-40 bytes of
 # spills). Off until a GPU has timed both (benchmarks/pass1_sweep.py; gpu_check.sh sweep).
 PASS1_PREFETCH = False
+# Rows pass 1 steps through all a tile's column blocks before its next rows (0: all the tile's rows).
+# A row's runs in neighbouring column blocks are then read soon after one another, while the first one's
+# memory may still be in L2, at the cost of storing the column sums once per chunk. Off until a GPU has
+# timed it (benchmarks/pass1_sweep.py; gpu_check.sh sweep).
+PASS1_ROW_CHUNK = 0
 _REDUCE_BLOCK = 1024
 # Elements pass 0 reads per loop iteration: 16 a thread of 4 warps, four 16-byte loads in fp32.
 CHECK_BLOCK = 2048
@@ -350,7 +355,8 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
         _launch(plan, tk.check_gradients, (tiles,), key, pass0, {"G_DT": g_dt, "ACC": acc, "BLOCK": CHECK_BLOCK})
         pass1 = (table, plan.tile_map, flags, hp, lr, scratch, flag_copies, *tiling)
         kinds = {"P_DT": _triton_dtype(p_dtype), "G_DT": g_dt, "ACC": acc, "HAS_M": plan.has_m, "PACKED": plan.packed}
-        constexprs = {**kinds, "STOCHASTIC": plan.stochastic, "PREFETCH": PASS1_PREFETCH, **blocks}
+        constexprs = {**kinds, "STOCHASTIC": plan.stochastic, "PREFETCH": PASS1_PREFETCH, "ROW_CHUNK": PASS1_ROW_CHUNK}
+        constexprs |= blocks
         _launch(plan, tt.step_tiles, (tiles,), key, pass1, constexprs, PASS1_OPTIONS[plan.block_bytes])
     reduce = {"ACC": acc, "HAS_M": plan.has_m, "BLOCK": _REDUCE_BLOCK}
     grid = (tensors, 1 + plan.row_chunks + plan.column_chunks)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_arithmetic import quotient, random_bits, stochastic_bf16, stream_key, to_param_dtype
+from .triton_arithmetic import store_param, stream_key
+from .triton_dense import dense_tile
 from .triton_kernels import (
     _HP_EPS,
     _HP_SIGN,
@@ -37,8 +38,6 @@ from .triton_kernels import (
     COL_COL_TILES,
     COL_COL_V,
     COL_DENSE,
-    COL_EXP_AVG,
-    COL_EXP_AVG_SQ,
     COL_G,
     COL_N,
     COL_P,
@@ -62,14 +61,16 @@ from .triton_kernels import (
 def step_tiles(
     table, tile_map, flags, hp, lr_ptr, scratch, flag_copies, tile_rows, tile_bytes,
     P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
-    STOCHASTIC: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
+    STOCHASTIC: tl.constexpr, PREFETCH: tl.constexpr, ROW_CHUNK: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_J: tl.constexpr,
 ):  # fmt: skip
     """Pass 1 for one tile: reads the old factors and signs (or dense moments) once, computes the
     moments and the update, writes the parameter and the new signs, and writes the tile's row and
     column sums of |M| and V into its own scratch slots. ``hp`` holds the hyperparameters in the layout
     of :mod:`smmf.kernels`. A tensor flagged by pass 0 is neither read nor written; its first tile
     copies the flag to ``flag_copies`` for pass 2's column programs. With PREFETCH, a factored tile
-    issues the loads of its next block of rows before it computes on the current one."""
+    issues the loads of its next block of rows before it computes on the current one; with ROW_CHUNK,
+    it steps that many rows through all its column blocks before the next rows (0: all its rows)."""
     tile = tl.program_id(0)
     tensor = tl.load(tile_map + tile).to(tl.int64)
     row = table + tensor * TABLE_COLS
@@ -79,16 +80,16 @@ def step_tiles(
     if flag == 0:
         hyper = _hyperparameters(row, hp, lr_ptr, ACC, STOCHASTIC)
         if tl.load(row + COL_DENSE) != 0:
-            _dense_tile(row, tile, tile_rows, tile_bytes, hyper, P_DT, G_DT, ACC, HAS_M, STOCHASTIC, BLOCK_R, BLOCK_J)
+            dense_tile(row, tile, tile_rows, tile_bytes, hyper, P_DT, G_DT, ACC, HAS_M, STOCHASTIC, BLOCK_R, BLOCK_J)
         elif tl.load(row + COL_ALIGNED) != 0:
             _factored_tile(
                 row, tile, scratch, tile_rows, tile_bytes, hyper,
-                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, True, PREFETCH, BLOCK_R, BLOCK_J,
+                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, True, PREFETCH, ROW_CHUNK, BLOCK_R, BLOCK_J,
             )  # fmt: skip
         else:
             _factored_tile(
                 row, tile, scratch, tile_rows, tile_bytes, hyper,
-                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, False, PREFETCH, BLOCK_R, BLOCK_J,
+                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, False, PREFETCH, ROW_CHUNK, BLOCK_R, BLOCK_J,
             )  # fmt: skip
 
 
@@ -111,15 +112,18 @@ def _hyperparameters(row, hp, lr_ptr, ACC: tl.constexpr, STOCHASTIC: tl.constexp
 def _factored_tile(
     row, tile, scratch, tile_rows, tile_bytes, hyper,
     P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
-    STOCHASTIC: tl.constexpr, ALIGNED: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_J: tl.constexpr,
+    STOCHASTIC: tl.constexpr, ALIGNED: tl.constexpr, PREFETCH: tl.constexpr, ROW_CHUNK: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
 ):  # fmt: skip
-    """A tile of a factored tensor, column block by column block, each block of rows by rows: the
-    row sums of a block go to the tile's scratch slot (added to those of the column blocks before),
-    the column sums are kept in registers and stored once per column block. A block is BLOCK_R rows by
-    8 * BLOCK_J lanes, lane c holding column plane * width + j (plane = c // BLOCK_J, j = j0 + c % BLOCK_J):
-    two dimensions, so that Triton gives each row to one warp whatever its version, and a row's sums and
-    sign bytes are reduced within it (a 3-D block's layout depends on how a version breaks ties)."""
+    """A tile of a factored tensor, a chunk of its rows at a time (ROW_CHUNK rows, or all of them), each
+    chunk column block by column block, each block of rows by rows: the row sums of a block go to the
+    tile's scratch slot (added to those of the column blocks before), the column sums are kept in
+    registers and stored once per column block and chunk (added to those of the chunks before). A block
+    is BLOCK_R rows by 8 * BLOCK_J lanes, lane c holding column plane * width + j (plane = c // BLOCK_J,
+    j = j0 + c % BLOCK_J): two dimensions, so that Triton gives each row to one warp whatever its
+    version, and a row's sums and sign bytes are reduced within it (a 3-D block's layout depends on how
+    a version breaks ties). Chunks of a few blocks of rows read a row's runs of neighbouring column
+    blocks soon after one another, while the first run's memory may still be in L2."""
     m64, m, width, row_tile, col_tile, r_start, r_end, j_start, j_end = _geometry(
         row, tile, tile_rows, tile_bytes, ALIGNED
     )
@@ -129,13 +133,37 @@ def _factored_tile(
         _pointer(row, COL_SIGN, tl.uint8, ALIGNED), _pointer(row, COL_ROW_V, ACC, ALIGNED),
         _pointer(row, COL_ROW_M, ACC, ALIGNED), row_part, row_part_m,
     )  # fmt: skip
-    col_v = _pointer(row, COL_COL_V, ACC, ALIGNED)
-    col_m = _pointer(row, COL_COL_M, ACC, ALIGNED)
+    factors = (_pointer(row, COL_COL_V, ACC, ALIGNED), _pointer(row, COL_COL_M, ACC, ALIGNED), col_part, col_part_m)
+    tile_at = (m64, m, width, j_start, j_end)
+    if ROW_CHUNK > 0:
+        for c0 in range(r_start, r_end, ROW_CHUNK):
+            _column_blocks(
+                state, factors, tile_at, c0, tl.minimum(c0 + ROW_CHUNK, r_end), c0 > r_start, hyper,
+                P_DT, ACC, HAS_M, PACKED, STOCHASTIC, ALIGNED, PREFETCH, BLOCK_R, BLOCK_J,
+            )  # fmt: skip
+    else:
+        _column_blocks(
+            state, factors, tile_at, r_start, r_end, False, hyper,
+            P_DT, ACC, HAS_M, PACKED, STOCHASTIC, ALIGNED, PREFETCH, BLOCK_R, BLOCK_J,
+        )  # fmt: skip
+
+
+@triton.jit
+def _column_blocks(
+    state, factors, tile_at, c0, c_end, later_chunk, hyper,
+    P_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr, STOCHASTIC: tl.constexpr,
+    ALIGNED: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
+):  # fmt: skip
+    """Rows c0 to c_end of a tile, column block by column block, a block of rows at a time (``tile_at``:
+    the tensor's m as int64 and int32, its sign bytes a row, and the tile's first and end byte); each
+    column block's sums stored to the tile's slots, added to those of the chunks before (``later_chunk``)."""
+    col_v, col_m, col_part, col_part_m = factors
+    m64, m, width, j_start, j_end = tile_at
     lane = tl.arange(0, 8 * BLOCK_J)
     for j0 in range(j_start, j_end, BLOCK_J):
         if ALIGNED:
             j0 = tl.multiple_of(j0, 16)
-        tl.debug_barrier()  # this program's row sums of the previous column block are in scratch
+        tl.debug_barrier()  # this program's row and column sums of the blocks before are in scratch
         j = j0 + lane % BLOCK_J
         col = lane // BLOCK_J * width + j
         col_ok = (j < j_end) & (col < m)
@@ -147,20 +175,23 @@ def _factored_tile(
             col_m_old = tl.load(col_m + col, mask=col_ok, other=0.0)
         sums_v, sums_m = _column_accumulators(BLOCK_R, BLOCK_J, ACC, ALIGNED)
         if PREFETCH:
-            ahead = _rows_in(state, where, r_start, r_end, HAS_M, PACKED, BLOCK_R)
-        for r0 in range(r_start, r_end, BLOCK_R):
+            ahead = _rows_in(state, where, c0, c_end, HAS_M, PACKED, BLOCK_R)
+        for r0 in range(c0, c_end, BLOCK_R):
             if PREFETCH:  # this block's loads went out an iteration ago; the next block's go out now
                 rows = ahead
-                ahead = _rows_in(state, where, r0 + BLOCK_R, r_end, HAS_M, PACKED, BLOCK_R)
+                ahead = _rows_in(state, where, r0 + BLOCK_R, c_end, HAS_M, PACKED, BLOCK_R)
             else:
-                rows = _rows_in(state, where, r0, r_end, HAS_M, PACKED, BLOCK_R)
+                rows = _rows_in(state, where, r0, c_end, HAS_M, PACKED, BLOCK_R)
             sums_v, sums_m = _rows_out(
-                rows, state, where, r0, r_end, col_v_old, col_m_old, sums_v, sums_m, hyper,
+                rows, state, where, r0, c_end, col_v_old, col_m_old, sums_v, sums_m, hyper,
                 P_DT, ACC, HAS_M, PACKED, STOCHASTIC, ALIGNED, BLOCK_R,
             )  # fmt: skip
-        tl.store(col_part + col, _column_sums(sums_v, ALIGNED), mask=col_ok)
+        before = col_ok & later_chunk
+        sums = tl.load(col_part + col, mask=before, other=0.0) + _column_sums(sums_v, ALIGNED)
+        tl.store(col_part + col, sums, mask=col_ok)
         if HAS_M:
-            tl.store(col_part_m + col, _column_sums(sums_m, ALIGNED), mask=col_ok)
+            sums = tl.load(col_part_m + col, mask=before, other=0.0) + _column_sums(sums_m, ALIGNED)
+            tl.store(col_part_m + col, sums, mask=col_ok)
 
 
 @triton.jit
@@ -218,7 +249,7 @@ def _rows_out(
         mom = _signed_moment(
             sign, r0, width, rows_ok, j, offs, ok, base, old_signs, m_abs_old, g, beta1, PACKED, BLOCK_R
         )
-    _store_param(p_ptr + base, offs, ok, p * p_scale, mom, v, lr, eps, key, base, P_DT, STOCHASTIC)
+    store_param(p_ptr + base, offs, ok, p * p_scale, mom, v, lr, eps, key, base, P_DT, STOCHASTIC)
     # the rows' sums added to what the tile's slots held (0 in a tile's first column block); |M|'s and
     # V's stored as one tensor, as they leave the block's layout through one exchange between warps
     if HAS_M:
@@ -274,20 +305,6 @@ def _column_sums(sums, ALIGNED: tl.constexpr):
 
 
 @triton.jit
-def _load_block(
-    p_ptr, g_ptr, r0, m64, m, rows_ok, col, col_ok, g_sign, wd_coupled, ACC: tl.constexpr, BLOCK_R: tl.constexpr
-):
-    """The gradient (sign for maximize, coupled weight decay applied) and parameter of a block of
-    BLOCK_R rows from row r0, in ACC; its mask, int32 offsets from row r0 and that row's int64 offset."""
-    offs = tl.arange(0, BLOCK_R)[:, None, None] * m + col
-    ok = rows_ok[:, None, None] & col_ok
-    base = m64 * r0
-    p = tl.load(p_ptr + base + offs, mask=ok, other=0.0).to(ACC)
-    g = tl.load(g_ptr + base + offs, mask=ok, other=0.0).to(ACC)
-    return g * g_sign + wd_coupled * p, p, ok, offs, base
-
-
-@triton.jit
 def _signed_moment(
     sign, r0, width, rows_ok, j, offs, ok, base, old_signs, m_abs_old, g, beta1,
     PACKED: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -315,49 +332,3 @@ def _signed_moment(
     else:
         tl.store(sign + base + offs, positive.to(tl.uint8), mask=ok)
     return mom
-
-
-@triton.jit
-def _store_param(p_blk, offs, ok, p, mom, v, lr, eps, key, base, P_DT: tl.constexpr, STOCHASTIC: tl.constexpr):
-    """p - lr * M / (sqrt(V) + eps) (0 where the denominator is 0) written in the parameter's dtype:
-    bf16 rounded stochastically with bits drawn for the element's index in its tensor, or to nearest."""
-    denom = tl.sqrt(v) + eps
-    new_p = p - lr * tl.where(denom > 0, quotient(mom, tl.where(denom > 0, denom, 1.0)), 0.0)
-    if STOCHASTIC:
-        index = base.to(tl.uint32) + offs.to(tl.uint32)  # the low 32 bits of the element's index
-        bits = random_bits(key, index)
-        tl.store(p_blk + offs, stochastic_bf16(new_p.to(tl.float32), bits), mask=ok)
-    else:
-        tl.store(p_blk + offs, to_param_dtype(new_p, P_DT), mask=ok)
-
-
-@triton.jit
-def _dense_tile(
-    row, tile, tile_rows, tile_bytes, hyper,
-    P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, STOCHASTIC: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
-):  # fmt: skip
-    """A tile of a tensor with dense moments (exp_avg_sq, and exp_avg with a first moment): Adam's
-    element-wise update without bias correction, in the same tile geometry."""
-    lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key = hyper
-    m64, m, width, _, _, r_start, r_end, j_start, j_end = _geometry(row, tile, tile_rows, tile_bytes, False)
-    p_ptr = _ptr(row, COL_P, P_DT)
-    g_ptr = _ptr(row, COL_G, G_DT)
-    exp_avg_sq = _ptr(row, COL_EXP_AVG_SQ, ACC)
-    exp_avg = _ptr(row, COL_EXP_AVG, ACC)
-    for j0 in range(j_start, j_end, BLOCK_J):
-        j = j0 + tl.arange(0, BLOCK_J)[None, None, :]
-        col = tl.arange(0, 8)[None, :, None] * width + j
-        col_ok = (j < j_end) & (col < m)
-        for r0 in range(r_start, r_end, BLOCK_R):
-            rows_ok = r0 + tl.arange(0, BLOCK_R) < r_end
-            g, p, ok, offs, base = _load_block(
-                p_ptr, g_ptr, r0, m64, m, rows_ok, col, col_ok, g_sign, wd_coupled, ACC, BLOCK_R
-            )
-            v = beta2 * tl.load(exp_avg_sq + base + offs, mask=ok, other=0.0) + (1.0 - beta2) * (g * g)
-            tl.store(exp_avg_sq + base + offs, v, mask=ok)
-            mom = g
-            if HAS_M:
-                mom = beta1 * tl.load(exp_avg + base + offs, mask=ok, other=0.0) + (1.0 - beta1) * g
-                tl.store(exp_avg + base + offs, mom, mask=ok)
-            _store_param(p_ptr + base, offs, ok, p * p_scale, mom, v, lr, eps, key, base, P_DT, STOCHASTIC)

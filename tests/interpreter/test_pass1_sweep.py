@@ -32,7 +32,7 @@ def _state_tensors(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> li
 
 def test_each_swept_setting_steps_as_the_default_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     sweep = benchmark_modules.load("pass1_sweep")
-    for name in ("PASS1_OPTIONS", "PASS1_PREFETCH"):
+    for name in ("PASS1_OPTIONS", "PASS1_PREFETCH", "PASS1_ROW_CHUNK"):
         monkeypatch.setattr(triton_backend, name, getattr(triton_backend, name))  # restored after the test
     monkeypatch.setattr(triton_backend, "INTERPRETER_BLOCK_R", triton_backend.BLOCK_R)
     monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)

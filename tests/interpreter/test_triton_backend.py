@@ -138,60 +138,6 @@ def test_tensors_of_whole_16_byte_rows_take_the_vector_path_and_match_eager() ->
     assert_same(triton_run, _offset_gradient_run("eager"))
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"sign_bits": 8}, {"vector_reshape": False}], ids=["1-bit", "8-bit", "dense"])
-def test_the_gpus_blocks_of_rows_match_eager(monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any]) -> None:
-    """The interpreter runs blocks of INTERPRETER_BLOCK_R rows for speed; a GPU runs BLOCK_R."""
-    monkeypatch.setattr(triton_backend, "INTERPRETER_BLOCK_R", triton_backend.BLOCK_R)
-    shapes = [(33, 12), (64, 128), (7,), (0,)]
-    triton_run = run(shapes, steps=3, backend="triton", **kwargs)
-    assert next(iter(triton_run[1]._caches[0].plans.values())).block_rows == triton_backend.BLOCK_R
-    assert_same(triton_run, run(shapes, steps=3, backend="eager", **kwargs))
-
-
-@pytest.mark.parametrize(
-    "kwargs", [{}, {"sign_bits": 8}, {"beta": None, "growth_rate": None}], ids=["1-bit", "8-bit", "no-momentum"]
-)
-def test_prefetching_the_next_rows_matches_eager(monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any]) -> None:
-    """PASS1_PREFETCH: pass 1 loads a tile's next block of rows while it computes on the current one
-    (the loads past a tile's last row are masked off), over tiles of several blocks of the GPU's
-    BLOCK_R rows and of several column blocks."""
-    monkeypatch.setattr(triton_backend, "PASS1_PREFETCH", True)
-    monkeypatch.setattr(triton_backend, "INTERPRETER_BLOCK_R", triton_backend.BLOCK_R)
-    monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)
-    monkeypatch.setattr(triton_backend, "SCRATCH_FRACTION", 0.002)
-    shapes = [(250, 240), (64, 128), (33, 12), (7,)]
-    triton_run = run(shapes, steps=3, backend="triton", **kwargs)
-    plan = next(iter(triton_run[1]._caches[0].plans.values()))
-    assert plan.tile_rows > plan.block_rows and plan.tile_bytes > triton_backend.BLOCK_J
-    assert_same(triton_run, run(shapes, steps=3, backend="eager", **kwargs))
-
-
-WIDE = {
-    "1-bit": ({}, torch.float32),
-    "8-bit": ({"sign_bits": 8}, torch.float32),
-    "dense": ({"vector_reshape": False}, torch.float32),
-    "bf16": ({}, torch.bfloat16),
-}
-
-
-@pytest.mark.parametrize(("kwargs", "dtype"), WIDE.values(), ids=WIDE.keys())
-def test_wide_blocks_match_eager(monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], dtype: torch.dtype) -> None:
-    """PASS1_BLOCK_J at WIDE_BLOCK_J: blocks of the GPU's BLOCK_R rows by 32 sign bytes (256 columns),
-    whole and cut short, in tiles of several blocks each way, over an aligned tensor (m = 320: two
-    column blocks) and unaligned ones."""
-    monkeypatch.setitem(triton_backend.PASS1_BLOCK_J, dtype.itemsize, triton_backend.WIDE_BLOCK_J)
-    monkeypatch.setattr(triton_backend, "INTERPRETER_BLOCK_R", triton_backend.BLOCK_R)
-    monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)
-    monkeypatch.setattr(triton_backend, "SCRATCH_FRACTION", 0.002)
-    shapes = [(320, 320), (250, 240), (33, 12), (7,)]
-    triton_run = run(shapes, steps=2, dtype=dtype, backend="triton", **kwargs)
-    plan = next(iter(triton_run[1]._caches[0].plans.values()))
-    assert plan.block_bytes == triton_backend.WIDE_BLOCK_J and plan.tile_bytes % plan.block_bytes == 0
-    assert plan.tile_bytes > plan.block_bytes and plan.tile_rows > plan.block_rows
-    tolerance = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
-    assert_same(triton_run, run(shapes, steps=2, dtype=dtype, backend="eager", **kwargs), **tolerance)
-
-
 def test_scratch_stays_within_a_quarter_of_the_largest_parameter() -> None:
     _, opt = run([(250, 240), (64, 48), (33, 12)], steps=1, backend="triton")
     plan = next(iter(opt._caches[0].plans.values()))

@@ -1,0 +1,95 @@
+"""Pass 1's launch variants equal the eager step under the interpreter: the GPU's blocks of rows, and
+the settings a GPU run times before one becomes a default (prefetch, wide blocks, row chunks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from smmf import triton_backend
+from step_helpers import assert_same, run
+
+
+def _tight_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU's BLOCK_R rows a block, and tiles of several blocks each way."""
+    monkeypatch.setattr(triton_backend, "INTERPRETER_BLOCK_R", triton_backend.BLOCK_R)
+    monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)
+    monkeypatch.setattr(triton_backend, "SCRATCH_FRACTION", 0.002)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"sign_bits": 8}, {"vector_reshape": False}], ids=["1-bit", "8-bit", "dense"])
+def test_the_gpus_blocks_of_rows_match_eager(monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any]) -> None:
+    """The interpreter runs blocks of INTERPRETER_BLOCK_R rows for speed; a GPU runs BLOCK_R."""
+    monkeypatch.setattr(triton_backend, "INTERPRETER_BLOCK_R", triton_backend.BLOCK_R)
+    shapes = [(33, 12), (64, 128), (7,), (0,)]
+    triton_run = run(shapes, steps=3, backend="triton", **kwargs)
+    assert next(iter(triton_run[1]._caches[0].plans.values())).block_rows == triton_backend.BLOCK_R
+    assert_same(triton_run, run(shapes, steps=3, backend="eager", **kwargs))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"sign_bits": 8}, {"beta": None, "growth_rate": None}], ids=["1-bit", "8-bit", "no-momentum"]
+)
+def test_prefetching_the_next_rows_matches_eager(monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any]) -> None:
+    """PASS1_PREFETCH: pass 1 loads a tile's next block of rows while it computes on the current one
+    (the loads past a tile's last row are masked off), over tiles of several blocks of the GPU's
+    BLOCK_R rows and of several column blocks."""
+    monkeypatch.setattr(triton_backend, "PASS1_PREFETCH", True)
+    _tight_scratch(monkeypatch)
+    shapes = [(250, 240), (64, 128), (33, 12), (7,)]
+    triton_run = run(shapes, steps=3, backend="triton", **kwargs)
+    plan = next(iter(triton_run[1]._caches[0].plans.values()))
+    assert plan.tile_rows > plan.block_rows and plan.tile_bytes > triton_backend.BLOCK_J
+    assert_same(triton_run, run(shapes, steps=3, backend="eager", **kwargs))
+
+
+WIDE = {
+    "1-bit": ({}, torch.float32),
+    "8-bit": ({"sign_bits": 8}, torch.float32),
+    "dense": ({"vector_reshape": False}, torch.float32),
+    "bf16": ({}, torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize(("kwargs", "dtype"), WIDE.values(), ids=WIDE.keys())
+def test_wide_blocks_match_eager(monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], dtype: torch.dtype) -> None:
+    """PASS1_BLOCK_J at WIDE_BLOCK_J: blocks of the GPU's BLOCK_R rows by 32 sign bytes (256 columns),
+    whole and cut short, in tiles of several blocks each way, over an aligned tensor (m = 320: two
+    column blocks) and unaligned ones."""
+    monkeypatch.setitem(triton_backend.PASS1_BLOCK_J, dtype.itemsize, triton_backend.WIDE_BLOCK_J)
+    _tight_scratch(monkeypatch)
+    shapes = [(320, 320), (250, 240), (33, 12), (7,)]
+    triton_run = run(shapes, steps=2, dtype=dtype, backend="triton", **kwargs)
+    plan = next(iter(triton_run[1]._caches[0].plans.values()))
+    assert plan.block_bytes == triton_backend.WIDE_BLOCK_J and plan.tile_bytes % plan.block_bytes == 0
+    assert plan.tile_bytes > plan.block_bytes and plan.tile_rows > plan.block_rows
+    tolerance = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
+    assert_same(triton_run, run(shapes, steps=2, dtype=dtype, backend="eager", **kwargs), **tolerance)
+
+
+CHUNKED = {
+    "1-bit": ({}, torch.float32, False),
+    "8-bit": ({"sign_bits": 8}, torch.float32, False),
+    "no-momentum": ({"beta": None, "growth_rate": None}, torch.float32, False),
+    "bf16-stochastic-prefetch": ({"stochastic_rounding": True}, torch.bfloat16, True),
+}
+
+
+@pytest.mark.parametrize(("kwargs", "dtype", "prefetch"), CHUNKED.values(), ids=CHUNKED.keys())
+def test_row_chunks_match_eager(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], dtype: torch.dtype, prefetch: bool
+) -> None:
+    """PASS1_ROW_CHUNK: a tile's rows in chunks of 12 (the last one cut short), each chunk through all
+    the tile's column blocks; the column sums of later chunks added to those stored before."""
+    monkeypatch.setattr(triton_backend, "PASS1_ROW_CHUNK", 3 * triton_backend.BLOCK_R)
+    monkeypatch.setattr(triton_backend, "PASS1_PREFETCH", prefetch)
+    _tight_scratch(monkeypatch)
+    shapes = [(250, 240), (64, 128), (33, 12), (7,)]
+    triton_run = run(shapes, steps=3, dtype=dtype, backend="triton", **kwargs)
+    plan = next(iter(triton_run[1]._caches[0].plans.values()))
+    assert plan.tile_rows % triton_backend.PASS1_ROW_CHUNK and plan.tile_rows > triton_backend.PASS1_ROW_CHUNK
+    assert plan.tile_bytes > plan.block_bytes
+    tolerance = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
+    assert_same(triton_run, run(shapes, steps=3, dtype=dtype, backend="eager", **kwargs), **tolerance)
