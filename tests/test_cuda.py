@@ -112,6 +112,17 @@ def test_triton_wide_blocks_match_eager_in_bf16_on_cuda(
     _assert_close_runs(triton_run, _run("eager", torch.bfloat16, **kwargs), tol=1e-2)
 
 
+def test_triton_row_chunks_match_eager_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pass 1's row chunks (``PASS1_ROW_CHUNK``: off until a GPU run times them), on tiles of many chunks."""
+    monkeypatch.setattr(triton_backend, "PASS1_ROW_CHUNK", 16)
+    monkeypatch.setattr(triton_backend, "SCRATCH_FRACTION", 0.01)
+    monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)
+    triton_run = _run("triton")
+    (plan,) = triton_run[1]._caches[0].plans.values()
+    assert plan.tile_rows > 16
+    _assert_close_runs(triton_run, _run("eager"))
+
+
 def test_triton_matches_eager_on_gpt2_shapes() -> None:
     shapes = [(50257, 768), (1024, 768), (768, 2304), (2304,), (768, 768), (768,), (768, 3072), (3072, 768)]
     _assert_close_runs(_run("triton", steps=3, shapes=shapes), _run("eager", steps=3, shapes=shapes))
