@@ -135,6 +135,8 @@ def _factored_tile(
     )  # fmt: skip
     factors = (_pointer(row, COL_COL_V, ACC, ALIGNED), _pointer(row, COL_COL_M, ACC, ALIGNED), col_part, col_part_m)
     tile_at = (m64, m, width, j_start, j_end)
+    # two calls, not one loop whose step is the tile's rows when ROW_CHUNK is 0: that loop of one chunk
+    # cost Triton 3.8 8 bytes of spills with stochastic rounding (benchmarks/kernel_sass.py's counts)
     if ROW_CHUNK > 0:
         for c0 in range(r_start, r_end, ROW_CHUNK):
             _column_blocks(

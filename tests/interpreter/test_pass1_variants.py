@@ -8,8 +8,14 @@ from typing import Any
 import pytest
 import torch
 
-from smmf import triton_backend
+from smmf import SMMF, triton_backend
 from step_helpers import assert_same, run
+
+
+def _plan(opt: SMMF) -> triton_backend.Plan:
+    """The optimizer's one Triton plan."""
+    (plan,) = opt._caches[0].plans.values()
+    return plan
 
 
 def _tight_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -25,7 +31,7 @@ def test_the_gpus_blocks_of_rows_match_eager(monkeypatch: pytest.MonkeyPatch, kw
     monkeypatch.setattr(triton_backend, "INTERPRETER_BLOCK_R", triton_backend.BLOCK_R)
     shapes = [(33, 12), (64, 128), (7,), (0,)]
     triton_run = run(shapes, steps=3, backend="triton", **kwargs)
-    assert next(iter(triton_run[1]._caches[0].plans.values())).block_rows == triton_backend.BLOCK_R
+    assert _plan(triton_run[1]).block_rows == triton_backend.BLOCK_R
     assert_same(triton_run, run(shapes, steps=3, backend="eager", **kwargs))
 
 
@@ -40,7 +46,7 @@ def test_prefetching_the_next_rows_matches_eager(monkeypatch: pytest.MonkeyPatch
     _tight_scratch(monkeypatch)
     shapes = [(250, 240), (64, 128), (33, 12), (7,)]
     triton_run = run(shapes, steps=3, backend="triton", **kwargs)
-    plan = next(iter(triton_run[1]._caches[0].plans.values()))
+    plan = _plan(triton_run[1])
     assert plan.tile_rows > plan.block_rows and plan.tile_bytes > triton_backend.BLOCK_J
     assert_same(triton_run, run(shapes, steps=3, backend="eager", **kwargs))
 
@@ -62,7 +68,7 @@ def test_wide_blocks_match_eager(monkeypatch: pytest.MonkeyPatch, kwargs: dict[s
     _tight_scratch(monkeypatch)
     shapes = [(320, 320), (250, 240), (33, 12), (7,)]
     triton_run = run(shapes, steps=2, dtype=dtype, backend="triton", **kwargs)
-    plan = next(iter(triton_run[1]._caches[0].plans.values()))
+    plan = _plan(triton_run[1])
     assert plan.block_bytes == triton_backend.WIDE_BLOCK_J and plan.tile_bytes % plan.block_bytes == 0
     assert plan.tile_bytes > plan.block_bytes and plan.tile_rows > plan.block_rows
     tolerance = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
@@ -88,7 +94,7 @@ def test_row_chunks_match_eager(
     _tight_scratch(monkeypatch)
     shapes = [(250, 240), (64, 128), (33, 12), (7,)]
     triton_run = run(shapes, steps=3, dtype=dtype, backend="triton", **kwargs)
-    plan = next(iter(triton_run[1]._caches[0].plans.values()))
+    plan = _plan(triton_run[1])
     assert plan.tile_rows % triton_backend.PASS1_ROW_CHUNK and plan.tile_rows > triton_backend.PASS1_ROW_CHUNK
     assert plan.tile_bytes > plan.block_bytes
     tolerance = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
