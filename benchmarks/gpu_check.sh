@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The prepared GPU checks, in stages; name one or more, run in the order given. A session has 15 minutes
 # of device time, each machine start (1-2 minutes) included, and the machine goes back after 30 s idle:
-#   bash benchmarks/gpu_check.sh tests          # CUDA tests of the Triton backend (120 s at most)
+#   bash benchmarks/gpu_check.sh tests          # CUDA tests of the Triton backend (180 s at most)
 #   bash benchmarks/gpu_check.sh train-small    # whole training steps and step() alone, ResNet-50 and
 #                                               # GPT-2, four optimizers (issue 8; 190 s at most)
 #   bash benchmarks/gpu_check.sh train-7b       # the same for the 7B shape, three optimizers (110 s)
 #   bash benchmarks/gpu_check.sh memory-7b      # peak memory and time of a 7B step four ways (issue 9; 130 s)
 #   bash benchmarks/gpu_check.sh memory-small   # the same memory table for the 3B and 1B shapes (200 s)
-#   bash benchmarks/gpu_check.sh sweep          # pass 1's launch settings timed (benchmarks/pass1_sweep.py; 150 s)
-#   bash benchmarks/gpu_check.sh ncu            # Nsight Compute's report of a pass 1 launch, 7B layers, two blocks (120 s)
+#   bash benchmarks/gpu_check.sh sweep          # pass 1's launch settings timed (benchmarks/pass1_sweep.py; 200 s);
+#                                               # the fastest for bf16 and fp32 go to $OUT/pass1-best-*.txt
+#   bash benchmarks/gpu_check.sh tuned          # train-small and train-7b, AdamW(fused) and SMMF, with the sweep's
+#                                               # fastest launches (SMMF_TRITON_PASS1; 300 s)
+#   bash benchmarks/gpu_check.sh ncu            # Nsight Compute's report of a pass 1 launch, 7B layers, two settings (120 s)
 #   bash benchmarks/gpu_check.sh compare        # smmf compare's GPU text task for Adam and SMMF (560 s)
-#   bash benchmarks/gpu_check.sh main           # tests train-small train-7b memory-7b (9.5 minutes)
+#   bash benchmarks/gpu_check.sh main           # tests train-small train-7b memory-7b (timeouts: 10 minutes)
 # A bench stage takes its optimizers after a colon, to save time: train-7b:adamw-fused,smmf
 # Stage times measured on an H200 on 2026-11-26: CUDA tests 78 s; ResNet-50 or GPT-2 with four
 # optimizers about 80 s each (the inductor path, not run here, adds 1-2 minutes of compilation per
@@ -25,13 +28,13 @@
 #   mkdir -p .golden && cp ../shared/golden/official_trajectories.npz .golden/
 set -uo pipefail
 cd "$(dirname "$0")/.."
-usage="usage: bash benchmarks/gpu_check.sh STAGE[:OPTIMIZERS]... (tests train-small train-7b memory-7b memory-small sweep ncu compare main)"
+usage="usage: bash benchmarks/gpu_check.sh STAGE[:OPTIMIZERS]... (tests train-small train-7b memory-7b memory-small sweep tuned ncu compare main)"
 [ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
 stages=()
 for stage in "$@"; do
     case "${stage%%:*}" in
     main) stages+=(tests train-small train-7b memory-7b) ;;
-    tests | train-small | train-7b | memory-7b | memory-small | sweep | ncu | compare) stages+=("$stage") ;;
+    tests | train-small | train-7b | memory-7b | memory-small | sweep | tuned | ncu | compare) stages+=("$stage") ;;
     *) echo "unknown stage '$stage'; $usage" >&2; exit 2 ;;
     esac
 done
@@ -62,7 +65,7 @@ for stage in "${stages[@]}"; do
     optimizers() { if [ "$picked" != "$stage" ]; then echo "$picked"; else echo "$1"; fi; }
     case "${stage%%:*}" in
     tests) # those of the inductor path (the step of before) are left out to save device time
-        timeout -s INT -k 5 120 "$py" -m pytest -q -p no:cacheprovider -k "not inductor" tests/test_cuda.py 2>&1 |
+        timeout -s INT -k 5 180 "$py" -m pytest -q -p no:cacheprovider -k "not inductor" tests/test_cuda.py 2>&1 |
             tee -a "$log"
         ;;
     train-small)
@@ -81,19 +84,31 @@ for stage in "${stages[@]}"; do
         bench 200 --mode memory --set llama-3b,llama-1b \
             --optimizers "$(optimizers adamw-bf16,smmf-backward,smmf,adamw-fp32)" --out "$out/bench-memory-cuda"
         ;;
-    sweep)
-        for workload in llama-layers gpt2; do
-            timeout -s INT -k 5 75 "$py" benchmarks/pass1_sweep.py --workload "$workload" \
-                --configs 4:96:4,4:128:4:0:32,4:96:4:0:0:16,4:96:4:0:0:64,4:128:4:1,4:128:4,8:96:8 2>&1 | tee -a "$log"
+    sweep) # today's; at 128 registers: alone, pipelined 2-4 stages, wide, wide pipelined 2-3; row chunks; prefetch
+        for workload in llama-layers:bf16 gpt2:fp32; do
+            timeout -s INT -k 5 100 "$py" benchmarks/pass1_sweep.py --workload "${workload%%:*}" \
+                --configs 4:96:4:0:16,4:128:4:0:16,4:128:4:0:16:0:2,4:128:4:0:16:0:3,4:128:4:0:16:0:4,4:128:4:0:32,4:128:4:0:32:0:2,4:128:4:0:32:0:3,4:96:4:0:16:16,4:128:4:1:16 \
+                --best "$out/pass1-best-${workload#*:}.txt" 2>&1 | tee -a "$log"
         done
         ;;
-    ncu) # the first step_tiles launch after pass1_sweep.py's two warm-up steps, today's block and the wide one
+    tuned) # bf16 parameters (2 bytes) from the 7B layers' sweep, fp32 (4 bytes) from GPT-2's
+        tuned=""
+        [ -s "$out/pass1-best-bf16.txt" ] && tuned="2=$(cat "$out/pass1-best-bf16.txt")"
+        [ -s "$out/pass1-best-fp32.txt" ] && tuned="${tuned:+$tuned,}4=$(cat "$out/pass1-best-fp32.txt")"
+        [ -n "$tuned" ] || { echo "tuned: no $out/pass1-best-*.txt; run the sweep stage first" | tee -a "$log"; continue; }
+        echo "SMMF_TRITON_PASS1=$tuned" | tee -a "$log"
+        SMMF_TRITON_PASS1="$tuned" bench 160 --mode train --set resnet50,gpt2 --steps 10 --warmup 3 \
+            --optimizers "$(optimizers adamw-fused,smmf)" --out "$out/bench-train-cuda-tuned"
+        SMMF_TRITON_PASS1="$tuned" bench 140 --mode train --set llama-7b --steps 5 --warmup 2 \
+            --optimizers "$(optimizers adamw-fused,smmf)" --out "$out/bench-train-llama-7b-cuda-tuned"
+        ;;
+    ncu) # the first step_tiles launch after pass1_sweep.py's two warm-up steps, today's launch and the pipelined one
         ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
         [ -n "$ncu" ] || { echo "ncu: not found" | tee -a "$log"; continue; }
         # bytes the memory moved against the 32-byte sectors the SMs asked L2 for: fetches wider than asked
         dram_against_requested=dram__bytes_read.sum,dram__bytes_write.sum
         dram_against_requested+=,lts__t_sectors_srcunit_tex_op_read.sum,lts__t_sectors_srcunit_tex_op_write.sum
-        for config in 4:96:4 4:128:4:0:32; do
+        for config in 4:96:4:0:16 4:128:4:0:16:0:3; do
             report="$out/ncu-step_tiles-${config//:/-}.txt"
             timeout -s INT -k 5 60 "$ncu" --kernel-name step_tiles --launch-skip 2 --launch-count 1 \
                 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \

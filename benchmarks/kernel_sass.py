@@ -12,7 +12,8 @@ moment, packed signs) and ``check_gradients`` (pass 0, bf16) this prints a markd
   function it belongs to, the static instruction count of its body, thread-instructions per element
   (instructions x num_warps x 32 / (BLOCK_R * 8 * BLOCK_J), the elements one iteration covers; for
   ``check_gradients``, whose loops the compiler may unroll, the elements its loads cover) and
-  its global loads and stores by width and its local ones (``LDL``/``STL``: spilled registers; "none":
+  its global loads and stores by width (``LDGSTS``: a load copied asynchronously into shared memory, as
+  Triton pipelines a loop of ``STAGES`` > 1) and its local ones (``LDL``/``STL``: spilled registers; "none":
   e.g. a loop the compiler made to step over iterations whose inner loop is empty), and its barriers
   (``BAR.SYNC``: a layout conversion through shared memory, which stops the program's warps until all
   of them reach it).
@@ -22,14 +23,14 @@ These are static counts of the compiled code, not timings: predicated-off and ou
 A loop is named after the function called from the kernel that owns most of its instructions
 (``nvdisasm -gi`` gives each instruction's inlining chain), or ``_factored_tile`` if that is one of
 pass 1's helpers for a factored tensor's rows; of the two ``_factored_tile`` loops the aligned one is
-the one with 64- or 128-bit LDG,
+the one with 64- or 128-bit LDG or LDGSTS,
 and the table also gives the line of the call in ``step_tiles`` each loop was inlined from.
 Kernels are compiled as tests/test_triton_compile.py compiles them (``triton.compile`` for
 ``GPUTarget("cuda", 90, 32)``), with the launch options of :mod:`smmf.triton_backend` (pass 1's
 register cap: ``.maxnreg`` in the PTX, so ptxas's rerun keeps it).
 
     python benchmarks/kernel_sass.py [--block-r 4] [--block-j 32] [--num-warps 4] [--maxnreg 0] [--prefetch]
-                                     [--row-chunk 16]
+                                     [--row-chunk 16] [--stages 3]
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ try:
 except ImportError as exc:
     raise SystemExit(f"kernel_sass.py needs Triton with its NVIDIA backend: {exc}") from None
 
-from smmf import triton_backend, triton_kernels, triton_tile
+from smmf import triton_backend, triton_kernels, triton_launch, triton_tile
 
 TARGET = GPUTarget("cuda", 90, 32)
 REGS_PER_SM, REG_GRANULE, MAX_WARPS, MAX_BLOCKS = 65536, 256, 64, 32
@@ -191,7 +192,7 @@ def describe_loop(body: list[Instr]) -> tuple[str, str, str]:
     calls = collections.Counter(ins.call_line for ins in body if ins.owner == name)
     call_line = calls.most_common(1)[0][0]
     accesses = collections.Counter(
-        ins.opcode for ins in body if ins.opcode.split(".")[0] in ("LDG", "STG", "LDL", "STL")
+        ins.opcode for ins in body if ins.opcode.split(".")[0] in ("LDG", "LDGSTS", "STG", "LDL", "STL")
     )
     wide = any(op.startswith("LDG") and {"64", "128"} & set(op.split(".")) for op in accesses)
     if name in FACTORED_HELPERS:
@@ -237,47 +238,58 @@ def table_rows(
     return rows or [f"{head} (no loop) | | | | | |"]
 
 
-def main() -> None:
+def pass1_setting() -> triton_launch.Pass1Launch:
+    """Pass 1's launch from the command line: smmf's default for fp32 parameters, or the wide block's
+    with --block-j 32, each field overridden by its flag."""
+    today = triton_launch.PASS1[4]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--block-r", type=int, default=triton_backend.BLOCK_R)
-    parser.add_argument("--block-j", type=int, default=triton_backend.BLOCK_J)
+    parser.add_argument("--block-r", type=int, default=today.block_rows)
+    parser.add_argument("--block-j", type=int, default=today.block_bytes)
     parser.add_argument("--num-warps", type=int, help="pass 1's warps (default: smmf's for the BLOCK_J)")
     parser.add_argument("--maxnreg", type=int, help="pass 1's register cap (0: none; default: smmf's for the BLOCK_J)")
     parser.add_argument(
         "--prefetch",
         action=argparse.BooleanOptionalAction,
-        default=triton_backend.PASS1_PREFETCH,
+        default=today.prefetch,
         help="pass 1 loads the next block of rows before computing on the current one",
     )
     parser.add_argument(
         "--row-chunk",
         type=int,
-        default=triton_backend.PASS1_ROW_CHUNK,
+        default=today.row_chunk,
         help="rows pass 1 steps through all a tile's column blocks before its next rows (0: all)",
     )
+    parser.add_argument("--stages", type=int, default=today.stages, help="pipeline stages of the loop over rows")
     args = parser.parse_args()
-    default = triton_backend.PASS1_OPTIONS.get(args.block_j, triton_backend.PASS1_OPTIONS[triton_backend.BLOCK_J])
-    args.num_warps = args.num_warps or default["num_warps"]
-    args.maxnreg = default.get("maxnreg", 0) if args.maxnreg is None else args.maxnreg
-    pass1_options = {"num_warps": args.num_warps} | ({"maxnreg": args.maxnreg} if args.maxnreg else {})
+    default = triton_launch.WIDE if args.block_j == triton_launch.WIDE.block_bytes else today
+    return triton_launch.Pass1Launch(
+        num_warps=args.num_warps or default.num_warps,
+        maxnreg=default.maxnreg if args.maxnreg is None else args.maxnreg,
+        block_rows=args.block_r,
+        block_bytes=args.block_j,
+        prefetch=args.prefetch,
+        row_chunk=args.row_chunk,
+        stages=args.stages,
+    )
+
+
+def main() -> None:
+    launch = pass1_setting()
     tools = tool_paths()
     start = time.perf_counter()
-    blocks = {"BLOCK_R": args.block_r, "BLOCK_J": args.block_j}
-    elements = args.block_r * 8 * args.block_j
-    print(f"sm_90, Triton {triton.__version__}, BLOCK_R={args.block_r}, BLOCK_J={args.block_j}, "
-          f"num_warps={args.num_warps}, pass 1's maxnreg={args.maxnreg or 'none'}, prefetch={args.prefetch}, "
-          f"row chunk={args.row_chunk or 'the tile'}: "
-          f"{elements} elements per loop iteration\n")  # fmt: skip
+    elements = launch.block_rows * 8 * launch.block_bytes
+    print(f"sm_90, Triton {triton.__version__}, pass 1's launch {launch.text()} (WARPS:MAXNREG:BLOCK_R:PREFETCH:"
+          f"BLOCK_J:ROW_CHUNK:STAGES): {elements} elements per loop iteration\n")  # fmt: skip
     print("| kernel | regs/thread | spill B st/ld | warps/SM | loop | called at line | instrs | thread-instr/elem "
           "| global loads/stores | barriers |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     for variant, (dtype, stochastic) in STEP_VARIANTS.items():
         constexprs = {"P_DT": dtype, "G_DT": dtype, "ACC": tl.float32, "HAS_M": True, "PACKED": True}
-        constexprs |= {"STOCHASTIC": stochastic, "PREFETCH": args.prefetch, "ROW_CHUNK": args.row_chunk, **blocks}
-        kernel = compile_kernel(triton_tile.step_tiles, constexprs, pass1_options)
+        constexprs |= {"STOCHASTIC": stochastic, **launch.constexprs()}
+        kernel = compile_kernel(triton_tile.step_tiles, constexprs, launch.options())
         print("\n".join(table_rows(f"step_tiles {variant}", kernel, tools, elements)))
     constexprs = {"G_DT": tl.bfloat16, "ACC": tl.float32, "BLOCK": triton_backend.CHECK_BLOCK}
-    kernel = compile_kernel(triton_kernels.check_gradients, constexprs, {"num_warps": args.num_warps})
+    kernel = compile_kernel(triton_kernels.check_gradients, constexprs, {"num_warps": launch.num_warps})
     print("\n".join(table_rows("check_gradients bf16", kernel, tools, elements, element_bits=16)))
     print(f"\nStatic counts, not timings; compiled and analysed in {time.perf_counter() - start:.1f} s.")
 

@@ -1,21 +1,23 @@
 """Pass 1's launch settings swept on a GPU: the time of a Triton step's kernels for real shapes.
 
-``smmf.triton_backend`` fixes pass 1's launch (``PASS1_OPTIONS``: warps, register cap) and its block
-(``BLOCK_R`` rows by 8 x ``BLOCK_J`` columns) from machine code read without a GPU
-(benchmarks/kernel_sass.py). This times the four kernels of one step (``triton_backend.step``, CUDA
-events, median of ``triton.testing.do_bench``) for each setting given, on the same tensors: four decoder
-layers of a Llama-2-7B (bf16 weights, fp32 factors) or GPT-2 124M's tensors (fp32), gradients drawn
-once. The step's effective bandwidth counts the bytes it must move: gradient and parameter read,
-parameter written, signs read and written.
+``smmf.triton_launch.PASS1`` fixes pass 1's launch (block, warps, register cap, loads in flight) by the
+parameter's bytes an element, from machine code read without a GPU (benchmarks/kernel_sass.py) and the
+timings of this script. It times the four kernels of one step (``triton_backend.step``, CUDA events,
+median of ``triton.testing.do_bench``) for each setting given, on the same tensors: four decoder layers
+of a Llama-2-7B (bf16 weights, fp32 factors) or GPT-2 124M's tensors (fp32), gradients drawn once.
+The step's effective bandwidth counts the bytes it must move: gradient and parameter read, parameter
+written, signs read and written. Each setting first steps once from the same state as the default
+launch and must give the same step (signs but where M is within rounding of 0, bf16 parameters within
+an ulp, factors to 1e-5), or it is reported and not timed.
 
-    python benchmarks/pass1_sweep.py --workload llama-layers --configs 4:96:4,4:0:4,4:128:4:0:32,4:96:4:0:0:16
-    python benchmarks/pass1_sweep.py --workload gpt2 --configs 4:96:4
+    python benchmarks/pass1_sweep.py --workload llama-layers --configs 4:96:4,4:128:4:0:32,4:128:4:0:16:0:3
+    python benchmarks/pass1_sweep.py --workload gpt2 --configs 4:96:4,4:128:4:0:16:0:3 --best runs/best-fp32.txt
 
-A setting is WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK]]] (MAXNREG 0: no cap; PREFETCH 1: pass 1
-loads a tile's next block of rows before computing on the current one, 0 or left out: it does not;
-BLOCK_J: sign bytes a block, 0 or left out: the plan's; ROW_CHUNK: rows stepped through all a tile's
-column blocks before the next rows, 0 or left out: all of them). Each new setting compiles pass 1 again
-(seconds).
+A setting is WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]], as ``SMMF_TRITON_PASS1``
+takes it (:class:`smmf.triton_launch.Pass1Launch`: MAXNREG 0, no cap; PREFETCH 1, the next block's loads
+in registers; BLOCK_J 16 or 32; ROW_CHUNK 0, all a tile's rows; STAGES > 1, the loop over rows pipelined
+through shared memory). Each new setting compiles pass 1 again (seconds). ``--best FILE`` writes the
+fastest setting there, for ``SMMF_TRITON_PASS1`` (benchmarks/gpu_check.sh's ``tuned`` stage).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +33,7 @@ import torch
 import smmf
 from smmf import triton_backend
 from smmf.commands.models import build_meta_model, meta_shapes
+from smmf.triton_launch import Pass1Launch
 
 LLAMA_LAYER = [(4096, 4096)] * 4 + [(11008, 4096), (11008, 4096), (4096, 11008), (4096,), (4096,)]
 
@@ -63,17 +67,47 @@ def _captured_step(params: list[torch.Tensor]) -> tuple[smmf.SMMF, tuple[Any, ..
 
 def setting(plan: triton_backend.Plan, config: str) -> tuple[str, triton_backend.Plan | None]:
     """A config's table cells and the plan to time it with (None where the plan's tiles are not a
-    whole number of its blocks); sets pass 1's module-level launch settings to the config's."""
-    warps, maxnreg, block_r, prefetch, block_j, chunk = (int(x) for x in (config + ":0:0:0").split(":")[:6])
-    block_j = block_j or plan.block_bytes
-    cells = f"| {warps} | {maxnreg or '-'} | {block_r} | {'yes' if prefetch else 'no'} | {block_j} | {chunk or '-'} |"
-    if plan.tile_rows % block_r or plan.tile_bytes % block_j or chunk % block_r:
-        why = f"tiles of {plan.tile_rows} rows x {plan.tile_bytes} bytes, chunks of {chunk} rows: not a multiple"
+    whole number of its blocks)."""
+    launch = Pass1Launch.parse(config)
+    flags = (launch.maxnreg or "-", launch.block_rows, "yes" if launch.prefetch else "no", launch.block_bytes)
+    cells = "| " + " | ".join(str(c) for c in (launch.num_warps, *flags, launch.row_chunk or "-", launch.stages)) + " |"
+    if plan.tile_rows % launch.block_rows or plan.tile_bytes % launch.block_bytes:
+        why = f"tiles of {plan.tile_rows} rows x {plan.tile_bytes} bytes: not a whole number of blocks"
         return f"{cells} {why} | - |", None
-    triton_backend.PASS1_OPTIONS = {block_j: {"num_warps": warps, **({"maxnreg": maxnreg} if maxnreg else {})}}
-    triton_backend.PASS1_PREFETCH = bool(prefetch)
-    triton_backend.PASS1_ROW_CHUNK = chunk
-    return cells, dataclasses.replace(plan, block_rows=block_r, block_bytes=block_j, launches={})
+    return cells, dataclasses.replace(plan, pass1=launch, launches={})
+
+
+class Checker:
+    """Whether a setting steps as the plan's own launch does, from the same parameters and state: a
+    setting that differs is reported and never chosen, however fast."""
+
+    def __init__(self, opt: smmf.SMMF, params: list[torch.Tensor], step_args: tuple[Any, ...]) -> None:
+        state = [v for p in params for v in opt.state[p].values() if isinstance(v, torch.Tensor)]
+        self.tensors = [p.detach() for p in params] + state
+        self.before = [t.clone() for t in self.tensors]
+        self.step_args = step_args[1:]
+        triton_backend.step(step_args[0], *self.step_args)
+        self.expected = [t.clone() for t in self.tensors]
+
+    def mismatch(self, variant: triton_backend.Plan) -> str | None:
+        """Why ``variant``'s step differs from the expected one (None: it does not); restores the state."""
+        for t, old in zip(self.tensors, self.before, strict=True):
+            t.copy_(old)
+        triton_backend.step(variant, *self.step_args)
+        try:
+            for got, want in zip(self.tensors, self.expected, strict=True):
+                if got.dtype == torch.uint8:  # signs: may differ only where M is within rounding of 0
+                    if (got != want).float().mean() > 0.01:
+                        return "more than 1% of the signs differ"
+                else:  # bf16 parameters within an ulp; factors summed in another order
+                    tolerance = 1e-2 if got.dtype == torch.bfloat16 else 1e-5
+                    torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance / 10)
+        except AssertionError as exc:
+            return str(exc).splitlines()[0]
+        finally:
+            for t, old in zip(self.tensors, self.before, strict=True):
+                t.copy_(old)
+        return None
 
 
 def parameters(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: str) -> list[torch.Tensor]:
@@ -89,31 +123,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="llama-layers", help="llama-layers, or a model of smmf's (gpt2, ...)")
     parser.add_argument(
-        "--configs", default="4:96:4", help="comma-separated WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK]]]"
+        "--configs",
+        default="4:96:4",
+        help="comma-separated WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]]",
     )
+    parser.add_argument("--best", type=Path, help="write the fastest setting to this file")
     args = parser.parse_args()
     import triton.testing
 
     shapes, dtype = _shapes(args.workload)
     params = parameters(shapes, dtype, "cuda")
-    opt, (plan, p_dtype, g_dtype, hp, lr) = _captured_step(params)
+    opt, step_args = _captured_step(params)
+    plan, p_dtype, g_dtype, hp, lr = step_args
+    checker = Checker(opt, params, step_args)
     numel = sum(p.numel() for p in params)
     moved = numel * (3 * params[0].element_size()) + 2 * numel / 8
     print(
         f"{args.workload}: {len(params)} tensors, {numel / 1e6:.1f} M elements, {dtype}; {torch.cuda.get_device_name()}"
     )
     print(f"tiles {plan.tile_map.numel()}, tile {plan.tile_rows} rows x {plan.tile_bytes * 8} columns\n")
-    print("| warps | maxnreg | BLOCK_R | prefetch | BLOCK_J | row chunk | step's kernels, ms | GB/s moved |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| warps | maxnreg | BLOCK_R | prefetch | BLOCK_J | row chunk | stages | step's kernels, ms | GB/s moved |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    timed: dict[str, float] = {}
     for config in args.configs.split(","):
         cells, variant = setting(plan, config)
         if variant is None:
             print(cells)
             continue
+        why = checker.mismatch(variant)
+        if why:
+            print(f"{cells} steps unlike the default launch: {why} | - |", flush=True)
+            continue
         ms = triton.testing.do_bench(
             lambda v=variant: triton_backend.step(v, p_dtype, g_dtype, hp, lr), warmup=50, rep=200, return_mode="median"
         )
         print(f"{cells} {ms:.3f} | {moved / ms / 1e6:,.0f} |", flush=True)
+        timed[variant.pass1.text()] = ms
+        if args.best:  # rewritten after every setting, so that a sweep cut short still names one
+            args.best.write_text(min(timed, key=timed.__getitem__) + "\n")
     assert opt.state and all(math.isfinite(float(p.detach().float().abs().max())) for p in params)
 
 

@@ -19,7 +19,7 @@ import argparse
 import heapq
 import math
 
-from smmf import triton_backend
+from smmf import triton_backend, triton_launch
 from smmf.commands.models import build_meta_model, meta_shapes
 from smmf.matricization import square_matricize
 from smmf.signpack import row_bytes
@@ -30,7 +30,7 @@ Shape = tuple[int, int, int, bool]
 def tile_costs(shape: Shape, tile_rows: int, tile_bytes: int, block_rows: int) -> list[int]:
     """Blocks of rows (block_rows x 8 * BLOCK_J columns) in each tile of a tensor, in launch order."""
     n, m, width, _ = shape
-    columns_per_block = 8 * triton_backend.BLOCK_J
+    columns_per_block = 8 * triton_launch.BLOCK_J
     costs = []
     for row_tile in range(math.ceil(n / tile_rows)):
         rows = min(tile_rows, n - row_tile * tile_rows)
@@ -51,7 +51,7 @@ def makespan(costs: list[int], resident: int, overhead: float) -> float:
 def launch(shapes: list[Shape], element_bytes: int, resident: int, overhead: float) -> tuple[float, float, int]:
     """(makespan, balanced time without overheads, tiles) of one launch over ``shapes``."""
     budget = triton_backend.scratch_budget(max(n * m for n, m, _, _ in shapes) * element_bytes)
-    block_rows = triton_backend.BLOCK_R
+    block_rows = triton_launch.BLOCK_R
     tile_rows, tile_bytes = triton_backend._tiling(shapes, 2, 4, budget, block_rows)
     costs = [c for shape in shapes for c in tile_costs(shape, tile_rows, tile_bytes, block_rows)]
     return makespan(costs, resident, overhead), sum(costs) / resident, len(costs)

@@ -73,7 +73,8 @@ def main() -> None:
     tensors = [torch.zeros(64, dtype=torch.int64) for _ in range(7)]
     constexprs = {
         "P_DT": tl.bfloat16, "G_DT": tl.bfloat16, "ACC": tl.float32, "HAS_M": True, "PACKED": True,
-        "STOCHASTIC": False, "PREFETCH": False, "ROW_CHUNK": 0, "BLOCK_R": 4, "BLOCK_J": 16,
+        "STOCHASTIC": False, "PREFETCH": False, "ROW_CHUNK": 0, "STAGES": 1, "BLOCK_R": 4,
+        "BLOCK_J": 16,
     }  # fmt: skip
     options = {"num_warps": 4, "maxnreg": 96}
 
@@ -86,7 +87,7 @@ def main() -> None:
 
     dispatched()  # fills the cache
     calls = 20_000
-    print(f"Triton {triton.__version__}, torch {torch.__version__}, step_tiles (9 arguments, 9 constexprs)\n")
+    print(f"Triton {triton.__version__}, torch {torch.__version__}, step_tiles (9 arguments, 10 constexprs)\n")
     print("| launch | µs of host time per launch, before the driver call |\n| --- | ---: |")
     print(f"| `kernel[grid](...)`, cached | {_per_call_us(dispatched, calls):.2f} |")
     print(f"| compiled kernel's launcher, called directly | {_per_call_us(direct, calls):.2f} |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -19,3 +20,11 @@ def load(name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def swept_pass1_launches() -> list[str]:
+    """The settings of pass 1 that ``benchmarks/gpu_check.sh sweep`` times (its ``--configs``)."""
+    script = (BENCHMARKS / "gpu_check.sh").read_text()
+    match = re.search(r"pass1_sweep\.py --workload [^\n]*\\\s+--configs ([\d:,]+)", script)
+    assert match, "gpu_check.sh's sweep stage names no --configs"
+    return match.group(1).split(",")

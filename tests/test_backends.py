@@ -144,6 +144,6 @@ def test_triton_launches_dispatch_once_per_plan_and_key(monkeypatch: pytest.Monk
         ("dispatch", (7,), ("t", 3), {"ACC": "fp32", "BLOCK": 4, "num_warps": 4}),
         ("direct", (7, 1, 1), ("t", 4, "fp32", 4)),
     ]
-    calls.clear()  # a changed constexpr (a module setting such as PASS1_PREFETCH) dispatches again
+    calls.clear()  # a changed constexpr (another launch setting of pass 1) dispatches again
     triton_backend._launch(plan, kernel, (7,), ("lr1",), ("t", 5), {"ACC": "fp32", "BLOCK": 8}, {"num_warps": 4})  # type: ignore[arg-type]
     assert calls == [("dispatch", (7,), ("t", 5), {"ACC": "fp32", "BLOCK": 8, "num_warps": 4})]

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 import torch
 
+import benchmark_modules
 from golden_replay import CASES, max_relative_error, replay
-from smmf import SMMF, triton_backend
+from smmf import SMMF, triton_backend, triton_launch
 from smmf.commands.main import main
+from smmf.triton_launch import Pass1Launch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -100,27 +102,38 @@ def test_triton_stochastic_rounding_matches_eager_on_cuda() -> None:
     _assert_close_runs(_run("triton", torch.bfloat16, **kwargs), _run("eager", torch.bfloat16, **kwargs), tol=1e-2)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"stochastic_rounding": True}], ids=["nearest", "stochastic"])
-def test_triton_wide_blocks_match_eager_in_bf16_on_cuda(
-    monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any]
+SWEPT = benchmark_modules.swept_pass1_launches()
+LAUNCHES = [pytest.param(c, torch.bfloat16, id=f"{c}-bf16-sr") for c in SWEPT] + [
+    pytest.param(c, torch.float32, id=f"{c}-fp32") for c in SWEPT if Pass1Launch.parse(c).stages > 1
+]
+
+
+@pytest.fixture(scope="module")
+def eager_runs() -> dict[torch.dtype, tuple[list[torch.Tensor], SMMF]]:
+    """The eager steps the launches are held to, bf16 with stochastic rounding and fp32."""
+    return {dtype: _run("eager", dtype, stochastic_rounding=dtype == torch.bfloat16) for dtype in _DTYPES}
+
+
+_DTYPES = (torch.bfloat16, torch.float32)
+
+
+@pytest.mark.parametrize(("config", "dtype"), LAUNCHES)
+def test_each_swept_pass1_launch_matches_eager_on_cuda(
+    monkeypatch: pytest.MonkeyPatch,
+    eager_runs: dict[torch.dtype, tuple[list[torch.Tensor], SMMF]],
+    config: str,
+    dtype: torch.dtype,
 ) -> None:
-    """Pass 1's wide blocks (``PASS1_BLOCK_J``: off until a GPU run times them) on 16-bit parameters."""
-    monkeypatch.setitem(triton_backend.PASS1_BLOCK_J, 2, triton_backend.WIDE_BLOCK_J)
-    triton_run = _run("triton", torch.bfloat16, **kwargs)
-    (plan,) = triton_run[1]._caches[0].plans.values()
-    assert plan.block_bytes == triton_backend.WIDE_BLOCK_J
-    _assert_close_runs(triton_run, _run("eager", torch.bfloat16, **kwargs), tol=1e-2)
-
-
-def test_triton_row_chunks_match_eager_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pass 1's row chunks (``PASS1_ROW_CHUNK``: off until a GPU run times them), on tiles of many chunks."""
-    monkeypatch.setattr(triton_backend, "PASS1_ROW_CHUNK", 16)
+    """Every launch of pass 1 that ``gpu_check.sh sweep`` times, set through ``SMMF_TRITON_PASS1`` as the
+    ``tuned`` stage sets the fastest: wide blocks, row chunks, prefetch, pipelined loops (compiled with
+    cp.async, which the interpreter tests cannot run), on tiles of several blocks each way."""
+    monkeypatch.setenv(triton_launch.ENV, config)
     monkeypatch.setattr(triton_backend, "SCRATCH_FRACTION", 0.01)
     monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)
-    triton_run = _run("triton")
+    triton_run = _run("triton", dtype, stochastic_rounding=dtype == torch.bfloat16)
     (plan,) = triton_run[1]._caches[0].plans.values()
-    assert plan.tile_rows > 16
-    _assert_close_runs(triton_run, _run("eager"))
+    assert plan.pass1 == Pass1Launch.parse(config) and plan.tile_rows > 16
+    _assert_close_runs(triton_run, eager_runs[dtype], tol=1e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
 def test_triton_matches_eager_on_gpt2_shapes() -> None:

@@ -3,6 +3,7 @@ what the interpreter tests cannot see (the compiler's type rules, constexpr bran
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -13,12 +14,12 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import benchmark_modules  # noqa: E402
-from smmf import triton_backend  # noqa: E402
+from smmf import triton_backend, triton_launch  # noqa: E402
 from smmf import triton_kernels as tk  # noqa: E402
 from smmf import triton_tile as tt  # noqa: E402
 
 TARGETS = [GPUTarget("cuda", 90, 32), GPUTarget("cuda", 80, 32)]
-BLOCKS = {"BLOCK_R": triton_backend.BLOCK_R, "BLOCK_J": triton_backend.BLOCK_J}
+TODAY = triton_launch.PASS1[4]
 
 
 def _compile(
@@ -63,17 +64,24 @@ def test_the_four_kernels_compile(
     )
     assert "ld.global.v" in check_kernel.asm["ptx"]  # pass 0 reads an aligned tensor's gradient in vectors too
     step = ["table", "tile_map", "flags", "hp", "lr_ptr", "scratch", "flag_copies", "tile_rows", "tile_bytes",
-            "P_DT", "G_DT", "ACC", "HAS_M", "PACKED", "STOCHASTIC", "PREFETCH", "ROW_CHUNK", "BLOCK_R",
-            "BLOCK_J"]  # fmt: skip
+            "P_DT", "G_DT", "ACC", "HAS_M", "PACKED", "STOCHASTIC", "PREFETCH", "ROW_CHUNK", "STAGES",
+            "BLOCK_R", "BLOCK_J"]  # fmt: skip
     types |= {"hp": f"*{accs}", "lr_ptr": "*fp32", "scratch": f"*{accs}", "flag_copies": f"*{accs}"}
     constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": acc, "HAS_M": has_m, "PACKED": packed, "STOCHASTIC": stochastic}
-    constexprs["PREFETCH"] = stochastic  # both ways of pass 1's loop, on different kernels
-    constexprs["ROW_CHUNK"] = 16 if packed else 0  # and of its loop over a tile's rows
-    options = triton_backend.PASS1_OPTIONS[triton_backend.BLOCK_J]
-    step_kernel = _compile(tt.step_tiles, _signature(step, types), {**constexprs, **BLOCKS}, target, options)
+    launch = triton_launch.Pass1Launch(
+        prefetch=stochastic,  # both ways of pass 1's loop, on different kernels
+        row_chunk=16 if packed else 0,  # and of its loop over a tile's rows
+        stages=3 if has_m and not stochastic else 1,  # and pipelined
+    )
+    constexprs |= launch.constexprs()
+    options = launch.options()
+    step_kernel = _compile(tt.step_tiles, _signature(step, types), constexprs, target, options)
     ptx = step_kernel.asm["ptx"]
-    # the alignment hints of pass 1's vector path held: parameter and gradient move in vectors
-    assert "ld.global.v" in ptx and "st.global.v" in ptx
+    # the alignment hints of pass 1's vector path held: parameter and gradient move in vectors (pipelined:
+    # copied to shared memory 8 or 16 bytes at a time)
+    vector_copy = re.search(r"cp\.async\.c[ag]\.shared\.global \[[^]]*\], \[[^]]*\], 0x(8|10)\b", ptx)
+    assert ("ld.global.v" in ptx or vector_copy) and "st.global.v" in ptx
+    assert ("cp.async" in ptx) == (launch.stages > 1)
     # compiled, the update divides with one approximate instruction in float32 (IEEE in float64), and
     # ptxas is given the register cap
     assert ("div.approx.ftz.f32" in ptx and "div.full" not in ptx) if acc == tl.float32 else "div.rn.f64" in ptx
@@ -84,30 +92,34 @@ def test_the_four_kernels_compile(
     _compile(tk.normalize_columns, _signature(normalize, types), {"ACC": acc, "HAS_M": has_m, "BLOCK": 1024}, target)
 
 
-@pytest.mark.parametrize(
-    ("p_dt", "block_j"),
-    [
-        (tl.bfloat16, triton_backend.BLOCK_J),
-        (tl.float32, triton_backend.BLOCK_J),
-        (tl.bfloat16, triton_backend.WIDE_BLOCK_J),
-    ],
-    ids=["bf16", "fp32", "bf16-wide"],
-)
-def test_pass1s_loop_over_an_aligned_tiles_rows_crosses_warps_once_per_block(p_dt: Any, block_j: int) -> None:
+PIPELINED = triton_launch.Pass1Launch(maxnreg=128, stages=3)
+LOOPS = {
+    "bf16": (tl.bfloat16, TODAY),
+    "fp32": (tl.float32, TODAY),
+    "bf16-wide": (tl.bfloat16, triton_launch.WIDE),
+    "bf16-pipelined": (tl.bfloat16, PIPELINED),
+    "fp32-pipelined": (tl.float32, PIPELINED),
+}
+
+
+@pytest.mark.parametrize(("p_dt", "launch"), LOOPS.values(), ids=LOOPS.keys())
+def test_pass1s_loop_over_an_aligned_tiles_rows_crosses_warps_once_per_block(
+    p_dt: Any, launch: triton_launch.Pass1Launch
+) -> None:
     """Each row of pass 1's block is one warp's, so a block's row sums and sign bytes are reduced
     within warps: the loop's only exchange through shared memory is the rows' sums (two barriers).
     A layout with warps across the sign planes took 6 (Triton 3.8) to 11 (3.6) barriers a block.
-    Under its register cap the loop keeps its values in registers (no local memory)."""
+    Under its register cap the loop keeps its values in registers (no local memory). Pipelined, its
+    parameter and gradient are copied into shared memory asynchronously (LDGSTS), in vectors."""
     sass = benchmark_modules.load("kernel_sass")
-    constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": tl.float32, "HAS_M": True, "PACKED": True}
-    constexprs |= {"STOCHASTIC": False, "PREFETCH": triton_backend.PASS1_PREFETCH, "ROW_CHUNK": 0}
-    constexprs |= {**BLOCKS, "BLOCK_J": block_j}
-    kernel = sass.compile_kernel(tt.step_tiles, constexprs, triton_backend.PASS1_OPTIONS[block_j])
+    constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": tl.float32, "HAS_M": True, "PACKED": True, "STOCHASTIC": False}
+    kernel = sass.compile_kernel(tt.step_tiles, constexprs | launch.constexprs(), launch.options())
     instrs, labels = sass.parse_sass(sass.disassemble(kernel.asm["cubin"], sass.tool_paths()[1]))
+    loads = ("LDGSTS",) if launch.stages > 1 else ("LDG",)
     aligned = [
         body
         for body in sass.innermost_loops(instrs, labels)
-        if any(ins.opcode in ("LDG.E.64", "LDG.E.128") for ins in body)
+        if any(ins.opcode.split(".")[0] in loads and {"64", "128"} & set(ins.opcode.split(".")) for ins in body)
     ]
     assert len(aligned) == 1
     assert sum(ins.opcode.startswith("BAR.SYNC") for ins in aligned[0]) <= 2

@@ -22,44 +22,15 @@ from torch import Tensor
 
 from .matricization import square_matricize
 from .signpack import row_bytes
+from .triton_launch import BLOCK_J, BLOCK_R, Pass1Launch, pass1_launch
 
 __all__ = [
-    "available", "Plan", "layout_key", "scratch_budget", "block_rows", "vector_ready",
+    "available", "Plan", "layout_key", "scratch_budget", "vector_ready",
     "build_plan", "with_gradients", "step",
 ]  # fmt: skip
 
-# A sub-block is BLOCK_R rows by 8 * BLOCK_J columns (512 elements, 4 per thread of Triton's default 4
-# warps); a tile is a whole number of them. Chosen from machine code compiled for sm_90
-# (benchmarks/kernel_sass.py), not from GPU timings: 16 rows took 254 registers a thread, 8 resident
-# warps per SM; 4 rows take 96-118, 16 or more warps. Triton's interpreter (CPU tensors, the tests)
-# pays Python overhead per block instead, so it runs the same kernels on blocks of 16 rows.
-BLOCK_R = 4
-INTERPRETER_BLOCK_R = 16
-BLOCK_J = 16
-# A wide sub-block: 32 sign bytes, so that a row's run of each plane is 64 bytes of bf16 (16-byte
-# vectors), the unit an H100 fetches from its memory, where BLOCK_J's 32-byte runs may bring in bytes a
-# tile reads only thousands of rows later. 8 elements a thread: 128 registers, 16 warps an SM.
-WIDE_BLOCK_J = 32
-# BLOCK_J of pass 1 by the parameter's bytes an element. Wide blocks are off until a GPU has timed
-# them (benchmarks/pass1_sweep.py, BLOCK_J 32; gpu_check.sh sweep).
-PASS1_BLOCK_J = {2: BLOCK_J, 4: BLOCK_J, 8: BLOCK_J}
+# Pass 1's block, warps, register cap and loads in flight: smmf.triton_launch.
 _VECTOR_BYTES = 16
-# Launch options of pass 1 by BLOCK_J. BLOCK_J: at most 96 registers a thread, so that 20 warps are
-# resident on an SM whatever the dtype and Triton version. Uncapped, Triton 3.6 (the GPU machine's)
-# gives 125-128 registers (16 warps); capped, the loops over rows spill nothing and take 237-317
-# instructions for 512 elements, against 229-300. WIDE_BLOCK_J: 128 (uncapped, 208-213); the loop
-# over an aligned tensor's rows keeps its values in registers (sm_90 machine code,
-# benchmarks/kernel_sass.py; static counts, not timings).
-PASS1_OPTIONS = {BLOCK_J: {"num_warps": 4, "maxnreg": 96}, WIDE_BLOCK_J: {"num_warps": 4, "maxnreg": 128}}
-# Whether pass 1 issues the loads of a tile's next block of rows before it computes on the current
-# one (more bytes in flight, for 8-21 more instructions a block and, under the cap, 20-40 bytes of
-# spills). Off until a GPU has timed both (benchmarks/pass1_sweep.py; gpu_check.sh sweep).
-PASS1_PREFETCH = False
-# Rows pass 1 steps through all a tile's column blocks before its next rows (0: all the tile's rows).
-# A row's runs in neighbouring column blocks are then read soon after one another, while the first one's
-# memory may still be in L2, at the cost of storing the column sums once per chunk. Off until a GPU has
-# timed it (benchmarks/pass1_sweep.py; gpu_check.sh sweep).
-PASS1_ROW_CHUNK = 0
 _REDUCE_BLOCK = 1024
 # Elements pass 0 reads per loop iteration: 16 a thread of 4 warps, four 16-byte loads in fp32.
 CHECK_BLOCK = 2048
@@ -104,8 +75,7 @@ class Plan:
     table: Tensor  # (tensors, TABLE_COLS) int64 on the device
     tile_map: Tensor  # (tiles,) int32: the tensor each tile belongs to
     flags: Tensor  # (tensors,) int32: 1 where pass 0 found a non-finite gradient; cleared by pass 2
-    block_rows: int  # BLOCK_R of pass 1's sub-blocks; tile_rows is a multiple of it
-    block_bytes: int  # BLOCK_J of pass 1's sub-blocks; tile_bytes is a multiple of it
+    pass1: Pass1Launch  # tile_rows and tile_bytes are multiples of its block's
     tile_rows: int
     tile_bytes: int
     scratch_numel: int
@@ -184,11 +154,6 @@ def scratch_budget(largest_bytes: int) -> int:
     return max(int(SCRATCH_FRACTION * largest_bytes), _MIN_SCRATCH_BYTES)
 
 
-def block_rows(device: torch.device) -> int:
-    """Rows of a sub-block of pass 1 on ``device``: BLOCK_R on a GPU, INTERPRETER_BLOCK_R under the interpreter."""
-    return BLOCK_R if device.type == "cuda" else INTERPRETER_BLOCK_R
-
-
 def _tiling(
     shapes: list[tuple[int, int, int, bool]],
     moments: int,
@@ -242,9 +207,8 @@ def build_plan(
     acc_bytes = torch.finfo(acc_dtype).bits // 8
     budget = scratch_budget(max(p.numel() * p.element_size() for p, _, _ in items))
     moments = 2 if has_m else 1
-    rows_per_block = block_rows(device)
-    bytes_per_block = PASS1_BLOCK_J[items[0][0].element_size()]
-    tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget, rows_per_block, bytes_per_block)
+    pass1 = pass1_launch(items[0][0].element_size(), device.type == "cuda")
+    tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget, pass1.block_rows, pass1.block_bytes)
     rows: list[list[int]] = []
     aligned: list[bool] = []
     tile_counts: list[int] = []
@@ -273,8 +237,7 @@ def build_plan(
         table=torch.tensor(rows, dtype=torch.int64).to(device),
         tile_map=owners.to(device),
         flags=torch.zeros(len(items), dtype=torch.int32, device=device),
-        block_rows=rows_per_block,
-        block_bytes=bytes_per_block,
+        pass1=pass1,
         tile_rows=tile_rows,
         tile_bytes=tile_bytes,
         scratch_numel=scratch,
@@ -346,7 +309,6 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
     flag_copies = scratch[plan.scratch_numel :].view(-1)[:tensors]
     # what Triton specializes a compiled kernel on, beyond the plan's own tensors and integers
     key = (hp.device, p_dtype, g_dtype, hp.dtype, hp.data_ptr(), lr.dtype, lr.data_ptr(), scratch.data_ptr() % 16)
-    blocks = {"BLOCK_R": plan.block_rows, "BLOCK_J": plan.block_bytes}
     tiles = plan.tile_map.numel()
     table, flags, tiling = plan.table, plan.flags, (plan.tile_rows, plan.tile_bytes)
     if tiles:
@@ -355,9 +317,8 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
         _launch(plan, tk.check_gradients, (tiles,), key, pass0, {"G_DT": g_dt, "ACC": acc, "BLOCK": CHECK_BLOCK})
         pass1 = (table, plan.tile_map, flags, hp, lr, scratch, flag_copies, *tiling)
         kinds = {"P_DT": _triton_dtype(p_dtype), "G_DT": g_dt, "ACC": acc, "HAS_M": plan.has_m, "PACKED": plan.packed}
-        constexprs = {**kinds, "STOCHASTIC": plan.stochastic, "PREFETCH": PASS1_PREFETCH, "ROW_CHUNK": PASS1_ROW_CHUNK}
-        constexprs |= blocks
-        _launch(plan, tt.step_tiles, (tiles,), key, pass1, constexprs, PASS1_OPTIONS[plan.block_bytes])
+        constexprs = {**kinds, "STOCHASTIC": plan.stochastic, **plan.pass1.constexprs()}
+        _launch(plan, tt.step_tiles, (tiles,), key, pass1, constexprs, plan.pass1.options())
     reduce = {"ACC": acc, "HAS_M": plan.has_m, "BLOCK": _REDUCE_BLOCK}
     grid = (tensors, 1 + plan.row_chunks + plan.column_chunks)
     _launch(plan, tk.reduce_factors, grid, key, (table, scratch, flags, flag_copies), reduce)
@@ -379,9 +340,8 @@ def _launch(
     than the rest of a step's Python, and step_in_backward steps many times a backward pass. So only a
     plan's first launch of ``kernel`` under ``key`` goes through it; later ones call the compiled kernel's
     launcher directly. The plan's own tensors and integers are the same at every launch; ``key`` holds
-    what Triton specializes on among the rest, and the constexprs and options (module settings such as
-    PASS1_PREFETCH may change between steps) join it. Under the interpreter nothing is compiled: every
-    launch dispatches."""
+    what Triton specializes on among the rest, and the constexprs and options join it. Under the
+    interpreter nothing is compiled: every launch dispatches."""
     values = tuple(constexprs.values())
     launch = (key, values, tuple((options or {}).items()))
     hit = plan.launches.get(kernel)

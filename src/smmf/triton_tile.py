@@ -61,8 +61,8 @@ from .triton_kernels import (
 def step_tiles(
     table, tile_map, flags, hp, lr_ptr, scratch, flag_copies, tile_rows, tile_bytes,
     P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
-    STOCHASTIC: tl.constexpr, PREFETCH: tl.constexpr, ROW_CHUNK: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_J: tl.constexpr,
+    STOCHASTIC: tl.constexpr, PREFETCH: tl.constexpr, ROW_CHUNK: tl.constexpr, STAGES: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
 ):  # fmt: skip
     """Pass 1 for one tile: reads the old factors and signs (or dense moments) once, computes the
     moments and the update, writes the parameter and the new signs, and writes the tile's row and
@@ -70,7 +70,8 @@ def step_tiles(
     of :mod:`smmf.kernels`. A tensor flagged by pass 0 is neither read nor written; its first tile
     copies the flag to ``flag_copies`` for pass 2's column programs. With PREFETCH, a factored tile
     issues the loads of its next block of rows before it computes on the current one; with ROW_CHUNK,
-    it steps that many rows through all its column blocks before the next rows (0: all its rows)."""
+    it steps that many rows through all its column blocks before the next rows (0: all its rows); with
+    STAGES > 1, the loop over a column block's rows is pipelined (smmf.triton_launch.Pass1Launch)."""
     tile = tl.program_id(0)
     tensor = tl.load(tile_map + tile).to(tl.int64)
     row = table + tensor * TABLE_COLS
@@ -84,12 +85,12 @@ def step_tiles(
         elif tl.load(row + COL_ALIGNED) != 0:
             _factored_tile(
                 row, tile, scratch, tile_rows, tile_bytes, hyper,
-                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, True, PREFETCH, ROW_CHUNK, BLOCK_R, BLOCK_J,
+                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, True, PREFETCH, ROW_CHUNK, STAGES, BLOCK_R, BLOCK_J,
             )  # fmt: skip
         else:
             _factored_tile(
                 row, tile, scratch, tile_rows, tile_bytes, hyper,
-                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, False, PREFETCH, ROW_CHUNK, BLOCK_R, BLOCK_J,
+                P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, False, PREFETCH, ROW_CHUNK, STAGES, BLOCK_R, BLOCK_J,
             )  # fmt: skip
 
 
@@ -113,7 +114,7 @@ def _factored_tile(
     row, tile, scratch, tile_rows, tile_bytes, hyper,
     P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
     STOCHASTIC: tl.constexpr, ALIGNED: tl.constexpr, PREFETCH: tl.constexpr, ROW_CHUNK: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
+    STAGES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
 ):  # fmt: skip
     """A tile of a factored tensor, a chunk of its rows at a time (ROW_CHUNK rows, or all of them), each
     chunk column block by column block, each block of rows by rows: the row sums of a block go to the
@@ -141,12 +142,12 @@ def _factored_tile(
         for c0 in range(r_start, r_end, ROW_CHUNK):
             _column_blocks(
                 state, factors, tile_at, c0, tl.minimum(c0 + ROW_CHUNK, r_end), c0 > r_start, hyper,
-                P_DT, ACC, HAS_M, PACKED, STOCHASTIC, ALIGNED, PREFETCH, BLOCK_R, BLOCK_J,
+                P_DT, ACC, HAS_M, PACKED, STOCHASTIC, ALIGNED, PREFETCH, STAGES, BLOCK_R, BLOCK_J,
             )  # fmt: skip
     else:
         _column_blocks(
             state, factors, tile_at, r_start, r_end, False, hyper,
-            P_DT, ACC, HAS_M, PACKED, STOCHASTIC, ALIGNED, PREFETCH, BLOCK_R, BLOCK_J,
+            P_DT, ACC, HAS_M, PACKED, STOCHASTIC, ALIGNED, PREFETCH, STAGES, BLOCK_R, BLOCK_J,
         )  # fmt: skip
 
 
@@ -154,7 +155,8 @@ def _factored_tile(
 def _column_blocks(
     state, factors, tile_at, c0, c_end, later_chunk, hyper,
     P_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr, STOCHASTIC: tl.constexpr,
-    ALIGNED: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
+    ALIGNED: tl.constexpr, PREFETCH: tl.constexpr, STAGES: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_J: tl.constexpr,
 ):  # fmt: skip
     """Rows c0 to c_end of a tile, column block by column block, a block of rows at a time (``tile_at``:
     the tensor's m as int64 and int32, its sign bytes a row, and the tile's first and end byte); each
@@ -178,7 +180,9 @@ def _column_blocks(
         sums_v, sums_m = _column_accumulators(BLOCK_R, BLOCK_J, ACC, ALIGNED)
         if PREFETCH:
             ahead = _rows_in(state, where, c0, c_end, HAS_M, PACKED, BLOCK_R)
-        for r0 in range(c0, c_end, BLOCK_R):
+        # STAGES > 1: Triton issues the loads of STAGES - 1 blocks ahead into shared memory (cp.async);
+        # safe, as no block of this loop loads what another stores: each reads and writes its own rows
+        for r0 in tl.range(c0, c_end, BLOCK_R, num_stages=STAGES):
             if PREFETCH:  # this block's loads went out an iteration ago; the next block's go out now
                 rows = ahead
                 ahead = _rows_in(state, where, r0 + BLOCK_R, c_end, HAS_M, PACKED, BLOCK_R)

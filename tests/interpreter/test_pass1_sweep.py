@@ -7,50 +7,38 @@ the interpreter, from the same state as the default launch, and must give the sa
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+import dataclasses
 
 import pytest
 import torch
 
 import benchmark_modules
-from smmf import triton_backend
-
-GPU_CHECK = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
-
-
-def _swept_configs() -> list[str]:
-    match = re.search(r"pass1_sweep\.py --workload \"\$workload\" \\\s+--configs ([\d:,]+)", GPU_CHECK.read_text())
-    assert match, "gpu_check.sh's sweep stage names no --configs"
-    return match.group(1).split(",")
-
-
-def _state_tensors(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> list[torch.Tensor]:
-    state = [value for p in params for value in opt.state[p].values() if isinstance(value, torch.Tensor)]
-    return [p.detach() for p in params] + state
+from smmf import triton_backend, triton_launch
 
 
 def test_each_swept_setting_steps_as_the_default_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     sweep = benchmark_modules.load("pass1_sweep")
-    for name in ("PASS1_OPTIONS", "PASS1_PREFETCH", "PASS1_ROW_CHUNK"):
-        monkeypatch.setattr(triton_backend, name, getattr(triton_backend, name))  # restored after the test
-    monkeypatch.setattr(triton_backend, "INTERPRETER_BLOCK_R", triton_backend.BLOCK_R)
+    monkeypatch.setattr(triton_launch, "INTERPRETER_BLOCK_R", triton_launch.BLOCK_R)
     monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)
     monkeypatch.setattr(triton_backend, "SCRATCH_FRACTION", 0.01)  # tiles of several blocks each way
     params = sweep.parameters([(160, 160), (64, 96), (33, 12), (7,)], torch.float32, "cpu")
-    opt, (plan, p_dtype, g_dtype, hp, lr) = sweep._captured_step(params)
-    tensors = _state_tensors(opt, params)
-    before = [t.clone() for t in tensors]
-    triton_backend.step(plan, p_dtype, g_dtype, hp, lr)
-    expected = [t.clone() for t in tensors]
-    for config in _swept_configs():
-        for t, old in zip(tensors, before, strict=True):
-            t.copy_(old)
-        cells, variant = sweep.setting(plan, config)
+    opt, step_args = sweep._captured_step(params)
+    checker = sweep.Checker(opt, params, step_args)
+    for config in benchmark_modules.swept_pass1_launches():
+        cells, variant = sweep.setting(step_args[0], config)
         assert variant is not None, f"{config}: {cells}"
-        triton_backend.step(variant, p_dtype, g_dtype, hp, lr)
-        for got, want in zip(tensors, expected, strict=True):
-            if got.dtype == torch.uint8:  # signs: may differ only where M is within rounding of 0
-                assert (got != want).float().mean() <= 0.01, config
-            else:
-                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m, c=config: f"{c}: {m}")
+        assert variant.pass1.text().startswith(config), config  # every field of the config reaches the plan
+        assert checker.mismatch(variant) is None, config
+
+
+def test_the_sweep_tells_a_setting_that_steps_differently(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check that keeps a wrong setting from being chosen finds one: a plan whose tiles are half a
+    block wide, so that its programs step half of each tensor's columns."""
+    sweep = benchmark_modules.load("pass1_sweep")
+    monkeypatch.setattr(triton_launch, "INTERPRETER_BLOCK_R", triton_launch.BLOCK_R)
+    params = sweep.parameters([(160, 160)], torch.float32, "cpu")
+    opt, step_args = sweep._captured_step(params)
+    checker = sweep.Checker(opt, params, step_args)
+    plan = step_args[0]
+    broken = dataclasses.replace(plan, tile_bytes=plan.pass1.block_bytes // 2, launches={})
+    assert checker.mismatch(broken) is not None

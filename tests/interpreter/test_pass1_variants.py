@@ -1,14 +1,16 @@
 """Pass 1's launch variants equal the eager step under the interpreter: the GPU's blocks of rows, and
-the settings a GPU run times before one becomes a default (prefetch, wide blocks, row chunks)."""
+the settings a GPU run times before one becomes a default (prefetch, wide blocks, row chunks, pipeline
+stages; the interpreter runs a pipelined loop as a plain one, which the CUDA tests check on a GPU)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 import torch
 
-from smmf import SMMF, triton_backend
+from smmf import SMMF, triton_backend, triton_launch
 from step_helpers import assert_same, run
 
 
@@ -18,9 +20,15 @@ def _plan(opt: SMMF) -> triton_backend.Plan:
     return plan
 
 
+def _launch_with(monkeypatch: pytest.MonkeyPatch, **fields: Any) -> None:
+    """Pass 1's launch for every dtype with ``fields`` changed, until the test ends."""
+    for size, launch in triton_launch.PASS1.items():
+        monkeypatch.setitem(triton_launch.PASS1, size, dataclasses.replace(launch, **fields))
+
+
 def _tight_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
     """The GPU's BLOCK_R rows a block, and tiles of several blocks each way."""
-    monkeypatch.setattr(triton_backend, "INTERPRETER_BLOCK_R", triton_backend.BLOCK_R)
+    monkeypatch.setattr(triton_launch, "INTERPRETER_BLOCK_R", triton_launch.BLOCK_R)
     monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)
     monkeypatch.setattr(triton_backend, "SCRATCH_FRACTION", 0.002)
 
@@ -28,10 +36,10 @@ def _tight_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("kwargs", [{}, {"sign_bits": 8}, {"vector_reshape": False}], ids=["1-bit", "8-bit", "dense"])
 def test_the_gpus_blocks_of_rows_match_eager(monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any]) -> None:
     """The interpreter runs blocks of INTERPRETER_BLOCK_R rows for speed; a GPU runs BLOCK_R."""
-    monkeypatch.setattr(triton_backend, "INTERPRETER_BLOCK_R", triton_backend.BLOCK_R)
+    monkeypatch.setattr(triton_launch, "INTERPRETER_BLOCK_R", triton_launch.BLOCK_R)
     shapes = [(33, 12), (64, 128), (7,), (0,)]
     triton_run = run(shapes, steps=3, backend="triton", **kwargs)
-    assert _plan(triton_run[1]).block_rows == triton_backend.BLOCK_R
+    assert _plan(triton_run[1]).pass1.block_rows == triton_launch.BLOCK_R
     assert_same(triton_run, run(shapes, steps=3, backend="eager", **kwargs))
 
 
@@ -39,15 +47,15 @@ def test_the_gpus_blocks_of_rows_match_eager(monkeypatch: pytest.MonkeyPatch, kw
     "kwargs", [{}, {"sign_bits": 8}, {"beta": None, "growth_rate": None}], ids=["1-bit", "8-bit", "no-momentum"]
 )
 def test_prefetching_the_next_rows_matches_eager(monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any]) -> None:
-    """PASS1_PREFETCH: pass 1 loads a tile's next block of rows while it computes on the current one
-    (the loads past a tile's last row are masked off), over tiles of several blocks of the GPU's
-    BLOCK_R rows and of several column blocks."""
-    monkeypatch.setattr(triton_backend, "PASS1_PREFETCH", True)
+    """Prefetch: pass 1 loads a tile's next block of rows while it computes on the current one (the
+    loads past a tile's last row are masked off), over tiles of several blocks of the GPU's BLOCK_R
+    rows and of several column blocks."""
+    _launch_with(monkeypatch, prefetch=True)
     _tight_scratch(monkeypatch)
     shapes = [(250, 240), (64, 128), (33, 12), (7,)]
     triton_run = run(shapes, steps=3, backend="triton", **kwargs)
     plan = _plan(triton_run[1])
-    assert plan.tile_rows > plan.block_rows and plan.tile_bytes > triton_backend.BLOCK_J
+    assert plan.pass1.prefetch and plan.tile_rows > plan.pass1.block_rows and plan.tile_bytes > plan.pass1.block_bytes
     assert_same(triton_run, run(shapes, steps=3, backend="eager", **kwargs))
 
 
@@ -61,16 +69,16 @@ WIDE = {
 
 @pytest.mark.parametrize(("kwargs", "dtype"), WIDE.values(), ids=WIDE.keys())
 def test_wide_blocks_match_eager(monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], dtype: torch.dtype) -> None:
-    """PASS1_BLOCK_J at WIDE_BLOCK_J: blocks of the GPU's BLOCK_R rows by 32 sign bytes (256 columns),
+    """Wide blocks (``triton_launch.WIDE``): the GPU's BLOCK_R rows by 32 sign bytes (256 columns),
     whole and cut short, in tiles of several blocks each way, over an aligned tensor (m = 320: two
     column blocks) and unaligned ones."""
-    monkeypatch.setitem(triton_backend.PASS1_BLOCK_J, dtype.itemsize, triton_backend.WIDE_BLOCK_J)
+    monkeypatch.setitem(triton_launch.PASS1, dtype.itemsize, triton_launch.WIDE)
     _tight_scratch(monkeypatch)
     shapes = [(320, 320), (250, 240), (33, 12), (7,)]
     triton_run = run(shapes, steps=2, dtype=dtype, backend="triton", **kwargs)
-    plan = _plan(triton_run[1])
-    assert plan.block_bytes == triton_backend.WIDE_BLOCK_J and plan.tile_bytes % plan.block_bytes == 0
-    assert plan.tile_bytes > plan.block_bytes and plan.tile_rows > plan.block_rows
+    launch = (plan := _plan(triton_run[1])).pass1
+    assert launch.block_bytes == triton_launch.WIDE.block_bytes and plan.tile_bytes % launch.block_bytes == 0
+    assert plan.tile_bytes > launch.block_bytes and plan.tile_rows > launch.block_rows
     tolerance = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
     assert_same(triton_run, run(shapes, steps=2, dtype=dtype, backend="eager", **kwargs), **tolerance)
 
@@ -87,15 +95,32 @@ CHUNKED = {
 def test_row_chunks_match_eager(
     monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], dtype: torch.dtype, prefetch: bool
 ) -> None:
-    """PASS1_ROW_CHUNK: a tile's rows in chunks of 12 (the last one cut short), each chunk through all
-    the tile's column blocks; the column sums of later chunks added to those stored before."""
-    monkeypatch.setattr(triton_backend, "PASS1_ROW_CHUNK", 3 * triton_backend.BLOCK_R)
-    monkeypatch.setattr(triton_backend, "PASS1_PREFETCH", prefetch)
+    """Row chunks: a tile's rows in chunks of 12 (the last one cut short), each chunk through all the
+    tile's column blocks; the column sums of later chunks added to those stored before."""
+    _launch_with(monkeypatch, row_chunk=3 * triton_launch.BLOCK_R, prefetch=prefetch)
     _tight_scratch(monkeypatch)
     shapes = [(250, 240), (64, 128), (33, 12), (7,)]
     triton_run = run(shapes, steps=3, dtype=dtype, backend="triton", **kwargs)
     plan = _plan(triton_run[1])
-    assert plan.tile_rows % triton_backend.PASS1_ROW_CHUNK and plan.tile_rows > triton_backend.PASS1_ROW_CHUNK
-    assert plan.tile_bytes > plan.block_bytes
+    assert plan.pass1.row_chunk == 12 and plan.tile_rows % 12 and plan.tile_rows > 12
+    assert plan.tile_bytes > plan.pass1.block_bytes
     tolerance = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
     assert_same(triton_run, run(shapes, steps=3, dtype=dtype, backend="eager", **kwargs), **tolerance)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "dtype"), [({}, torch.float32), ({"stochastic_rounding": True}, torch.bfloat16)], ids=["fp32", "bf16-sr"]
+)
+def test_pipeline_stages_match_eager(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], dtype: torch.dtype
+) -> None:
+    """Three pipeline stages at 128 registers, the setting the GPU sweep times: the interpreter runs the
+    loop as written (Triton's pipelining is a compiled transformation), so this checks that the setting
+    reaches the kernel and steps as eager; tests/test_cuda.py checks the pipelined code on a GPU."""
+    _launch_with(monkeypatch, stages=3, maxnreg=128)
+    _tight_scratch(monkeypatch)
+    shapes = [(250, 240), (64, 128), (33, 12), (7,)]
+    triton_run = run(shapes, steps=2, dtype=dtype, backend="triton", **kwargs)
+    assert _plan(triton_run[1]).pass1.stages == 3
+    tolerance = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
+    assert_same(triton_run, run(shapes, steps=2, dtype=dtype, backend="eager", **kwargs), **tolerance)

@@ -97,7 +97,7 @@ def test_large_tiles_loop_over_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     shapes = [(250, 240), (300, 301), (7,)]
     triton_run = run(shapes, steps=3, backend="triton")
     plan = next(iter(triton_run[1]._caches[0].plans.values()))
-    assert plan.tile_rows > plan.block_rows and plan.tile_bytes > triton_backend.BLOCK_J
+    assert plan.tile_rows > plan.pass1.block_rows and plan.tile_bytes > plan.pass1.block_bytes
     assert_same(triton_run, run(shapes, steps=3, backend="eager"))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .. import triton_launch
 from ..memory import optimizer_state_bytes
 from . import registry
 
@@ -46,6 +47,13 @@ def machine(device: str, threads: int | None) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(torch.device(device))}, host {_cpu_model()} ({os.cpu_count()} CPUs)"
     return f"{_cpu_model()}, {os.cpu_count()} CPUs, {threads or torch.get_num_threads()} torch threads"
+
+
+def settings() -> str:
+    """The environment settings a benchmark's figures depend on, as a command line's prefix (pass 1's
+    launch of the Triton backend, when overridden), so that a report's command reproduces them."""
+    launch = os.environ.get(triton_launch.ENV)
+    return f"{triton_launch.ENV}={launch} " if launch else ""
 
 
 # ----------------------------------------------------------------------------- CPU memory probes

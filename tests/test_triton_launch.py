@@ -1,0 +1,78 @@
+"""Pass 1's launch settings (smmf.triton_launch): the text form the sweep and ``SMMF_TRITON_PASS1`` use,
+clear errors for a bad one, and which setting a plan gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from smmf import triton_launch
+from smmf.triton_launch import Pass1Launch, pass1_launch
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("4:96:4", Pass1Launch()),
+        ("4:128:4:0:32", triton_launch.WIDE),
+        ("8:0:8:1:16:16:3", Pass1Launch(8, 0, 8, 16, True, 16, 3)),
+        ("4:128:4:0:0", Pass1Launch(maxnreg=128)),  # BLOCK_J 0: the default
+    ],
+)
+def test_a_setting_reads_from_its_text_and_writes_back(text: str, expected: Pass1Launch) -> None:
+    assert Pass1Launch.parse(text) == expected
+    assert Pass1Launch.parse(expected.text()) == expected
+
+
+def test_options_leave_out_a_register_cap_of_0() -> None:
+    assert Pass1Launch().options() == {"num_warps": 4, "maxnreg": 96}
+    assert Pass1Launch(8, 0, 8).options() == {"num_warps": 8}
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("4:96", "expected WARPS:MAXNREG:BLOCK_R"),
+        ("4:96:4:0:16:0:3:1", "expected WARPS:MAXNREG:BLOCK_R"),
+        ("4:-96:4", "non-negative integers"),
+        ("four:96:4", "non-negative integers"),
+        ("3:96:4", "WARPS a power of two"),
+        ("4:16:4", "MAXNREG 0 (no cap) or from 32 to 255"),
+        ("4:96:3", "BLOCK_R a power of two"),
+        ("4:96:4:2", "PREFETCH is 0 or 1"),
+        ("4:96:4:0:24", "BLOCK_J 16 or 32"),
+        ("4:96:4:0:16:6", "ROW_CHUNK 0 or a multiple of BLOCK_R"),
+        ("4:96:4:0:16:0:9", "STAGES from 1 to 8"),
+        ("4:96:4:0:16:0:0", "STAGES from 1 to 8"),
+    ],
+)
+def test_a_bad_setting_names_what_is_wrong(text: str, needle: str) -> None:
+    with pytest.raises(ValueError, match="pass 1 launch") as error:
+        Pass1Launch.parse(text)
+    assert needle in str(error.value)
+
+
+def test_the_environment_overrides_the_defaults_by_element_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert pass1_launch(2, on_gpu=True) == triton_launch.PASS1[2]
+    monkeypatch.setenv(triton_launch.ENV, "2=4:128:4:0:32, 4=4:128:4:0:16:0:3")
+    assert pass1_launch(2, on_gpu=True) == triton_launch.WIDE
+    assert pass1_launch(4, on_gpu=True) == Pass1Launch(maxnreg=128, stages=3)
+    assert pass1_launch(8, on_gpu=True) == triton_launch.PASS1[8]  # not named: the default
+    monkeypatch.setenv(triton_launch.ENV, "4:128:4:0:16:0:3")  # one setting for every dtype
+    assert {pass1_launch(size, on_gpu=True).stages for size in (2, 4, 8)} == {3}
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"), [("3=4:96:4", "BYTES 2, 4 or 8"), ("4:96", "expected"), ("2=4:96:4:0:24", "BLOCK_J")]
+)
+def test_a_bad_environment_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch, value: str, needle: str) -> None:
+    monkeypatch.setenv(triton_launch.ENV, value)
+    with pytest.raises(ValueError, match=triton_launch.ENV) as error:
+        pass1_launch(4, on_gpu=True)
+    assert needle in str(error.value)
+
+
+def test_off_a_gpu_blocks_are_the_interpreters_and_chunks_whole_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(triton_launch.ENV, "4:96:4:0:16:20:3")
+    launch = pass1_launch(4, on_gpu=False)
+    assert launch.block_rows == triton_launch.INTERPRETER_BLOCK_R == 16
+    assert (launch.row_chunk, launch.stages) == (32, 3)
