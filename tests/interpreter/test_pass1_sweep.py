@@ -36,7 +36,7 @@ def test_the_sweep_tells_a_setting_that_steps_differently(monkeypatch: pytest.Mo
     block wide, so that its programs step half of each tensor's columns."""
     sweep = benchmark_modules.load("pass1_sweep")
     monkeypatch.setattr(triton_launch, "INTERPRETER_BLOCK_R", triton_launch.BLOCK_R)
-    params = sweep.parameters([(160, 160)], torch.float32, "cpu")
+    params = sweep.parameters([(128, 96)], torch.float32, "cpu")
     opt, step_args = sweep._captured_step(params)
     checker = sweep.Checker(opt, params, step_args)
     plan = step_args[0]
