@@ -36,11 +36,14 @@ from smmf.commands.models import build_meta_model, meta_shapes
 from smmf.triton_launch import Pass1Launch
 
 LLAMA_LAYER = [(4096, 4096)] * 4 + [(11008, 4096), (11008, 4096), (4096, 11008), (4096,), (4096,)]
+TINY = [(160, 160), (64, 96), (33, 12), (7,)]  # for the tests, under Triton's interpreter
 
 
 def _shapes(workload: str) -> tuple[list[tuple[int, ...]], torch.dtype]:
     if workload == "llama-layers":
         return LLAMA_LAYER * 4, torch.bfloat16
+    if workload == "tiny":
+        return TINY, torch.float32
     return meta_shapes(build_meta_model(workload)), torch.float32
 
 
@@ -119,28 +122,32 @@ def parameters(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: str) -
     return params
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workload", default="llama-layers", help="llama-layers, or a model of smmf's (gpt2, ...)")
+    parser.add_argument(
+        "--workload",
+        default="llama-layers",
+        help="llama-layers, tiny (a few small tensors), or a model of smmf's (gpt2, ...)",
+    )
     parser.add_argument(
         "--configs",
         default="4:96:4",
         help="comma-separated WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]]",
     )
     parser.add_argument("--best", type=Path, help="write the fastest setting to this file")
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cuda", help="cuda; cpu under TRITON_INTERPRET=1 (the tests)")
+    args = parser.parse_args(argv)
     import triton.testing
 
     shapes, dtype = _shapes(args.workload)
-    params = parameters(shapes, dtype, "cuda")
+    params = parameters(shapes, dtype, args.device)
     opt, step_args = _captured_step(params)
     plan, p_dtype, g_dtype, hp, lr = step_args
     checker = Checker(opt, params, step_args)
     numel = sum(p.numel() for p in params)
     moved = numel * (3 * params[0].element_size()) + 2 * numel / 8
-    print(
-        f"{args.workload}: {len(params)} tensors, {numel / 1e6:.1f} M elements, {dtype}; {torch.cuda.get_device_name()}"
-    )
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    print(f"{args.workload}: {len(params)} tensors, {numel / 1e6:.1f} M elements, {dtype}; {gpu}")
     print(f"tiles {plan.tile_map.numel()}, tile {plan.tile_rows} rows x {plan.tile_bytes * 8} columns\n")
     print("| warps | maxnreg | BLOCK_R | prefetch | BLOCK_J | row chunk | stages | step's kernels, ms | GB/s moved |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -8,6 +8,8 @@ the interpreter, from the same state as the default launch, and must give the sa
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,7 +23,7 @@ def test_each_swept_setting_steps_as_the_default_launch(monkeypatch: pytest.Monk
     monkeypatch.setattr(triton_launch, "INTERPRETER_BLOCK_R", triton_launch.BLOCK_R)
     monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)
     monkeypatch.setattr(triton_backend, "SCRATCH_FRACTION", 0.01)  # tiles of several blocks each way
-    params = sweep.parameters([(160, 160), (64, 96), (33, 12), (7,)], torch.float32, "cpu")
+    params = sweep.parameters(sweep.TINY, torch.float32, "cpu")
     opt, step_args = sweep._captured_step(params)
     checker = sweep.Checker(opt, params, step_args)
     for config in benchmark_modules.swept_pass1_launches():
@@ -42,3 +44,32 @@ def test_the_sweep_tells_a_setting_that_steps_differently(monkeypatch: pytest.Mo
     plan = step_args[0]
     broken = dataclasses.replace(plan, tile_bytes=plan.pass1.block_bytes // 2, launches={})
     assert checker.mismatch(broken) is not None
+
+
+def test_the_sweep_writes_the_fastest_setting_that_steps_right(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sweep as gpu_check.sh runs it, on a few small tensors with the timer stubbed (CUDA events
+    do not run here): every setting is checked, a wrong one is reported and never chosen, and --best
+    names the fastest of the rest."""
+    import triton.testing
+
+    sweep = benchmark_modules.load("pass1_sweep")
+    times = {"4:96:4:0:16:0:1": 2.0, "4:128:4:0:16:0:3": 1.0, "4:96:4:0:16:16:1": 0.5}
+    stepped: list[str] = []
+
+    def timed(fn: Any, **kwargs: Any) -> float:
+        fn()
+        return times[stepped[-1]]
+
+    def broken(plan: triton_backend.Plan) -> str | None:
+        stepped.append(plan.pass1.text())
+        return "stepped wrong" if plan.pass1.row_chunk else None  # the fastest, but wrong
+
+    monkeypatch.setattr(triton.testing, "do_bench", timed)
+    monkeypatch.setattr(sweep.Checker, "mismatch", lambda self, plan: broken(plan))
+    best = tmp_path / "best.txt"
+    sweep.main(["--workload", "tiny", "--device", "cpu", "--best", str(best), "--configs", ",".join(times)])
+    table = capsys.readouterr().out
+    assert "steps unlike the default launch: stepped wrong" in table
+    assert stepped == list(times) and best.read_text() == "4:128:4:0:16:0:3\n"
