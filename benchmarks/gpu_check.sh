@@ -102,7 +102,8 @@ for stage in "${stages[@]}"; do
         SMMF_TRITON_PASS1="$tuned" bench 140 --mode train --set llama-7b --steps 5 --warmup 2 \
             --optimizers "$(optimizers adamw-fused,smmf)" --out "$out/bench-train-llama-7b-cuda-tuned"
         ;;
-    ncu) # the first step_tiles launch after pass1_sweep.py's two warm-up steps, today's launch and the pipelined one
+    ncu) # pass1_sweep.py's 4th step_tiles launch: the setting's own (after two warm-up steps and the default
+         # launch's checked step), today's launch and the pipelined one
         ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
         [ -n "$ncu" ] || { echo "ncu: not found" | tee -a "$log"; continue; }
         # bytes the memory moved against the 32-byte sectors the SMs asked L2 for: fetches wider than asked
@@ -110,7 +111,7 @@ for stage in "${stages[@]}"; do
         dram_against_requested+=,lts__t_sectors_srcunit_tex_op_read.sum,lts__t_sectors_srcunit_tex_op_write.sum
         for config in 4:96:4:0:16 4:128:4:0:16:0:3; do
             report="$out/ncu-step_tiles-${config//:/-}.txt"
-            timeout -s INT -k 5 60 "$ncu" --kernel-name step_tiles --launch-skip 2 --launch-count 1 \
+            timeout -s INT -k 5 60 "$ncu" --kernel-name step_tiles --launch-skip 3 --launch-count 1 \
                 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
                 --section SchedulerStats --section MemoryWorkloadAnalysis --section InstructionStats \
                 --section SourceCounters --metrics "$dram_against_requested" \

@@ -8,6 +8,7 @@ the interpreter, from the same state as the default launch, and must give the sa
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,26 @@ def test_the_sweep_writes_the_fastest_setting_that_steps_right(
     table = capsys.readouterr().out
     assert "steps unlike the default launch: stepped wrong" in table
     assert stepped == list(times) and best.read_text() == "4:128:4:0:16:0:3\n"
+
+
+def test_the_launch_nsight_compute_profiles_is_the_settings_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpu_check.sh's ncu stage skips a number of step_tiles launches of pass1_sweep.py and profiles the
+    next: that one must be the swept setting's, and the ones skipped the default launch's."""
+    import triton.testing
+
+    skip = re.search(r"--launch-skip (\d+)", (benchmark_modules.BENCHMARKS / "gpu_check.sh").read_text())
+    assert skip, "gpu_check.sh's ncu stage names no --launch-skip"
+    sweep = benchmark_modules.load("pass1_sweep")
+    launches: list[str] = []
+    step = triton_backend.step
+
+    def record(plan: triton_backend.Plan, *args: Any) -> None:
+        launches.append(plan.pass1.text())
+        step(plan, *args)
+
+    monkeypatch.setattr(triton_backend, "step", record)
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kwargs: fn() or 1.0)
+    config = "4:128:4:0:16:0:3"
+    sweep.main(["--workload", "tiny", "--device", "cpu", "--configs", config])
+    default = triton_launch.pass1_launch(4, on_gpu=False).text()  # the interpreter's blocks of rows
+    assert launches[: int(skip.group(1)) + 1] == [default] * int(skip.group(1)) + [config]
