@@ -136,8 +136,8 @@ def pass1_launch(element_size: int, on_gpu: bool) -> Pass1Launch:
     """Pass 1's launch for parameters of ``element_size`` bytes: :data:`PASS1`'s, or ``SMMF_TRITON_PASS1``'s
     where it names one. Off a GPU (the interpreter) blocks are INTERPRETER_BLOCK_R rows, and a row chunk
     that is not a whole number of them is rounded up to one."""
-    setting = _overrides(os.environ.get(ENV, "")).get(element_size) if os.environ.get(ENV) else None
-    setting = setting or PASS1[element_size]
+    text = os.environ.get(ENV)
+    setting = (_overrides(text).get(element_size) if text else None) or PASS1[element_size]
     if on_gpu:
         return setting
     rows = INTERPRETER_BLOCK_R
