@@ -85,17 +85,21 @@ class Checker:
     setting that differs is reported and never chosen, however fast."""
 
     def __init__(self, opt: smmf.SMMF, params: list[torch.Tensor], step_args: tuple[Any, ...]) -> None:
+        self.addressed = (opt, params)  # the plan's table holds their tensors' (and gradients') addresses
         state = [v for p in params for v in opt.state[p].values() if isinstance(v, torch.Tensor)]
         self.tensors = [p.detach() for p in params] + state
         self.before = [t.clone() for t in self.tensors]
         self.step_args = step_args[1:]
         triton_backend.step(step_args[0], *self.step_args)
         self.expected = [t.clone() for t in self.tensors]
+        self._restore()
+
+    def _restore(self) -> None:
+        for t, old in zip(self.tensors, self.before, strict=True):
+            t.copy_(old)
 
     def mismatch(self, variant: triton_backend.Plan) -> str | None:
         """Why ``variant``'s step differs from the expected one (None: it does not); restores the state."""
-        for t, old in zip(self.tensors, self.before, strict=True):
-            t.copy_(old)
         triton_backend.step(variant, *self.step_args)
         try:
             for got, want in zip(self.tensors, self.expected, strict=True):
@@ -108,8 +112,7 @@ class Checker:
         except AssertionError as exc:
             return str(exc).splitlines()[0]
         finally:
-            for t, old in zip(self.tensors, self.before, strict=True):
-                t.copy_(old)
+            self._restore()
         return None
 
 

@@ -108,13 +108,15 @@ LAUNCHES = [pytest.param(c, torch.bfloat16, id=f"{c}-bf16-sr") for c in SWEPT] +
 ]
 
 
+def _swept_run(backend: str, dtype: torch.dtype) -> tuple[list[torch.Tensor], SMMF]:
+    """A run of the swept launches' tests: bf16 rounded stochastically, fp32."""
+    return _run(backend, dtype, stochastic_rounding=dtype == torch.bfloat16)
+
+
 @pytest.fixture(scope="module")
 def eager_runs() -> dict[torch.dtype, tuple[list[torch.Tensor], SMMF]]:
-    """The eager steps the launches are held to, bf16 with stochastic rounding and fp32."""
-    return {dtype: _run("eager", dtype, stochastic_rounding=dtype == torch.bfloat16) for dtype in _DTYPES}
-
-
-_DTYPES = (torch.bfloat16, torch.float32)
+    """The eager steps the launches are held to."""
+    return {dtype: _swept_run("eager", dtype) for dtype in (torch.bfloat16, torch.float32)}
 
 
 @pytest.mark.parametrize(("config", "dtype"), LAUNCHES)
@@ -130,7 +132,7 @@ def test_each_swept_pass1_launch_matches_eager_on_cuda(
     monkeypatch.setenv(triton_launch.ENV, config)
     monkeypatch.setattr(triton_backend, "SCRATCH_FRACTION", 0.01)
     monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)
-    triton_run = _run("triton", dtype, stochastic_rounding=dtype == torch.bfloat16)
+    triton_run = _swept_run("triton", dtype)
     (plan,) = triton_run[1]._caches[0].plans.values()
     assert plan.pass1 == Pass1Launch.parse(config) and plan.tile_rows > 16
     _assert_close_runs(triton_run, eager_runs[dtype], tol=1e-2 if dtype == torch.bfloat16 else 1e-5)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from . import bench_chart, bench_memory, bench_train, registry
-from .bench_worker import machine, measure_memory, run_worker, settings
+from .bench_worker import command_prefix, machine, measure_memory, run_worker
 from .common import UsageError, check_names, markdown_table, resolve_device, split_names, writable_dir, write_report
 from .models import build_meta_model, meta_shapes
 
@@ -177,7 +177,7 @@ def _meta(args: argparse.Namespace, shapes: list[Shape], names: Sequence[str], d
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": dt.date.today().isoformat(),
-        "command": settings() + " ".join(["smmf bench", *_argv_for(args, names, device)]),
+        "command": command_prefix() + " ".join(["smmf bench", *_argv_for(args, names, device)]),
         "tensors": len(shapes),
         "params": sum(numels),
         "largest_shape": list(shapes[largest]),

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .bench_worker import machine, run_worker, settings
+from .bench_worker import command_prefix, machine, run_worker
 from .common import UsageError, check_names, markdown_table, resolve_device, split_names, writable_dir, write_report
 from .kernel_profile import profile_kernels
 from .models import build_transformer
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     out = writable_dir(Path(args.out or f"runs/bench-memory-{device.type}"), "--out")
     command = f"smmf bench --mode memory --device {device} --set {','.join(models)} --optimizers {','.join(configs)}"
     meta = {"machine": machine(str(device), None), "torch": torch.__version__, "date": dt.date.today().isoformat()}
-    meta["command"] = settings() + command
+    meta["command"] = command_prefix() + command
     rows = []
     for model in models:
         for config in configs:

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..memory import optimizer_state_bytes
 from . import registry
-from .bench_worker import machine, run_worker, settings
+from .bench_worker import command_prefix, machine, run_worker
 from .common import UsageError, check_names, markdown_table, resolve_device, split_names, writable_dir, write_report
 from .kernel_profile import profile_kernels
 from .models import DigitsCNN, build_image_model, build_transformer
@@ -262,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         "date": dt.date.today().isoformat(),
         "steps": args.steps,
         "warmup": args.warmup,
-        "command": f"{settings()}smmf bench --mode train --device {device} --set {','.join(workloads)} "
+        "command": f"{command_prefix()}smmf bench --mode train --device {device} --set {','.join(workloads)} "
         f"--optimizers {','.join(names)} --steps {args.steps} --warmup {args.warmup}",
     }
     rows = []

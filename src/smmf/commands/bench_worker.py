@@ -49,7 +49,7 @@ def machine(device: str, threads: int | None) -> str:
     return f"{_cpu_model()}, {os.cpu_count()} CPUs, {threads or torch.get_num_threads()} torch threads"
 
 
-def settings() -> str:
+def command_prefix() -> str:
     """The environment settings a benchmark's figures depend on, as a command line's prefix (pass 1's
     launch of the Triton backend, when overridden), so that a report's command reproduces them."""
     launch = os.environ.get(triton_launch.ENV)
