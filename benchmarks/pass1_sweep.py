@@ -82,7 +82,8 @@ def setting(plan: triton_backend.Plan, config: str) -> tuple[str, triton_backend
 
 class Checker:
     """Whether a setting steps as the plan's own launch does, from the same parameters and state: a
-    setting that differs is reported and never chosen, however fast."""
+    setting that differs is reported and never chosen, however fast. Each check starts from the state
+    the checker was built with, as timing a setting steps the same tensors on from wherever it was."""
 
     def __init__(self, opt: smmf.SMMF, params: list[torch.Tensor], step_args: tuple[Any, ...]) -> None:
         self.addressed = (opt, params)  # the plan's table holds their tensors' (and gradients') addresses
@@ -92,14 +93,11 @@ class Checker:
         self.step_args = step_args[1:]
         triton_backend.step(step_args[0], *self.step_args)
         self.expected = [t.clone() for t in self.tensors]
-        self._restore()
-
-    def _restore(self) -> None:
-        for t, old in zip(self.tensors, self.before, strict=True):
-            t.copy_(old)
 
     def mismatch(self, variant: triton_backend.Plan) -> str | None:
-        """Why ``variant``'s step differs from the expected one (None: it does not); restores the state."""
+        """Why ``variant``'s step differs from the expected one (None: it does not)."""
+        for t, old in zip(self.tensors, self.before, strict=True):
+            t.copy_(old)
         triton_backend.step(variant, *self.step_args)
         try:
             for got, want in zip(self.tensors, self.expected, strict=True):
@@ -111,8 +109,6 @@ class Checker:
                     torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance / 10)
         except AssertionError as exc:
             return str(exc).splitlines()[0]
-        finally:
-            self._restore()
         return None
 
 

@@ -85,6 +85,24 @@ def test_the_sweep_writes_the_fastest_setting_that_steps_right(
     assert stepped == list(times) and best.read_text() == "4:128:4:0:16:0:3\n"
 
 
+def test_each_check_starts_from_the_state_before_the_timings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Timing a setting steps the tensors on, many times on a GPU; the next setting's check must still
+    step from the state the expected step was taken from, or every setting after the first would be
+    reported as stepping wrongly."""
+
+    def steps_three_times(fn: Any, **kwargs: Any) -> float:
+        for _ in range(3):
+            fn()
+        return 1.0
+
+    sweep = benchmark_modules.load("pass1_sweep")
+    _sweep_main(monkeypatch, sweep, steps_three_times, "--configs", "4:96:4:0:16,4:128:4:0:16:0:3,4:64:4:0:16")
+    table = capsys.readouterr().out
+    assert "steps unlike" not in table and table.count("| 1.000 |") == 3
+
+
 def test_the_launch_nsight_compute_profiles_is_the_settings_own(monkeypatch: pytest.MonkeyPatch) -> None:
     """gpu_check.sh's ncu stage skips a number of step_tiles launches of pass1_sweep.py and profiles the
     next: that one must be the swept setting's, and the ones skipped the default launch's."""
