@@ -7,11 +7,12 @@
 #   bash benchmarks/gpu_check.sh train-7b       # the same for the 7B shape, three optimizers (110 s)
 #   bash benchmarks/gpu_check.sh memory-7b      # peak memory and time of a 7B step four ways (issue 9; 130 s)
 #   bash benchmarks/gpu_check.sh memory-small   # the same memory table for the 3B and 1B shapes (200 s)
-#   bash benchmarks/gpu_check.sh sweep          # pass 1's launch settings timed (benchmarks/pass1_sweep.py; 200 s);
-#                                               # the fastest for bf16 and fp32 go to $OUT/pass1-best-*.txt
+#   bash benchmarks/gpu_check.sh sweep          # launch settings of passes 1 and 0 timed (benchmarks/pass1_sweep.py;
+#                                               # 260 s); the fastest for bf16 and fp32 go to $OUT/pass{1,0}-best-*.txt
 #   bash benchmarks/gpu_check.sh tuned          # train-small and train-7b, AdamW(fused) and SMMF, with the sweep's
-#                                               # fastest launches (SMMF_TRITON_PASS1; 300 s)
-#   bash benchmarks/gpu_check.sh ncu            # Nsight Compute's report of a pass 1 launch, 7B layers, two settings (120 s)
+#                                               # fastest launches (SMMF_TRITON_PASS1 and _PASS0; 300 s)
+#   bash benchmarks/gpu_check.sh ncu            # Nsight Compute's reports: pass 1, 7B layers, two settings; pass 0,
+#                                               # GPT-2 (180 s)
 #   bash benchmarks/gpu_check.sh compare        # smmf compare's GPU text task for Adam and SMMF (560 s)
 #   bash benchmarks/gpu_check.sh main           # tests train-small train-7b memory-7b (timeouts: 10 minutes)
 # A bench stage takes its optimizers after a colon, to save time: train-7b:adamw-fused,smmf
@@ -53,6 +54,12 @@ log="$out/gpu-check.log"
 
 # [s]: the pattern must not match this script's own command line
 stop_workers() { pkill -9 -f '[s]mmf.commands' || true; }
+best_of() { # best_of pass1|pass0: the sweep's fastest settings as SMMF_TRITON_PASS1/0 take them, 2=...,4=...
+    local setting=""
+    [ -s "$out/$1-best-bf16.txt" ] && setting="2=$(cat "$out/$1-best-bf16.txt")"
+    [ -s "$out/$1-best-fp32.txt" ] && setting="${setting:+$setting,}4=$(cat "$out/$1-best-fp32.txt")"
+    echo "$setting"
+}
 bench() { # bench SECONDS ARGS...: one smmf bench run with a timeout
     local seconds="$1"
     shift
@@ -84,23 +91,27 @@ for stage in "${stages[@]}"; do
         bench 200 --mode memory --set llama-3b,llama-1b \
             --optimizers "$(optimizers adamw-bf16,smmf-backward,smmf,adamw-fp32)" --out "$out/bench-memory-cuda"
         ;;
-    sweep) # today's; at 128 registers: alone, pipelined 2-4 stages, wide, wide pipelined 2-3; row chunks; prefetch
+    sweep) # pass 1: today's; 64 and 72 registers (32 and 28 warps an SM), 64 pipelined 2 stages; 128 registers
+           # pipelined 2-4 stages, wide, wide pipelined 2-3. Pass 0 (timed first): today's; 40 registers (12 programs an SM)
+           # alone and pipelined 2-3 stages; 8 warps at 32 pipelined; bf16's 4096-element blocks on 8 warps
         for workload in llama-layers:bf16 gpt2:fp32; do
-            timeout -s INT -k 5 100 "$py" benchmarks/pass1_sweep.py --workload "${workload%%:*}" \
-                --configs 4:96:4:0:16,4:128:4:0:16,4:128:4:0:16:0:2,4:128:4:0:16:0:3,4:128:4:0:16:0:4,4:128:4:0:32,4:128:4:0:32:0:2,4:128:4:0:32:0:3,4:96:4:0:16:16,4:128:4:1:16 \
-                --best "$out/pass1-best-${workload#*:}.txt" 2>&1 | tee -a "$log"
+            timeout -s INT -k 5 130 "$py" benchmarks/pass1_sweep.py --workload "${workload%%:*}" \
+                --configs 4:96:4:0:16,4:64:4:0:16,4:72:4:0:16,4:64:4:0:16:0:2,4:128:4:0:16:0:2,4:128:4:0:16:0:3,4:128:4:0:16:0:4,4:128:4:0:32,4:128:4:0:32:0:2,4:128:4:0:32:0:3 \
+                --pass0-configs 4:0:2048:1,4:40:2048:1,4:40:2048:2,4:40:2048:3,8:32:2048:3,8:40:4096:3 \
+                --best "$out/pass1-best-${workload#*:}.txt" --best-pass0 "$out/pass0-best-${workload#*:}.txt" 2>&1 |
+                tee -a "$log"
         done
         ;;
-    tuned) # bf16 parameters (2 bytes) from the 7B layers' sweep, fp32 (4 bytes) from GPT-2's
-        tuned=""
-        [ -s "$out/pass1-best-bf16.txt" ] && tuned="2=$(cat "$out/pass1-best-bf16.txt")"
-        [ -s "$out/pass1-best-fp32.txt" ] && tuned="${tuned:+$tuned,}4=$(cat "$out/pass1-best-fp32.txt")"
-        [ -n "$tuned" ] || { echo "tuned: no $out/pass1-best-*.txt; run the sweep stage first" | tee -a "$log"; continue; }
-        echo "SMMF_TRITON_PASS1=$tuned" | tee -a "$log"
-        SMMF_TRITON_PASS1="$tuned" bench 160 --mode train --set resnet50,gpt2 --steps 10 --warmup 3 \
+    tuned) # bf16 tensors (2 bytes) from the 7B layers' sweep, fp32 (4 bytes) from GPT-2's
+        tuned_pass1="$(best_of pass1)" tuned_pass0="$(best_of pass0)"
+        [ -n "$tuned_pass1$tuned_pass0" ] || { echo "tuned: no $out/pass*-best-*.txt; run the sweep stage first" | tee -a "$log"; continue; }
+        echo "SMMF_TRITON_PASS1=$tuned_pass1 SMMF_TRITON_PASS0=$tuned_pass0" | tee -a "$log"
+        export SMMF_TRITON_PASS1="$tuned_pass1" SMMF_TRITON_PASS0="$tuned_pass0"
+        bench 160 --mode train --set resnet50,gpt2 --steps 10 --warmup 3 \
             --optimizers "$(optimizers adamw-fused,smmf)" --out "$out/bench-train-cuda-tuned"
-        SMMF_TRITON_PASS1="$tuned" bench 140 --mode train --set llama-7b --steps 5 --warmup 2 \
+        bench 140 --mode train --set llama-7b --steps 5 --warmup 2 \
             --optimizers "$(optimizers adamw-fused,smmf)" --out "$out/bench-train-llama-7b-cuda-tuned"
+        unset SMMF_TRITON_PASS1 SMMF_TRITON_PASS0
         ;;
     ncu) # pass1_sweep.py's 4th step_tiles launch: the setting's own (after two warm-up steps and the default
          # launch's checked step), today's launch and the pipelined one
@@ -109,13 +120,17 @@ for stage in "${stages[@]}"; do
         # bytes the memory moved against the 32-byte sectors the SMs asked L2 for: fetches wider than asked
         dram_against_requested=dram__bytes_read.sum,dram__bytes_write.sum
         dram_against_requested+=,lts__t_sectors_srcunit_tex_op_read.sum,lts__t_sectors_srcunit_tex_op_write.sum
-        for config in 4:96:4:0:16 4:128:4:0:16:0:3; do
-            report="$out/ncu-step_tiles-${config//:/-}.txt"
-            timeout -s INT -k 5 60 "$ncu" --kernel-name step_tiles --launch-skip 3 --launch-count 1 \
+        # and pass 0 (its default launch) on GPT-2's fp32 gradients: 0.26 of the 1.39 ms of its step in the H100 run
+        for profiled in step_tiles:llama-layers:4:96:4:0:16 step_tiles:llama-layers:4:128:4:0:16:0:3 \
+            check_gradients:gpt2:4:96:4:0:16; do
+            kernel="${profiled%%:*}" rest="${profiled#*:}"
+            workload="${rest%%:*}" config="${rest#*:}"
+            report="$out/ncu-$kernel-$workload-${config//:/-}.txt"
+            timeout -s INT -k 5 60 "$ncu" --kernel-name "$kernel" --launch-skip 3 --launch-count 1 \
                 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
                 --section SchedulerStats --section MemoryWorkloadAnalysis --section InstructionStats \
                 --section SourceCounters --metrics "$dram_against_requested" \
-                "$py" benchmarks/pass1_sweep.py --workload llama-layers --configs "$config" >"$report" 2>&1
+                "$py" benchmarks/pass1_sweep.py --workload "$workload" --configs "$config" >"$report" 2>&1
             tail -n 60 "$report" | tee -a "$log"
         done
         ;;

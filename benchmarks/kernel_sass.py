@@ -1,7 +1,7 @@
 """Static SASS analysis of SMMF's Triton step kernels for an H100 (sm_90), without a GPU.
 
 For ``step_tiles`` (pass 1: bf16, fp32, and bf16 with stochastic rounding; fp32 moments, a first
-moment, packed signs) and ``check_gradients`` (pass 0, bf16) this prints a markdown table of:
+moment, packed signs) and ``check_gradients`` (pass 0, bf16 and fp32) this prints a markdown table of:
 
 * registers per thread and spill bytes (stores/loads), from ``ptxas -v`` rerun on the kernel's PTX
   with Triton's own flags (the rerun must reproduce Triton's machine code instruction for instruction;
@@ -26,11 +26,11 @@ pass 1's helpers for a factored tensor's rows; of the two ``_factored_tile`` loo
 the one with 64- or 128-bit LDG or LDGSTS,
 and the table also gives the line of the call in ``step_tiles`` each loop was inlined from.
 Kernels are compiled as tests/test_triton_compile.py compiles them (``triton.compile`` for
-``GPUTarget("cuda", 90, 32)``), with the launch options of :mod:`smmf.triton_backend` (pass 1's
+``GPUTarget("cuda", 90, 32)``), with the launch options of :mod:`smmf.triton_launch` (pass 1's
 register cap: ``.maxnreg`` in the PTX, so ptxas's rerun keeps it).
 
     python benchmarks/kernel_sass.py [--block-r 4] [--block-j 32] [--num-warps 4] [--maxnreg 0] [--prefetch]
-                                     [--row-chunk 16] [--stages 3]
+                                     [--row-chunk 16] [--stages 3] [--pass0 WARPS:MAXNREG:BLOCK[:STAGES]]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ try:
 except ImportError as exc:
     raise SystemExit(f"kernel_sass.py needs Triton with its NVIDIA backend: {exc}") from None
 
-from smmf import triton_backend, triton_kernels, triton_launch, triton_tile
+from smmf import triton_kernels, triton_launch, triton_tile
 
 TARGET = GPUTarget("cuda", 90, 32)
 REGS_PER_SM, REG_GRANULE, MAX_WARPS, MAX_BLOCKS = 65536, 256, 64, 32
@@ -238,9 +238,9 @@ def table_rows(
     return rows or [f"{head} (no loop) | | | | | |"]
 
 
-def pass1_setting() -> triton_launch.Pass1Launch:
+def launch_settings() -> tuple[triton_launch.Pass1Launch, triton_launch.Pass0Launch | None]:
     """Pass 1's launch from the command line: smmf's default for fp32 parameters, or the wide block's
-    with --block-j 32, each field overridden by its flag."""
+    with --block-j 32, each field overridden by its flag; and pass 0's (None: smmf's for each dtype)."""
     today = triton_launch.PASS1[4]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--block-r", type=int, default=today.block_rows)
@@ -260,9 +260,11 @@ def pass1_setting() -> triton_launch.Pass1Launch:
         help="rows pass 1 steps through all a tile's column blocks before its next rows (0: all)",
     )
     parser.add_argument("--stages", type=int, default=today.stages, help="pipeline stages of the loop over rows")
+    pass0_help = "pass 0's launch, WARPS:MAXNREG:BLOCK[:STAGES] (default: smmf's for each dtype)"
+    parser.add_argument("--pass0", type=triton_launch.Pass0Launch.parse, help=pass0_help)
     args = parser.parse_args()
     default = triton_launch.WIDE if args.block_j == triton_launch.WIDE.block_bytes else today
-    return triton_launch.Pass1Launch(
+    pass1 = triton_launch.Pass1Launch(
         num_warps=args.num_warps or default.num_warps,
         maxnreg=default.maxnreg if args.maxnreg is None else args.maxnreg,
         block_rows=args.block_r,
@@ -271,10 +273,11 @@ def pass1_setting() -> triton_launch.Pass1Launch:
         row_chunk=args.row_chunk,
         stages=args.stages,
     )
+    return pass1, args.pass0
 
 
 def main() -> None:
-    launch = pass1_setting()
+    launch, pass0 = launch_settings()
     tools = tool_paths()
     start = time.perf_counter()
     elements = launch.block_rows * 8 * launch.block_bytes
@@ -288,9 +291,12 @@ def main() -> None:
         constexprs |= {"STOCHASTIC": stochastic, **launch.constexprs()}
         kernel = compile_kernel(triton_tile.step_tiles, constexprs, launch.options())
         print("\n".join(table_rows(f"step_tiles {variant}", kernel, tools, elements)))
-    constexprs = {"G_DT": tl.bfloat16, "ACC": tl.float32, "BLOCK": triton_backend.CHECK_BLOCK}
-    kernel = compile_kernel(triton_kernels.check_gradients, constexprs, {"num_warps": launch.num_warps})
-    print("\n".join(table_rows("check_gradients bf16", kernel, tools, elements, element_bits=16)))
+    for name, (dtype, bits) in {"bf16": (tl.bfloat16, 16), "fp32": (tl.float32, 32)}.items():
+        check = pass0 or triton_launch.PASS0[bits // 8]
+        constexprs = {"G_DT": dtype, "ACC": tl.float32, **check.constexprs()}
+        kernel = compile_kernel(triton_kernels.check_gradients, constexprs, check.options())
+        label = f"check_gradients {name} ({check.text()})"
+        print("\n".join(table_rows(label, kernel, tools, check.block, element_bits=bits)))
     print(f"\nStatic counts, not timings; compiled and analysed in {time.perf_counter() - start:.1f} s.")
 
 

@@ -1,14 +1,16 @@
-"""Pass 1's launch settings swept on a GPU: the time of a Triton step's kernels for real shapes.
+"""Launch settings of passes 1 and 0 swept on a GPU: the time of a Triton step's kernels for real shapes.
 
 ``smmf.triton_launch.PASS1`` fixes pass 1's launch (block, warps, register cap, loads in flight) by the
-parameter's bytes an element, from machine code read without a GPU (benchmarks/kernel_sass.py) and the
-timings of this script. It times the four kernels of one step (``triton_backend.step``, CUDA events,
-median of ``triton.testing.do_bench``) for each setting given, on the same tensors: four decoder layers
-of a Llama-2-7B (bf16 weights, fp32 factors) or GPT-2 124M's tensors (fp32), gradients drawn once.
+parameter's bytes an element, and ``PASS0`` pass 0's by the gradient's, from machine code read without
+a GPU (benchmarks/kernel_sass.py) and the timings of this script. It times the four kernels of one step
+(``triton_backend.step``, CUDA events, median of ``triton.testing.do_bench``) for each setting given, on
+the same tensors: four decoder layers of a Llama-2-7B (bf16 weights, fp32 factors) or GPT-2 124M's
+tensors (fp32), gradients drawn once.
 The step's effective bandwidth counts the bytes it must move: gradient and parameter read, parameter
 written, signs read and written. Each setting first steps once from the same state as the default
 launch and must give the same step (signs but where M is within rounding of 0, bf16 parameters within
-an ulp, factors to 1e-5), or it is reported and not timed.
+an ulp, factors to 1e-5), or it is reported and not timed; a pass-0 setting must also skip a tensor
+whose gradient holds an inf.
 
     python benchmarks/pass1_sweep.py --workload llama-layers --configs 4:96:4,4:128:4:0:32,4:128:4:0:16:0:3
     python benchmarks/pass1_sweep.py --workload gpt2 --configs 4:96:4,4:128:4:0:16:0:3 --best runs/best-fp32.txt
@@ -18,6 +20,12 @@ takes it (:class:`smmf.triton_launch.Pass1Launch`: MAXNREG 0, no cap; PREFETCH 1
 in registers; BLOCK_J 16 or 32; ROW_CHUNK 0, all a tile's rows; STAGES > 1, the loop over rows pipelined
 through shared memory). Each new setting compiles pass 1 again (seconds). ``--best FILE`` writes the
 fastest setting there, for ``SMMF_TRITON_PASS1`` (benchmarks/gpu_check.sh's ``tuned`` stage).
+
+``--pass0-configs`` times pass 0's settings, WARPS:MAXNREG:BLOCK[:STAGES] as ``SMMF_TRITON_PASS0`` takes
+them (:class:`smmf.triton_launch.Pass0Launch`), each beside pass 1's default launch, before pass 1's;
+``--best-pass0 FILE`` writes the fastest.
+
+    python benchmarks/pass1_sweep.py --workload gpt2 --configs 4:96:4 --pass0-configs 4:0:2048,4:40:2048:3
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +42,7 @@ import torch
 import smmf
 from smmf import triton_backend
 from smmf.commands.models import build_meta_model, meta_shapes
-from smmf.triton_launch import Pass1Launch
+from smmf.triton_launch import Pass0Launch, Pass1Launch
 
 LLAMA_LAYER = [(4096, 4096)] * 4 + [(11008, 4096), (11008, 4096), (4096, 11008), (4096,), (4096,)]
 TINY = [(160, 160), (64, 96), (33, 12), (7,)]  # for the tests, under Triton's interpreter
@@ -80,6 +89,13 @@ def setting(plan: triton_backend.Plan, config: str) -> tuple[str, triton_backend
     return cells, dataclasses.replace(plan, pass1=launch, launches={})
 
 
+def pass0_setting(plan: triton_backend.Plan, config: str) -> tuple[str, triton_backend.Plan]:
+    """A pass-0 config's table cells and the plan to time it with."""
+    launch = Pass0Launch.parse(config)
+    cells = "| " + " | ".join(str(c) for c in (launch.num_warps, launch.maxnreg or "-", launch.block, launch.stages))
+    return cells + " |", dataclasses.replace(plan, pass0=launch, launches={})
+
+
 class Checker:
     """Whether a setting steps as the plan's own launch does, from the same parameters and state: a
     setting that differs is reported and never chosen, however fast. Each check starts from the state
@@ -87,6 +103,7 @@ class Checker:
 
     def __init__(self, opt: smmf.SMMF, params: list[torch.Tensor], step_args: tuple[Any, ...]) -> None:
         self.addressed = (opt, params)  # the plan's table holds their tensors' (and gradients') addresses
+        self.largest = max(range(len(params)), key=lambda i: params[i].numel())
         state = [v for p in params for v in opt.state[p].values() if isinstance(v, torch.Tensor)]
         self.tensors = [p.detach() for p in params] + state
         self.before = [t.clone() for t in self.tensors]
@@ -94,11 +111,14 @@ class Checker:
         triton_backend.step(step_args[0], *self.step_args)
         self.expected = [t.clone() for t in self.tensors]
 
-    def mismatch(self, variant: triton_backend.Plan) -> str | None:
-        """Why ``variant``'s step differs from the expected one (None: it does not)."""
+    def _step_from_the_start(self, variant: triton_backend.Plan) -> None:
         for t, old in zip(self.tensors, self.before, strict=True):
             t.copy_(old)
         triton_backend.step(variant, *self.step_args)
+
+    def mismatch(self, variant: triton_backend.Plan) -> str | None:
+        """Why ``variant``'s step differs from the expected one (None: it does not)."""
+        self._step_from_the_start(variant)
         try:
             for got, want in zip(self.tensors, self.expected, strict=True):
                 if got.dtype == torch.uint8:  # signs: may differ only where M is within rounding of 0
@@ -111,6 +131,20 @@ class Checker:
             return str(exc).splitlines()[0]
         return None
 
+    def misses_nonfinite(self, variant: triton_backend.Plan) -> str | None:
+        """Why ``variant`` fails to skip the largest tensor when its gradient's last element is inf (None:
+        it skips it); the gradient is restored after."""
+        param = self.addressed[1][self.largest]
+        grad = param.grad.view(-1)  # type: ignore[union-attr]  # parameters() gives every one
+        kept = grad[-1].clone()
+        grad[-1] = float("inf")
+        try:
+            self._step_from_the_start(variant)
+        finally:
+            grad[-1] = kept
+        skipped = torch.equal(param.detach(), self.before[self.largest])
+        return None if skipped else "stepped a tensor whose gradient holds an inf"
+
 
 def parameters(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: str) -> list[torch.Tensor]:
     """Parameters of ``shapes`` with gradients, drawn from a seeded generator."""
@@ -121,7 +155,30 @@ def parameters(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: str) -
     return params
 
 
-def main(argv: list[str] | None = None) -> None:
+def _sweep(
+    settings: Iterator[tuple[str, triton_backend.Plan | None]],
+    wrong: Callable[[triton_backend.Plan], str | None],
+    milliseconds: Callable[[triton_backend.Plan], float],
+    moved: float,
+    best: Path | None,
+    text: Callable[[triton_backend.Plan], str],
+) -> None:
+    """Print a table row for each setting: why it cannot run, why it steps wrong, or its time and the
+    bandwidth of ``moved`` bytes in that time; write the fastest setting's ``text`` to ``best``
+    (rewritten after every row, so that a sweep cut short still names one)."""
+    times: dict[str, float] = {}
+    for cells, variant in settings:
+        why = "" if variant is None else wrong(variant)
+        if variant is None or why:
+            print(cells if variant is None else f"{cells} steps unlike the default launch: {why} | - |", flush=True)
+            continue
+        ms = times[text(variant)] = milliseconds(variant)
+        print(f"{cells} {ms:.3f} | {moved / ms / 1e6:,.0f} |", flush=True)
+        if best:
+            best.write_text(min(times, key=times.__getitem__) + "\n")
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--workload",
@@ -134,8 +191,14 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]]",
     )
     parser.add_argument("--best", type=Path, help="write the fastest setting to this file")
+    parser.add_argument("--pass0-configs", default="", help="comma-separated WARPS:MAXNREG:BLOCK[:STAGES] of pass 0")
+    parser.add_argument("--best-pass0", type=Path, help="write the fastest pass-0 setting to this file")
     parser.add_argument("--device", default="cuda", help="cuda; cpu under TRITON_INTERPRET=1 (the tests)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _arguments(argv)
     import triton.testing
 
     shapes, dtype = _shapes(args.workload)
@@ -145,28 +208,30 @@ def main(argv: list[str] | None = None) -> None:
     checker = Checker(opt, params, step_args)
     numel = sum(p.numel() for p in params)
     moved = numel * (3 * params[0].element_size()) + 2 * numel / 8
+
+    def milliseconds(variant: triton_backend.Plan) -> float:
+        def step() -> None:
+            triton_backend.step(variant, p_dtype, g_dtype, hp, lr)
+
+        return float(triton.testing.do_bench(step, warmup=50, rep=200, return_mode="median"))
+
+    def pass0_wrong(variant: triton_backend.Plan) -> str | None:
+        return checker.mismatch(variant) or checker.misses_nonfinite(variant)
+
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     print(f"{args.workload}: {len(params)} tensors, {numel / 1e6:.1f} M elements, {dtype}; {gpu}")
     print(f"tiles {plan.tile_map.numel()}, tile {plan.tile_rows} rows x {plan.tile_bytes * 8} columns\n")
+    if args.pass0_configs:  # first: a short sweep (pass 0 compiles in a second or two), kept whole by a timeout
+        print("Pass 0's settings, each beside pass 1's default launch:\n")
+        print("| warps | maxnreg | BLOCK | stages | step's kernels, ms | GB/s moved |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        pass0 = (pass0_setting(plan, config) for config in args.pass0_configs.split(","))
+        _sweep(pass0, pass0_wrong, milliseconds, moved, args.best_pass0, lambda v: v.pass0.text())
+        print("\nPass 1's settings, beside pass 0's default launch:\n")
     print("| warps | maxnreg | BLOCK_R | prefetch | BLOCK_J | row chunk | stages | step's kernels, ms | GB/s moved |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    timed: dict[str, float] = {}
-    for config in args.configs.split(","):
-        cells, variant = setting(plan, config)
-        if variant is None:
-            print(cells)
-            continue
-        why = checker.mismatch(variant)
-        if why:
-            print(f"{cells} steps unlike the default launch: {why} | - |", flush=True)
-            continue
-        ms = triton.testing.do_bench(
-            lambda v=variant: triton_backend.step(v, p_dtype, g_dtype, hp, lr), warmup=50, rep=200, return_mode="median"
-        )
-        print(f"{cells} {ms:.3f} | {moved / ms / 1e6:,.0f} |", flush=True)
-        timed[variant.pass1.text()] = ms
-        if args.best:  # rewritten after every setting, so that a sweep cut short still names one
-            args.best.write_text(min(timed, key=timed.__getitem__) + "\n")
+    pass1 = (setting(plan, config) for config in args.configs.split(","))
+    _sweep(pass1, checker.mismatch, milliseconds, moved, args.best, lambda v: v.pass1.text())
     assert opt.state and all(math.isfinite(float(p.detach().float().abs().max())) for p in params)
 
 

@@ -24,7 +24,16 @@ def load(name: str) -> ModuleType:
 
 def swept_pass1_launches() -> list[str]:
     """The settings of pass 1 that ``benchmarks/gpu_check.sh sweep`` times (its ``--configs``)."""
+    return _swept("--configs")
+
+
+def swept_pass0_launches() -> list[str]:
+    """The settings of pass 0 that ``benchmarks/gpu_check.sh sweep`` times (its ``--pass0-configs``)."""
+    return _swept("--pass0-configs")
+
+
+def _swept(flag: str) -> list[str]:
     script = (BENCHMARKS / "gpu_check.sh").read_text()
-    match = re.search(r"pass1_sweep\.py --workload [^\n]*\\\s+--configs ([\d:,]+)", script)
-    assert match, "gpu_check.sh's sweep stage names no --configs"
+    match = re.search(rf"pass1_sweep\.py --workload [^\n]*\\\s+(?:--[^\n]*\\\s+)*?{flag} ([\d:,]+)", script)
+    assert match, f"gpu_check.sh's sweep stage names no {flag}"
     return match.group(1).split(",")

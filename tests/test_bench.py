@@ -65,10 +65,13 @@ def test_parameter_sets_have_the_models_shapes(name: str, tensors: int, params: 
 
 def test_train_mode_times_whole_steps_of_a_real_model_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMMF_TRITON_PASS1", "4:128:4:0:16:0:3")  # recorded in the command (no effect on eager)
+    monkeypatch.setenv("SMMF_TRITON_PASS0", "8:0:2048:2")
     argv = ["--mode", "train", "--device", "cpu", "--set", "tiny-cnn", "--optimizers", "adamw-fused,smmf-eager"]
     assert main(["bench", *argv, "--steps", "1", "--warmup", "1", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench-train.json").read_text())
-    assert report["meta"]["command"].startswith("SMMF_TRITON_PASS1=4:128:4:0:16:0:3 smmf bench --mode train")
+    assert report["meta"]["command"].startswith(
+        "SMMF_TRITON_PASS0=8:0:2048:2 SMMF_TRITON_PASS1=4:128:4:0:16:0:3 smmf bench --mode train"
+    )
     rows = report["results"]
     assert [r["name"] for r in rows] == ["adamw-fused", "smmf-eager"]
     for row in rows:

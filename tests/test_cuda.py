@@ -17,7 +17,7 @@ import benchmark_modules
 from golden_replay import CASES, max_relative_error, replay
 from smmf import SMMF, triton_backend, triton_launch
 from smmf.commands.main import main
-from smmf.triton_launch import Pass1Launch
+from smmf.triton_launch import Pass0Launch, Pass1Launch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -32,14 +32,19 @@ def _run(
     dtype: torch.dtype = torch.float32,
     steps: int = 4,
     shapes: list[tuple[int, ...]] = SHAPES,
+    last_grads: dict[int, float] | None = None,
     **kwargs: Any,
 ) -> tuple[list[torch.Tensor], SMMF]:
+    """``steps`` steps from seeded parameters and gradients; in the second, the gradient of tensor i ends
+    in ``last_grads[i]`` (an inf, say)."""
     gen = torch.Generator(device="cuda").manual_seed(0)
     params = [torch.randn(s, device="cuda", dtype=dtype, generator=gen).requires_grad_() for s in shapes]
     opt = SMMF(params, lr=_LR, backend=backend, **kwargs)
-    for _ in range(steps):
+    for step in range(steps):
         for p in params:
             p.grad = torch.randn(p.shape, device="cuda", dtype=dtype, generator=gen)
+        for index, value in (last_grads or {}).items() if step == 1 else ():
+            params[index].grad.view(-1)[-1] = value  # type: ignore[union-attr]
         opt.step()
     return params, opt
 
@@ -129,13 +134,31 @@ def test_each_swept_pass1_launch_matches_eager_on_cuda(
     """Every launch of pass 1 that ``gpu_check.sh sweep`` times, set through ``SMMF_TRITON_PASS1`` as the
     ``tuned`` stage sets the fastest: wide blocks, row chunks, prefetch, pipelined loops (compiled with
     cp.async, which the interpreter tests cannot run), on tiles of several blocks each way."""
-    monkeypatch.setenv(triton_launch.ENV, config)
+    monkeypatch.setenv(triton_launch.PASS1_ENV, config)
     monkeypatch.setattr(triton_backend, "SCRATCH_FRACTION", 0.01)
     monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)
     triton_run = _swept_run("triton", dtype)
     (plan,) = triton_run[1]._caches[0].plans.values()
     assert plan.pass1 == Pass1Launch.parse(config) and plan.tile_rows > 16
     _assert_close_runs(triton_run, eager_runs[dtype], tol=1e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
+@pytest.mark.parametrize("config", benchmark_modules.swept_pass0_launches())
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_each_swept_pass0_launch_skips_what_eager_skips_on_cuda(
+    monkeypatch: pytest.MonkeyPatch, config: str, dtype: torch.dtype
+) -> None:
+    """Every launch of pass 0 that ``gpu_check.sh sweep`` times, set through ``SMMF_TRITON_PASS0``:
+    pipelined loads (cp.async, which the interpreter tests cannot run) still find an inf or a NaN at the
+    very end of a gradient, and the tensors they skip are eager's."""
+    monkeypatch.setenv(triton_launch.PASS0_ENV, config)
+    bad = {7: float("inf"), 5: float("nan"), 2: 3e38 if dtype == torch.float32 else float("-inf")}
+    triton_run, eager_run = (_run(backend, dtype, steps=3, last_grads=bad) for backend in ("triton", "eager"))
+    (plan,) = triton_run[1]._caches[0].plans.values()
+    assert plan.pass0 == Pass0Launch.parse(config)
+    skipped = {i for i, p in enumerate(triton_run[0]) if triton_run[1].state[p]["skipped"].item()}
+    assert skipped == set(bad)
+    _assert_close_runs(triton_run, eager_run, tol=1e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
 def test_triton_matches_eager_on_gpt2_shapes() -> None:

@@ -14,8 +14,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import benchmark_modules  # noqa: E402
-from smmf import triton_backend, triton_launch  # noqa: E402
 from smmf import triton_kernels as tk  # noqa: E402
+from smmf import triton_launch  # noqa: E402
 from smmf import triton_tile as tt  # noqa: E402
 
 TARGETS = [GPUTarget("cuda", 90, 32), GPUTarget("cuda", 80, 32)]
@@ -56,9 +56,9 @@ def test_the_four_kernels_compile(
     target: GPUTarget, p_dt: Any, acc: Any, has_m: bool, packed: bool, stochastic: bool
 ) -> None:
     accs = "fp64" if acc == tl.float64 else "fp32"
-    check = ["table", "tile_map", "flags", "G_DT", "ACC", "BLOCK"]
+    check = ["table", "tile_map", "flags", "G_DT", "ACC", "BLOCK", "STAGES"]
     types = {"table": "*i64", "tile_map": "*i32", "flags": "*i32", "tile_rows": "i32", "tile_bytes": "i32"}
-    check_blocks = {"BLOCK": triton_backend.CHECK_BLOCK}
+    check_blocks = triton_launch.PASS0[p_dt.primitive_bitwidth // 8].constexprs()
     check_kernel = _compile(
         tk.check_gradients, _signature(check, types), {"G_DT": p_dt, "ACC": acc, **check_blocks}, target
     )
@@ -99,6 +99,7 @@ LOOPS = {
     "bf16-wide": (tl.bfloat16, triton_launch.WIDE),
     "bf16-pipelined": (tl.bfloat16, PIPELINED),
     "fp32-pipelined": (tl.float32, PIPELINED),
+    "fp32-64-registers": (tl.float32, triton_launch.Pass1Launch(maxnreg=64)),  # 32 warps an SM
 }
 
 
@@ -124,3 +125,29 @@ def test_pass1s_loop_over_an_aligned_tiles_rows_crosses_warps_once_per_block(
     assert len(aligned) == 1
     assert sum(ins.opcode.startswith("BAR.SYNC") for ins in aligned[0]) <= 2
     assert not [ins.opcode for ins in aligned[0] if ins.opcode.split(".")[0] in ("LDL", "STL")]
+
+
+@pytest.mark.parametrize("config", benchmark_modules.swept_pass0_launches())
+@pytest.mark.parametrize(("g_dt", "bits"), [(tl.bfloat16, 16), (tl.float32, 32)], ids=["bf16", "fp32"])
+def test_pass0s_loop_over_an_aligned_gradient_keeps_to_registers_and_vectors(config: str, g_dt: Any, bits: int) -> None:
+    """Every pass-0 launch the sweep times reads an aligned gradient in 16-byte vectors, into registers
+    (LDG) or, pipelined, copied asynchronously into shared memory (LDGSTS), and its loop spills nothing
+    under its register cap (no local memory)."""
+    sass = benchmark_modules.load("kernel_sass")
+    launch = triton_launch.Pass0Launch.parse(config)
+    constexprs = {"G_DT": g_dt, "ACC": tl.float32, **launch.constexprs()}
+    kernel = sass.compile_kernel(tk.check_gradients, constexprs, launch.options())
+    instrs, labels = sass.parse_sass(sass.disassemble(kernel.asm["cubin"], sass.tool_paths()[1]))
+    load = "LDGSTS" if launch.stages > 1 else "LDG"
+    vectors = [
+        body for body in sass.innermost_loops(instrs, labels) if any(_is_vector(ins.opcode, load) for ins in body)
+    ]
+    assert len(vectors) == 1, config
+    assert not [ins.opcode for ins in vectors[0] if ins.opcode.split(".")[0] in ("LDL", "STL")]
+    loaded = sum(sass.load_bits(ins.opcode) for ins in vectors[0] if ins.opcode.split(".")[0] == load)
+    assert loaded * launch.num_warps * 32 // bits == launch.block  # one block an iteration, all in vectors
+
+
+def _is_vector(opcode: str, load: str) -> bool:
+    parts = opcode.split(".")
+    return parts[0] == load and "128" in parts

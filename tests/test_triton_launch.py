@@ -1,12 +1,13 @@
-"""Pass 1's launch settings (smmf.triton_launch): the text form the sweep and ``SMMF_TRITON_PASS1`` use,
-clear errors for a bad one, and which setting a plan gets."""
+"""The launch settings of passes 1 and 0 (smmf.triton_launch): the text form the sweep,
+``SMMF_TRITON_PASS1`` and ``SMMF_TRITON_PASS0`` use, clear errors for a bad one, and which setting a
+plan gets."""
 
 from __future__ import annotations
 
 import pytest
 
 from smmf import triton_launch
-from smmf.triton_launch import Pass1Launch, pass1_launch
+from smmf.triton_launch import Pass0Launch, Pass1Launch, pass0_launch, pass1_launch
 
 
 @pytest.mark.parametrize(
@@ -53,11 +54,11 @@ def test_a_bad_setting_names_what_is_wrong(text: str, needle: str) -> None:
 
 def test_the_environment_overrides_the_defaults_by_element_size(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pass1_launch(2, on_gpu=True) == triton_launch.PASS1[2]
-    monkeypatch.setenv(triton_launch.ENV, "2=4:128:4:0:32, 4=4:128:4:0:16:0:3")
+    monkeypatch.setenv(triton_launch.PASS1_ENV, "2=4:128:4:0:32, 4=4:128:4:0:16:0:3")
     assert pass1_launch(2, on_gpu=True) == triton_launch.WIDE
     assert pass1_launch(4, on_gpu=True) == Pass1Launch(maxnreg=128, stages=3)
     assert pass1_launch(8, on_gpu=True) == triton_launch.PASS1[8]  # not named: the default
-    monkeypatch.setenv(triton_launch.ENV, "4:128:4:0:16:0:3")  # one setting for every dtype
+    monkeypatch.setenv(triton_launch.PASS1_ENV, "4:128:4:0:16:0:3")  # one setting for every dtype
     assert {pass1_launch(size, on_gpu=True).stages for size in (2, 4, 8)} == {3}
 
 
@@ -65,14 +66,71 @@ def test_the_environment_overrides_the_defaults_by_element_size(monkeypatch: pyt
     ("value", "needle"), [("3=4:96:4", "BYTES 2, 4 or 8"), ("4:96", "expected"), ("2=4:96:4:0:24", "BLOCK_J")]
 )
 def test_a_bad_environment_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch, value: str, needle: str) -> None:
-    monkeypatch.setenv(triton_launch.ENV, value)
-    with pytest.raises(ValueError, match=triton_launch.ENV) as error:
+    monkeypatch.setenv(triton_launch.PASS1_ENV, value)
+    with pytest.raises(ValueError, match=triton_launch.PASS1_ENV) as error:
         pass1_launch(4, on_gpu=True)
     assert needle in str(error.value)
 
 
 def test_off_a_gpu_blocks_are_the_interpreters_and_chunks_whole_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(triton_launch.ENV, "4:96:4:0:16:20:3")
+    monkeypatch.setenv(triton_launch.PASS1_ENV, "4:96:4:0:16:20:3")
     launch = pass1_launch(4, on_gpu=False)
     assert launch.block_rows == triton_launch.INTERPRETER_BLOCK_R == 16
     assert (launch.row_chunk, launch.stages) == (32, 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("4:0:2048", Pass0Launch()),
+        ("8:40:4096:3", Pass0Launch(8, 40, 4096, 3)),
+        ("4:32:256:1", Pass0Launch(4, 32, 256)),
+    ],
+)
+def test_a_pass0_setting_reads_from_its_text_and_writes_back(text: str, expected: Pass0Launch) -> None:
+    assert Pass0Launch.parse(text) == expected
+    assert Pass0Launch.parse(expected.text()) == expected
+    assert expected.constexprs() == {"BLOCK": expected.block, "STAGES": expected.stages}
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("4:0", "expected WARPS:MAXNREG:BLOCK[:STAGES]"),
+        ("4:0:2048:1:1", "expected WARPS:MAXNREG:BLOCK[:STAGES]"),
+        ("4:0:-2048", "non-negative integers"),
+        ("6:0:2048", "WARPS a power of two"),
+        ("4:300:2048", "MAXNREG 0 (no cap) or from 32 to 255"),
+        ("4:0:3000", "BLOCK a power of two from 256 to 16384"),
+        ("4:0:128", "BLOCK a power of two from 256 to 16384"),
+        ("4:0:2048:0", "STAGES from 1 to 8"),
+    ],
+)
+def test_a_bad_pass0_setting_names_what_is_wrong(text: str, needle: str) -> None:
+    with pytest.raises(ValueError, match="pass 0 launch") as error:
+        Pass0Launch.parse(text)
+    assert needle in str(error.value)
+
+
+def test_pass0s_environment_overrides_its_defaults_by_the_gradients_element_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert pass0_launch(4) == triton_launch.PASS0[4] == Pass0Launch()
+    monkeypatch.setenv(triton_launch.PASS0_ENV, "2=8:40:4096:3,4=4:40:2048:3")
+    monkeypatch.setenv(triton_launch.PASS1_ENV, "4:64:4")  # each pass reads its own variable
+    assert pass0_launch(2) == Pass0Launch(8, 40, 4096, 3)
+    assert pass0_launch(4) == Pass0Launch(4, 40, 2048, 3)
+    assert pass0_launch(8) == triton_launch.PASS0[8]
+    assert pass1_launch(4, on_gpu=True) == Pass1Launch(maxnreg=64)
+    monkeypatch.setenv(triton_launch.PASS0_ENV, "8:32:2048:3")
+    assert {pass0_launch(size).text() for size in (2, 4, 8)} == {"8:32:2048:3"}
+
+
+@pytest.mark.parametrize(("value", "needle"), [("5=4:0:2048", "BYTES 2, 4 or 8"), ("4:0:1000", "BLOCK a power")])
+def test_a_bad_pass0_environment_setting_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str, needle: str
+) -> None:
+    monkeypatch.setenv(triton_launch.PASS0_ENV, value)
+    with pytest.raises(ValueError, match=triton_launch.PASS0_ENV) as error:
+        pass0_launch(4)
+    assert needle in str(error.value)

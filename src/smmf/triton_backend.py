@@ -22,18 +22,16 @@ from torch import Tensor
 
 from .matricization import square_matricize
 from .signpack import row_bytes
-from .triton_launch import BLOCK_J, BLOCK_R, Pass1Launch, pass1_launch
+from .triton_launch import BLOCK_J, BLOCK_R, Pass0Launch, Pass1Launch, pass0_launch, pass1_launch
 
 __all__ = [
     "available", "Plan", "layout_key", "scratch_budget", "vector_ready",
     "build_plan", "with_gradients", "step",
 ]  # fmt: skip
 
-# Pass 1's block, warps, register cap and loads in flight: smmf.triton_launch.
+# Passes 0 and 1's blocks, warps, register caps and loads in flight: smmf.triton_launch.
 _VECTOR_BYTES = 16
 _REDUCE_BLOCK = 1024
-# Elements pass 0 reads per loop iteration: 16 a thread of 4 warps, four 16-byte loads in fp32.
-CHECK_BLOCK = 2048
 # The extra memory of a step (scratch and tile map) stays within this fraction of the largest
 # parameter, or _MIN_SCRATCH_BYTES for models of tiny tensors.
 SCRATCH_FRACTION = 0.25
@@ -75,6 +73,7 @@ class Plan:
     table: Tensor  # (tensors, TABLE_COLS) int64 on the device
     tile_map: Tensor  # (tiles,) int32: the tensor each tile belongs to
     flags: Tensor  # (tensors,) int32: 1 where pass 0 found a non-finite gradient; cleared by pass 2
+    pass0: Pass0Launch  # by the gradients' element size
     pass1: Pass1Launch  # tile_rows and tile_bytes are multiples of its block's
     tile_rows: int
     tile_bytes: int
@@ -237,6 +236,7 @@ def build_plan(
         table=torch.tensor(rows, dtype=torch.int64).to(device),
         tile_map=owners.to(device),
         flags=torch.zeros(len(items), dtype=torch.int32, device=device),
+        pass0=pass0_launch(items[0][1].element_size()),
         pass1=pass1,
         tile_rows=tile_rows,
         tile_bytes=tile_bytes,
@@ -314,7 +314,8 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
     if tiles:
         g_dt = _triton_dtype(g_dtype)
         pass0 = (table, plan.tile_map, flags)
-        _launch(plan, tk.check_gradients, (tiles,), key, pass0, {"G_DT": g_dt, "ACC": acc, "BLOCK": CHECK_BLOCK})
+        check = {"G_DT": g_dt, "ACC": acc, **plan.pass0.constexprs()}
+        _launch(plan, tk.check_gradients, (tiles,), key, pass0, check, plan.pass0.options())
         pass1 = (table, plan.tile_map, flags, hp, lr, scratch, flag_copies, *tiling)
         kinds = {"P_DT": _triton_dtype(p_dtype), "G_DT": g_dt, "ACC": acc, "HAS_M": plan.has_m, "PACKED": plan.packed}
         constexprs = {**kinds, "STOCHASTIC": plan.stochastic, **plan.pass1.constexprs()}

@@ -105,25 +105,30 @@ def _pointer(row, col: tl.constexpr, dtype: tl.constexpr, ALIGNED: tl.constexpr)
 
 
 @triton.jit
-def check_gradients(table, tile_map, flags, G_DT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def check_gradients(
+    table, tile_map, flags, G_DT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr
+):
     """Pass 0 for one tile's share of its tensor's gradient: set flags[tensor] to 1 if any element g
     of it has a non-finite g * g (NaN, inf, or |g| past the square root of the largest float). A share
     is a contiguous run of whole BLOCKs (the gradient as pass 1 reads it is contiguous), not the tile's
     rows and planes: long runs read at the memory's pace. A tensor pass 1 moves in vectors (the
-    table's aligned column) is read in vectors here too."""
+    table's aligned column) is read in vectors here too. With STAGES > 1 the loop's loads run STAGES - 1
+    blocks ahead, copied into shared memory (smmf.triton_launch.Pass0Launch)."""
     tile = tl.program_id(0)
     tensor = tl.load(tile_map + tile).to(tl.int64)
     row = table + tensor * TABLE_COLS
     if tl.load(row + COL_ALIGNED) != 0:
-        any_bad = _bad_in_share(row, tile, G_DT, ACC, True, BLOCK)
+        any_bad = _bad_in_share(row, tile, G_DT, ACC, True, BLOCK, STAGES)
     else:
-        any_bad = _bad_in_share(row, tile, G_DT, ACC, False, BLOCK)
+        any_bad = _bad_in_share(row, tile, G_DT, ACC, False, BLOCK, STAGES)
     if any_bad > 0:
         tl.atomic_max(flags + tensor, any_bad)
 
 
 @triton.jit
-def _bad_in_share(row, tile, G_DT: tl.constexpr, ACC: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+def _bad_in_share(
+    row, tile, G_DT: tl.constexpr, ACC: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr
+):
     """1 if this tile's share of the gradient holds an element whose square is not finite, else 0:
     its tensor's n * m elements cut into as many runs of whole BLOCKs as it has tiles."""
     numel = tl.load(row + COL_N) * tl.load(row + COL_M)
@@ -136,7 +141,7 @@ def _bad_in_share(row, tile, G_DT: tl.constexpr, ACC: tl.constexpr, ALIGNED: tl.
     g_ptr = _pointer(row, COL_G, G_DT, ALIGNED)
     lanes = tl.arange(0, BLOCK)
     bad = tl.zeros((BLOCK,), dtype=tl.int32)
-    for b in range(first, tl.minimum(first + blocks, tl.cdiv(numel, BLOCK))):
+    for b in tl.range(first, tl.minimum(first + blocks, tl.cdiv(numel, BLOCK)), num_stages=STAGES):
         start = b * BLOCK
         g = tl.load(g_ptr + start + lanes, mask=start + lanes < end, other=0.0).to(ACC)
         bad = tl.maximum(bad, (~(g * g < _INF)).to(tl.int32))

@@ -1,28 +1,35 @@
-"""How pass 1 of the Triton step is compiled and launched, by the parameter's bytes an element.
+"""How passes 0 and 1 of the Triton step are compiled and launched, by bytes an element.
 
-Pass 1 (:func:`smmf.triton_tile.step_tiles`) moves almost all of a step's bytes; its block shape, warps,
-register cap and the depth of its loads in flight set how close it comes to the memory's speed. The
-defaults were chosen from machine code compiled for sm_90 (benchmarks/kernel_sass.py), then from GPU
-timings where a GPU was lent (docs/benchmarks.md). ``SMMF_TRITON_PASS1`` overrides them, for tuning on
-a new GPU without editing code (benchmarks/pass1_sweep.py times candidates):
+Pass 1 (:func:`smmf.triton_tile.step_tiles`) moves almost all of a step's bytes, and pass 0
+(:func:`smmf.triton_kernels.check_gradients`) reads every gradient once more before it; their block
+shapes, warps, register caps and depths of loads in flight set how close they come to the memory's
+speed. The defaults were chosen from machine code compiled for sm_90 (benchmarks/kernel_sass.py), then
+from GPU timings where a GPU was lent (docs/benchmarks.md). Two environment variables override them,
+for tuning on a new GPU without editing code (benchmarks/pass1_sweep.py times candidates):
 
-    SMMF_TRITON_PASS1=4:128:4:0:16:0:3          # every dtype
-    SMMF_TRITON_PASS1=2=4:128:4:0:32,4=4:96:4   # by the parameter's bytes an element
+    SMMF_TRITON_PASS1=4:128:4:0:16:0:3          # pass 1, every parameter dtype
+    SMMF_TRITON_PASS1=2=4:128:4:0:32,4=4:96:4   # pass 1, by the parameter's bytes an element
+    SMMF_TRITON_PASS0=4:40:2048:3               # pass 0, the same two forms, by the gradient's
 
-A setting is written WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]], fields as in
-:class:`Pass1Launch`.
+A pass-1 setting is written WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]], fields as in
+:class:`Pass1Launch`; a pass-0 setting WARPS:MAXNREG:BLOCK[:STAGES], as in :class:`Pass0Launch`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["Pass1Launch", "PASS1", "WIDE", "ENV", "BLOCK_R", "BLOCK_J", "pass1_launch"]
+__all__ = [
+    "Pass0Launch", "Pass1Launch", "PASS0", "PASS1", "WIDE", "PASS0_ENV", "PASS1_ENV", "BLOCK_R", "BLOCK_J",
+    "pass0_launch", "pass1_launch",
+]  # fmt: skip
 
-ENV = "SMMF_TRITON_PASS1"
+PASS1_ENV = "SMMF_TRITON_PASS1"
+PASS0_ENV = "SMMF_TRITON_PASS0"
 # Today's block: 4 rows by 16 sign bytes (8 planes of 16 columns), 512 elements.
 BLOCK_R = 4
 BLOCK_J = 16
@@ -30,6 +37,35 @@ BLOCK_J = 16
 # block rather than per element: the same kernels on blocks of 16 rows.
 INTERPRETER_BLOCK_R = 16
 _FIELDS = "WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]]"
+_PASS0_FIELDS = "WARPS:MAXNREG:BLOCK[:STAGES]"
+
+
+def _shared_rules(num_warps: int, maxnreg: int, stages: int) -> dict[str, bool]:
+    """The rules both passes' launches keep, by the words an error names them with."""
+    return {
+        "WARPS a power of two from 1 to 16": num_warps in (1, 2, 4, 8, 16),
+        "MAXNREG 0 (no cap) or from 32 to 255": maxnreg == 0 or 32 <= maxnreg <= 255,
+        "STAGES from 1 to 8": 1 <= stages <= 8,
+    }
+
+
+def _require(what: str, rules: dict[str, bool]) -> None:
+    wrong = [rule for rule, ok in rules.items() if not ok]
+    if wrong:
+        raise ValueError(f"{what}: needs {'; '.join(wrong)}")
+
+
+def _integers(what: str, text: str, fields: str, least: int, most: int) -> list[int]:
+    """The colon-separated non-negative integers of a setting, ``least`` to ``most`` of them."""
+    values = text.strip().split(":")
+    if not least <= len(values) <= most or not all(v.isdigit() for v in values):
+        raise ValueError(f"{what} {text!r}: expected {fields}, non-negative integers")
+    return [int(v) for v in values]
+
+
+def _options(num_warps: int, maxnreg: int) -> dict[str, Any]:
+    """Triton's compile options: warps and the register cap (left out where 0)."""
+    return {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
 
 
 @dataclass(frozen=True)
@@ -53,27 +89,23 @@ class Pass1Launch:
     stages: int = 1
 
     def __post_init__(self) -> None:
-        checks = {
-            "WARPS a power of two from 1 to 16": self.num_warps in (1, 2, 4, 8, 16),
-            "MAXNREG 0 (no cap) or from 32 to 255": self.maxnreg == 0 or 32 <= self.maxnreg <= 255,
-            "BLOCK_R a power of two from 1 to 64": self.block_rows in (1, 2, 4, 8, 16, 32, 64),
-            "BLOCK_J 16 or 32": self.block_bytes in (16, 32),
-            "ROW_CHUNK 0 or a multiple of BLOCK_R": self.row_chunk >= 0 and self.row_chunk % self.block_rows == 0,
-            "STAGES from 1 to 8": 1 <= self.stages <= 8,
-        }
-        wrong = [rule for rule, ok in checks.items() if not ok]
-        if wrong:
-            raise ValueError(f"pass 1 launch {self.text()}: needs {'; '.join(wrong)}")
+        _require(
+            f"pass 1 launch {self.text()}",
+            {
+                **_shared_rules(self.num_warps, self.maxnreg, self.stages),
+                "BLOCK_R a power of two from 1 to 64": self.block_rows in (1, 2, 4, 8, 16, 32, 64),
+                "BLOCK_J 16 or 32": self.block_bytes in (16, 32),
+                "ROW_CHUNK 0 or a multiple of BLOCK_R": self.row_chunk >= 0 and self.row_chunk % self.block_rows == 0,
+            },
+        )
 
     @classmethod
     def parse(cls, text: str) -> Pass1Launch:
         """A setting from WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]] (BLOCK_J 0 or
         left out: 16; PREFETCH 0 or 1)."""
-        fields = text.strip().split(":")
-        if not 3 <= len(fields) <= 7 or not all(f.isdigit() for f in fields):
-            raise ValueError(f"pass 1 launch {text!r}: expected {_FIELDS}, non-negative integers")
-        left_out = ["0", "0", "0", "1"][len(fields) - 3 :]  # PREFETCH, BLOCK_J, ROW_CHUNK, STAGES
-        warps, maxnreg, rows, prefetch, block_j, chunk, stages = (int(f) for f in fields + left_out)
+        fields = _integers("pass 1 launch", text, _FIELDS, 3, 7)
+        left_out = [0, 0, 0, 1][len(fields) - 3 :]  # PREFETCH, BLOCK_J, ROW_CHUNK, STAGES
+        warps, maxnreg, rows, prefetch, block_j, chunk, stages = fields + left_out
         if prefetch not in (0, 1):
             raise ValueError(f"pass 1 launch {text!r}: PREFETCH is 0 or 1")
         return cls(warps, maxnreg, rows, block_j or cls.block_bytes, bool(prefetch), chunk, stages)
@@ -85,7 +117,7 @@ class Pass1Launch:
 
     def options(self) -> dict[str, Any]:
         """Triton's compile options: warps and the register cap."""
-        return {"num_warps": self.num_warps, **({"maxnreg": self.maxnreg} if self.maxnreg else {})}
+        return _options(self.num_warps, self.maxnreg)
 
     def constexprs(self) -> dict[str, Any]:
         """``step_tiles``' launch constants, in its argument order."""
@@ -111,33 +143,87 @@ PASS1 = {2: Pass1Launch(), 4: Pass1Launch(), 8: Pass1Launch()}
 WIDE = Pass1Launch(maxnreg=128, block_bytes=32)
 
 
-def _overrides(text: str) -> dict[int, Pass1Launch]:
-    """{bytes an element: setting} from ``SMMF_TRITON_PASS1``'s value."""
-    if "=" not in text:
-        setting = _parse_env(text)
-        return dict.fromkeys(PASS1, setting)
-    chosen: dict[int, Pass1Launch] = {}
-    for part in text.split(","):
-        size, _, value = part.partition("=")
-        if size.strip() not in ("2", "4", "8"):
-            raise ValueError(f"{ENV}={text!r}: {part!r} must be BYTES=SETTING, BYTES 2, 4 or 8")
-        chosen[int(size)] = _parse_env(value)
-    return chosen
+@dataclass(frozen=True)
+class Pass0Launch:
+    """Pass 0's launch for one gradient dtype: ``block`` elements a loop iteration (2048: 16 a thread of
+    4 warps, four 16-byte loads of fp32), ``maxnreg`` registers a thread at most (0: no cap; uncapped,
+    Triton 3.6 takes 54-56 for 4 warps, 9 programs an SM), and ``stages`` > 1 pipelines the loop's loads
+    through shared memory, ``stages`` - 1 iterations ahead."""
+
+    num_warps: int = 4
+    maxnreg: int = 0
+    block: int = 2048
+    stages: int = 1
+
+    def __post_init__(self) -> None:
+        _require(
+            f"pass 0 launch {self.text()}",
+            {
+                **_shared_rules(self.num_warps, self.maxnreg, self.stages),
+                "BLOCK a power of two from 256 to 16384": self.block in {1 << k for k in range(8, 15)},
+            },
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> Pass0Launch:
+        """A setting from WARPS:MAXNREG:BLOCK[:STAGES] (STAGES left out: 1)."""
+        fields = _integers("pass 0 launch", text, _PASS0_FIELDS, 3, 4)
+        warps, maxnreg, block, stages = fields + [1][len(fields) - 3 :]
+        return cls(warps, maxnreg, block, stages)
+
+    def text(self) -> str:
+        """The setting as :meth:`parse` reads it."""
+        return f"{self.num_warps}:{self.maxnreg}:{self.block}:{self.stages}"
+
+    def options(self) -> dict[str, Any]:
+        """Triton's compile options: warps and the register cap."""
+        return _options(self.num_warps, self.maxnreg)
+
+    def constexprs(self) -> dict[str, Any]:
+        """``check_gradients``' launch constants, in its argument order."""
+        return {"BLOCK": self.block, "STAGES": self.stages}
 
 
-def _parse_env(text: str) -> Pass1Launch:
+# By the gradient's bytes an element: today's for every dtype until a GPU times the others
+# (benchmarks/pass1_sweep.py --pass0-configs).
+PASS0 = {2: Pass0Launch(), 4: Pass0Launch(), 8: Pass0Launch()}
+
+Launch = TypeVar("Launch", Pass0Launch, Pass1Launch)
+
+
+def _overrides(env: str, text: str, parse: Callable[[str], Launch]) -> dict[int, Launch]:
+    """{bytes an element: setting} from the value ``text`` of the variable ``env``."""
     try:
-        return Pass1Launch.parse(text)
+        if "=" not in text:
+            return dict.fromkeys((2, 4, 8), parse(text))
+        chosen: dict[int, Launch] = {}
+        for part in text.split(","):
+            size, _, value = part.partition("=")
+            if size.strip() not in ("2", "4", "8"):
+                raise ValueError(f"{part!r} must be BYTES=SETTING, BYTES 2, 4 or 8")
+            chosen[int(size)] = parse(value)
+        return chosen
     except ValueError as exc:
-        raise ValueError(f"{ENV}: {exc}") from None
+        raise ValueError(f"{env}={text!r}: {exc}") from None
+
+
+def _chosen(env: str, defaults: dict[int, Launch], parse: Callable[[str], Launch], element_size: int) -> Launch:
+    """``defaults``' setting for ``element_size``, or the environment's where it names one."""
+    text = os.environ.get(env)
+    return (_overrides(env, text, parse).get(element_size) if text else None) or defaults[element_size]
+
+
+def pass0_launch(element_size: int) -> Pass0Launch:
+    """Pass 0's launch for gradients of ``element_size`` bytes: :data:`PASS0`'s, or ``SMMF_TRITON_PASS0``'s
+    where it names one (the interpreter ignores warps, registers and stages, so off a GPU it is the same)."""
+    return _chosen(PASS0_ENV, PASS0, Pass0Launch.parse, element_size)
 
 
 def pass1_launch(element_size: int, on_gpu: bool) -> Pass1Launch:
     """Pass 1's launch for parameters of ``element_size`` bytes: :data:`PASS1`'s, or ``SMMF_TRITON_PASS1``'s
     where it names one. Off a GPU (the interpreter) blocks are INTERPRETER_BLOCK_R rows, and a row chunk
     that is not a whole number of them is rounded up to one."""
-    text = os.environ.get(ENV)
-    setting = (_overrides(text).get(element_size) if text else None) or PASS1[element_size]
+    setting = _chosen(PASS1_ENV, PASS1, Pass1Launch.parse, element_size)
     if on_gpu:
         return setting
     rows = INTERPRETER_BLOCK_R

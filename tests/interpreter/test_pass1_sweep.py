@@ -1,4 +1,5 @@
-"""benchmarks/pass1_sweep.py's settings, as the GPU check times them, step as the default launch does.
+"""benchmarks/pass1_sweep.py's settings, as the GPU check times them, step as the default launch does
+(and those of pass 0 skip a tensor whose gradient holds an inf).
 
 The GPU machine is lent for minutes at a time; a setting that fails there (as a launch with the wrong
 grid once did) costs its whole stage. So every setting ``gpu_check.sh sweep`` names runs here, under
@@ -14,6 +15,8 @@ from typing import Any
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import benchmark_modules
 from smmf import triton_backend, triton_launch
@@ -51,6 +54,35 @@ def test_each_swept_setting_steps_as_the_default_launch(monkeypatch: pytest.Monk
         assert checker.mismatch(variant) is None, config
 
 
+def test_each_swept_pass0_setting_steps_and_skips_as_the_default_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(triton_backend, "_MIN_SCRATCH_BYTES", 0)
+    monkeypatch.setattr(triton_backend, "SCRATCH_FRACTION", 0.01)
+    sweep = benchmark_modules.load("pass1_sweep")
+    checker, plan = _checker(monkeypatch, sweep, sweep.TINY)
+    for config in benchmark_modules.swept_pass0_launches():
+        _, variant = sweep.pass0_setting(plan, config)
+        assert variant.pass0 == triton_launch.Pass0Launch.parse(config) and variant.pass1 == plan.pass1
+        assert checker.mismatch(variant) is None, config
+        assert checker.misses_nonfinite(variant) is None, config
+
+
+@triton.jit
+def _never_flags(
+    table, tile_map, flags, G_DT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr
+):
+    """A pass 0 that finds nothing, for the sweep's check to catch."""
+
+
+def test_the_sweep_tells_a_pass0_that_misses_an_inf(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smmf import triton_kernels
+
+    checker, plan = _checker(monkeypatch, benchmark_modules.load("pass1_sweep"), [(128, 96), (40,)])
+    monkeypatch.setattr(triton_kernels, "check_gradients", _never_flags)
+    variant = dataclasses.replace(plan, launches={})
+    assert checker.mismatch(variant) is None  # finite gradients: nothing to find
+    assert checker.misses_nonfinite(variant) == "stepped a tensor whose gradient holds an inf"
+
+
 def test_the_sweep_tells_a_setting_that_steps_differently(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check that keeps a wrong setting from being chosen finds one: a plan whose tiles are half a
     block wide, so that its programs step half of each tensor's columns."""
@@ -85,6 +117,31 @@ def test_the_sweep_writes_the_fastest_setting_that_steps_right(
     assert stepped == list(times) and best.read_text() == "4:128:4:0:16:0:3\n"
 
 
+def test_the_sweep_writes_the_fastest_pass0_setting_that_skips_an_inf(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pass 0's settings before pass 1's, each beside pass 1's default launch: one that misses an inf
+    is reported and never chosen, and --best-pass0 names the fastest of the rest."""
+    sweep = benchmark_modules.load("pass1_sweep")
+    times = {"4:0:2048:1": 2.0, "4:40:2048:3": 1.0, "8:32:2048:3": 0.5}
+    stepped: list[str] = []
+
+    def timed(fn: Any, **kwargs: Any) -> float:
+        fn()
+        return times.get(stepped[-1], 3.0)
+
+    def misses(self: Any, plan: triton_backend.Plan) -> str | None:
+        return "missed it" if plan.pass0.num_warps == 8 else None  # the fastest, but wrong
+
+    monkeypatch.setattr(sweep.Checker, "misses_nonfinite", misses)
+    monkeypatch.setattr(triton_backend, "step", _recording(triton_backend.step, stepped))
+    best, best_pass0 = tmp_path / "best.txt", tmp_path / "best-pass0.txt"
+    argv = ["--best", str(best), "--pass0-configs", ",".join(times), "--best-pass0", str(best_pass0)]
+    _sweep_main(monkeypatch, sweep, timed, *argv)
+    assert "steps unlike the default launch: missed it" in capsys.readouterr().out
+    assert best.read_text() == "4:96:4:0:16:0:1\n" and best_pass0.read_text() == "4:40:2048:3\n"
+
+
 def test_each_check_starts_from_the_state_before_the_timings(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -98,9 +155,20 @@ def test_each_check_starts_from_the_state_before_the_timings(
         return 1.0
 
     sweep = benchmark_modules.load("pass1_sweep")
-    _sweep_main(monkeypatch, sweep, steps_three_times, "--configs", "4:96:4:0:16,4:128:4:0:16:0:3,4:64:4:0:16")
+    argv = ["--configs", "4:96:4:0:16,4:128:4:0:16:0:3", "--pass0-configs", "4:0:2048:1,4:40:2048:3"]
+    _sweep_main(monkeypatch, sweep, steps_three_times, *argv)
     table = capsys.readouterr().out
-    assert "steps unlike" not in table and table.count("| 1.000 |") == 3
+    assert "steps unlike" not in table and table.count("| 1.000 |") == 4
+
+
+def _recording(step: Any, stepped: list[str]) -> Any:
+    """``triton_backend.step`` that notes the pass-0 setting of each plan it steps."""
+
+    def record(plan: triton_backend.Plan, *args: Any) -> None:
+        stepped.append(plan.pass0.text())
+        step(plan, *args)
+
+    return record
 
 
 def test_the_launch_nsight_compute_profiles_is_the_settings_own(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,11 +176,11 @@ def test_the_launch_nsight_compute_profiles_is_the_settings_own(monkeypatch: pyt
     next: that one must be the swept setting's, and the ones skipped the default launch's."""
     skip = re.search(r"--launch-skip (\d+)", (benchmark_modules.BENCHMARKS / "gpu_check.sh").read_text())
     assert skip, "gpu_check.sh's ncu stage names no --launch-skip"
-    launches: list[str] = []
+    launches: list[tuple[str, str]] = []
     step = triton_backend.step
 
     def record(plan: triton_backend.Plan, *args: Any) -> None:
-        launches.append(plan.pass1.text())
+        launches.append((plan.pass1.text(), plan.pass0.text()))
         step(plan, *args)
 
     monkeypatch.setattr(triton_backend, "step", record)
@@ -120,4 +188,5 @@ def test_the_launch_nsight_compute_profiles_is_the_settings_own(monkeypatch: pyt
     sweep = benchmark_modules.load("pass1_sweep")
     _sweep_main(monkeypatch, sweep, lambda fn, **kwargs: fn() or 1.0, "--configs", config)
     default = triton_launch.pass1_launch(4, on_gpu=False).text()  # the interpreter's blocks of rows
-    assert launches[: int(skip.group(1)) + 1] == [default] * int(skip.group(1)) + [config]
+    pass0 = triton_launch.PASS0[4].text()  # and the check_gradients launch it profiles: the default's
+    assert launches[: int(skip.group(1)) + 1] == [(default, pass0)] * int(skip.group(1)) + [(config, pass0)]

@@ -50,10 +50,10 @@ def machine(device: str, threads: int | None) -> str:
 
 
 def command_prefix() -> str:
-    """The environment settings a benchmark's figures depend on, as a command line's prefix (pass 1's
-    launch of the Triton backend, when overridden), so that a report's command reproduces them."""
-    launch = os.environ.get(triton_launch.ENV)
-    return f"{triton_launch.ENV}={launch} " if launch else ""
+    """The environment settings a benchmark's figures depend on, as a command line's prefix (the Triton
+    backend's launches of passes 0 and 1, where overridden), so that a report's command reproduces them."""
+    names = (triton_launch.PASS0_ENV, triton_launch.PASS1_ENV)
+    return "".join(f"{name}={os.environ[name]} " for name in names if os.environ.get(name))
 
 
 # ----------------------------------------------------------------------------- CPU memory probes
