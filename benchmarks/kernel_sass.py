@@ -30,7 +30,7 @@ Kernels are compiled as tests/test_triton_compile.py compiles them (``triton.com
 register cap: ``.maxnreg`` in the PTX, so ptxas's rerun keeps it).
 
     python benchmarks/kernel_sass.py [--block-r 4] [--block-j 32] [--num-warps 4] [--maxnreg 0] [--prefetch]
-                                     [--row-chunk 16] [--stages 3] [--pass0 WARPS:MAXNREG:BLOCK[:STAGES]]
+                                     [--row-chunk 16] [--stages 3] [--pass0 WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]]]
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ def launch_settings() -> tuple[triton_launch.Pass1Launch, triton_launch.Pass0Lau
         help="rows pass 1 steps through all a tile's column blocks before its next rows (0: all)",
     )
     parser.add_argument("--stages", type=int, default=today.stages, help="pipeline stages of the loop over rows")
-    pass0_help = "pass 0's launch, WARPS:MAXNREG:BLOCK[:STAGES] (default: smmf's for each dtype)"
+    pass0_help = "pass 0's launch, WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]] (default: smmf's for each dtype)"
     parser.add_argument("--pass0", type=triton_launch.Pass0Launch.parse, help=pass0_help)
     args = parser.parse_args()
     default = triton_launch.WIDE if args.block_j == triton_launch.WIDE.block_bytes else today

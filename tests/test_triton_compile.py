@@ -56,7 +56,7 @@ def test_the_four_kernels_compile(
     target: GPUTarget, p_dt: Any, acc: Any, has_m: bool, packed: bool, stochastic: bool
 ) -> None:
     accs = "fp64" if acc == tl.float64 else "fp32"
-    check = ["table", "tile_map", "flags", "G_DT", "ACC", "BLOCK", "STAGES"]
+    check = ["table", "tile_map", "flags", "G_DT", "ACC", "BLOCK", "STAGES", "SPLIT"]
     types = {"table": "*i64", "tile_map": "*i32", "flags": "*i32", "tile_rows": "i32", "tile_bytes": "i32"}
     check_blocks = triton_launch.PASS0[p_dt.primitive_bitwidth // 8].constexprs()
     check_kernel = _compile(

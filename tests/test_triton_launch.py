@@ -84,26 +84,28 @@ def test_off_a_gpu_blocks_are_the_interpreters_and_chunks_whole_blocks(monkeypat
     [
         ("4:0:2048", Pass0Launch()),
         ("8:40:4096:3", Pass0Launch(8, 40, 4096, 3)),
-        ("4:32:256:1", Pass0Launch(4, 32, 256)),
+        ("4:32:256:1:4", Pass0Launch(4, 32, 256, split=4)),
     ],
 )
 def test_a_pass0_setting_reads_from_its_text_and_writes_back(text: str, expected: Pass0Launch) -> None:
     assert Pass0Launch.parse(text) == expected
     assert Pass0Launch.parse(expected.text()) == expected
-    assert expected.constexprs() == {"BLOCK": expected.block, "STAGES": expected.stages}
+    assert expected.constexprs() == {"BLOCK": expected.block, "STAGES": expected.stages, "SPLIT": expected.split}
 
 
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
-        ("4:0", "expected WARPS:MAXNREG:BLOCK[:STAGES]"),
-        ("4:0:2048:1:1", "expected WARPS:MAXNREG:BLOCK[:STAGES]"),
+        ("4:0", "expected WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]]"),
+        ("4:0:2048:1:1:1", "expected WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]]"),
         ("4:0:-2048", "non-negative integers"),
         ("6:0:2048", "WARPS a power of two"),
         ("4:300:2048", "MAXNREG 0 (no cap) or from 32 to 255"),
         ("4:0:3000", "BLOCK a power of two from 256 to 16384"),
         ("4:0:128", "BLOCK a power of two from 256 to 16384"),
         ("4:0:2048:0", "STAGES from 1 to 8"),
+        ("4:0:2048:1:0", "SPLIT from 1 to 16"),
+        ("4:0:2048:1:32", "SPLIT from 1 to 16"),
     ],
 )
 def test_a_bad_pass0_setting_names_what_is_wrong(text: str, needle: str) -> None:
@@ -122,8 +124,8 @@ def test_pass0s_environment_overrides_its_defaults_by_the_gradients_element_size
     assert pass0_launch(4) == Pass0Launch(4, 40, 2048, 3)
     assert pass0_launch(8) == triton_launch.PASS0[8]
     assert pass1_launch(4, on_gpu=True) == Pass1Launch(maxnreg=64)
-    monkeypatch.setenv(triton_launch.PASS0_ENV, "8:32:2048:3")
-    assert {pass0_launch(size).text() for size in (2, 4, 8)} == {"8:32:2048:3"}
+    monkeypatch.setenv(triton_launch.PASS0_ENV, "8:32:2048:3:2")
+    assert {pass0_launch(size).text() for size in (2, 4, 8)} == {"8:32:2048:3:2"}
 
 
 @pytest.mark.parametrize(("value", "needle"), [("5=4:0:2048", "BYTES 2, 4 or 8"), ("4:0:1000", "BLOCK a power")])

@@ -315,7 +315,7 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
         g_dt = _triton_dtype(g_dtype)
         pass0 = (table, plan.tile_map, flags)
         check = {"G_DT": g_dt, "ACC": acc, **plan.pass0.constexprs()}
-        _launch(plan, tk.check_gradients, (tiles,), key, pass0, check, plan.pass0.options())
+        _launch(plan, tk.check_gradients, (tiles, plan.pass0.split), key, pass0, check, plan.pass0.options())
         pass1 = (table, plan.tile_map, flags, hp, lr, scratch, flag_copies, *tiling)
         kinds = {"P_DT": _triton_dtype(p_dtype), "G_DT": g_dt, "ACC": acc, "HAS_M": plan.has_m, "PACKED": plan.packed}
         constexprs = {**kinds, "STOCHASTIC": plan.stochastic, **plan.pass1.constexprs()}

@@ -106,35 +106,52 @@ def _pointer(row, col: tl.constexpr, dtype: tl.constexpr, ALIGNED: tl.constexpr)
 
 @triton.jit
 def check_gradients(
-    table, tile_map, flags, G_DT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr
+    table,
+    tile_map,
+    flags,
+    G_DT: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+    STAGES: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
-    """Pass 0 for one tile's share of its tensor's gradient: set flags[tensor] to 1 if any element g
-    of it has a non-finite g * g (NaN, inf, or |g| past the square root of the largest float). A share
-    is a contiguous run of whole BLOCKs (the gradient as pass 1 reads it is contiguous), not the tile's
-    rows and planes: long runs read at the memory's pace. A tensor pass 1 moves in vectors (the
-    table's aligned column) is read in vectors here too. With STAGES > 1 the loop's loads run STAGES - 1
-    blocks ahead, copied into shared memory (smmf.triton_launch.Pass0Launch)."""
+    """Pass 0 for one share of its tensor's gradient, program (tile, part) the part-th of the tile's
+    SPLIT: set flags[tensor] to 1 if any element g of it has a non-finite g * g (NaN, inf, or |g| past
+    the square root of the largest float). A share is a contiguous run of whole BLOCKs (the gradient as
+    pass 1 reads it is contiguous), not the tile's rows and planes: long runs read at the memory's pace.
+    A tensor pass 1 moves in vectors (the table's aligned column) is read in vectors here too. With
+    STAGES > 1 the loop's loads run STAGES - 1 blocks ahead, copied into shared memory; SPLIT > 1 makes
+    more, shorter programs, so that the last wave of them leaves less of the GPU idle
+    (smmf.triton_launch.Pass0Launch)."""
     tile = tl.program_id(0)
     tensor = tl.load(tile_map + tile).to(tl.int64)
     row = table + tensor * TABLE_COLS
+    share = (tile - tl.load(row + COL_TILE0)).to(tl.int64) * SPLIT + tl.program_id(1)
     if tl.load(row + COL_ALIGNED) != 0:
-        any_bad = _bad_in_share(row, tile, G_DT, ACC, True, BLOCK, STAGES)
+        any_bad = _bad_in_share(row, share, G_DT, ACC, True, BLOCK, STAGES, SPLIT)
     else:
-        any_bad = _bad_in_share(row, tile, G_DT, ACC, False, BLOCK, STAGES)
+        any_bad = _bad_in_share(row, share, G_DT, ACC, False, BLOCK, STAGES, SPLIT)
     if any_bad > 0:
         tl.atomic_max(flags + tensor, any_bad)
 
 
 @triton.jit
 def _bad_in_share(
-    row, tile, G_DT: tl.constexpr, ACC: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr
+    row,
+    share,
+    G_DT: tl.constexpr,
+    ACC: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
+    STAGES: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
-    """1 if this tile's share of the gradient holds an element whose square is not finite, else 0:
-    its tensor's n * m elements cut into as many runs of whole BLOCKs as it has tiles."""
+    """1 if the share-th share of the gradient holds an element whose square is not finite, else 0: its
+    tensor's n * m elements cut into as many runs of whole BLOCKs as it has tiles times SPLIT."""
     numel = tl.load(row + COL_N) * tl.load(row + COL_M)
-    tiles = tl.load(row + COL_ROW_TILES) * tl.load(row + COL_COL_TILES)
-    blocks = tl.cdiv(tl.cdiv(numel, tiles), BLOCK)  # per tile
-    first = (tile - tl.load(row + COL_TILE0)).to(tl.int64) * blocks
+    shares = tl.load(row + COL_ROW_TILES) * tl.load(row + COL_COL_TILES) * SPLIT
+    blocks = tl.cdiv(tl.cdiv(numel, shares), BLOCK)  # per share
+    first = share * blocks
     end = numel
     if ALIGNED:  # m, and so n * m, a multiple of 64
         end = tl.multiple_of(end, 64)

@@ -9,10 +9,10 @@ for tuning on a new GPU without editing code (benchmarks/pass1_sweep.py times ca
 
     SMMF_TRITON_PASS1=4:128:4:0:16:0:3          # pass 1, every parameter dtype
     SMMF_TRITON_PASS1=2=4:128:4:0:32,4=4:96:4   # pass 1, by the parameter's bytes an element
-    SMMF_TRITON_PASS0=4:40:2048:3               # pass 0, the same two forms, by the gradient's
+    SMMF_TRITON_PASS0=4:40:2048:3:4             # pass 0, the same two forms, by the gradient's
 
 A pass-1 setting is written WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]], fields as in
-:class:`Pass1Launch`; a pass-0 setting WARPS:MAXNREG:BLOCK[:STAGES], as in :class:`Pass0Launch`.
+:class:`Pass1Launch`; a pass-0 setting WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]], as in :class:`Pass0Launch`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ BLOCK_J = 16
 # block rather than per element: the same kernels on blocks of 16 rows.
 INTERPRETER_BLOCK_R = 16
 _FIELDS = "WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]]"
-_PASS0_FIELDS = "WARPS:MAXNREG:BLOCK[:STAGES]"
+_PASS0_FIELDS = "WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]]"
 
 
 def _shared_rules(num_warps: int, maxnreg: int, stages: int) -> dict[str, bool]:
@@ -147,13 +147,16 @@ WIDE = Pass1Launch(maxnreg=128, block_bytes=32)
 class Pass0Launch:
     """Pass 0's launch for one gradient dtype: ``block`` elements a loop iteration (2048: 16 a thread of
     4 warps, four 16-byte loads of fp32), ``maxnreg`` registers a thread at most (0: no cap; uncapped,
-    Triton 3.6 takes 54-56 for 4 warps, 9 programs an SM), and ``stages`` > 1 pipelines the loop's loads
-    through shared memory, ``stages`` - 1 iterations ahead."""
+    Triton 3.6 takes 54-56 for 4 warps, 9 programs an SM), ``stages`` > 1 pipelines the loop's loads
+    through shared memory, ``stages`` - 1 iterations ahead, and ``split`` cuts each tile's share of its
+    gradient into that many programs' (GPT-2's 2,058 tiles fill an H100 1.7 times over at 9 programs
+    an SM, so the second wave leaves SMs idle; shorter programs even the waves out)."""
 
     num_warps: int = 4
     maxnreg: int = 0
     block: int = 2048
     stages: int = 1
+    split: int = 1
 
     def __post_init__(self) -> None:
         _require(
@@ -161,19 +164,20 @@ class Pass0Launch:
             {
                 **_shared_rules(self.num_warps, self.maxnreg, self.stages),
                 "BLOCK a power of two from 256 to 16384": self.block in {1 << k for k in range(8, 15)},
+                "SPLIT from 1 to 16": 1 <= self.split <= 16,
             },
         )
 
     @classmethod
     def parse(cls, text: str) -> Pass0Launch:
-        """A setting from WARPS:MAXNREG:BLOCK[:STAGES] (STAGES left out: 1)."""
-        fields = _integers("pass 0 launch", text, _PASS0_FIELDS, 3, 4)
-        warps, maxnreg, block, stages = fields + [1][len(fields) - 3 :]
-        return cls(warps, maxnreg, block, stages)
+        """A setting from WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]] (STAGES and SPLIT left out: 1)."""
+        fields = _integers("pass 0 launch", text, _PASS0_FIELDS, 3, 5)
+        warps, maxnreg, block, stages, split = fields + [1, 1][len(fields) - 3 :]
+        return cls(warps, maxnreg, block, stages, split)
 
     def text(self) -> str:
         """The setting as :meth:`parse` reads it."""
-        return f"{self.num_warps}:{self.maxnreg}:{self.block}:{self.stages}"
+        return f"{self.num_warps}:{self.maxnreg}:{self.block}:{self.stages}:{self.split}"
 
     def options(self) -> dict[str, Any]:
         """Triton's compile options: warps and the register cap."""
@@ -181,7 +185,7 @@ class Pass0Launch:
 
     def constexprs(self) -> dict[str, Any]:
         """``check_gradients``' launch constants, in its argument order."""
-        return {"BLOCK": self.block, "STAGES": self.stages}
+        return {"BLOCK": self.block, "STAGES": self.stages, "SPLIT": self.split}
 
 
 # By the gradient's bytes an element: today's for every dtype until a GPU times the others

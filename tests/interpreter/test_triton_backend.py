@@ -15,7 +15,7 @@ import triton.language as tl
 from torch import nn
 
 from golden_replay import CASES, max_relative_error, replay
-from smmf import SMMF, rounding, triton_backend
+from smmf import SMMF, rounding, triton_backend, triton_launch
 from smmf import triton_arithmetic as ta
 from smmf import triton_kernels as tk
 from smmf import triton_tile as tt
@@ -276,6 +276,17 @@ def test_a_bad_gradient_in_the_last_share_of_a_tensor_of_many_tiles_skips_it() -
     """Pass 0 reads a tensor's gradient in one contiguous share per tile; a bad last element lies in
     the last share of a (250, 240) tensor (8 steps: the interpreter is slow on this size)."""
     assert_bad_step_is_skipped("triton", torch.float32, float("inf"), shape=(250, 240), at=(249, 239), steps=8)
+
+
+@pytest.mark.parametrize("at", [(40, 7), (63, 47)], ids=["eighth-share", "last-share"])
+def test_pass0_split_into_shorter_programs_finds_a_bad_element_in_any_of_them(
+    monkeypatch: pytest.MonkeyPatch, at: tuple[int, int]
+) -> None:
+    """SMMF_TRITON_PASS0's SPLIT cuts each tile's share of a gradient into that many programs' runs of
+    BLOCK elements (here each of a (64, 48) tensor's 4 tiles into 4 programs, of one 256-element block
+    or none); an inf in any of them skips the tensor: both places lie in a tile's fourth program."""
+    monkeypatch.setenv(triton_launch.PASS0_ENV, "4:0:256:1:4")
+    assert_bad_step_is_skipped("triton", torch.float32, float("inf"), at=at, steps=5)
 
 
 def test_8bit_signs_skip_too() -> None:
