@@ -36,7 +36,7 @@ BLOCK_J = 16
 # Rows of a block under Triton's interpreter (CPU tensors, the tests), which pays Python overhead per
 # block rather than per element: the same kernels on blocks of 16 rows.
 INTERPRETER_BLOCK_R = 16
-_FIELDS = "WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]]"
+_PASS1_FIELDS = "WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]]"
 _PASS0_FIELDS = "WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]]"
 
 
@@ -103,7 +103,7 @@ class Pass1Launch:
     def parse(cls, text: str) -> Pass1Launch:
         """A setting from WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]] (BLOCK_J 0 or
         left out: 16; PREFETCH 0 or 1)."""
-        fields = _integers("pass 1 launch", text, _FIELDS, 3, 7)
+        fields = _integers("pass 1 launch", text, _PASS1_FIELDS, 3, 7)
         left_out = [0, 0, 0, 1][len(fields) - 3 :]  # PREFETCH, BLOCK_J, ROW_CHUNK, STAGES
         warps, maxnreg, rows, prefetch, block_j, chunk, stages = fields + left_out
         if prefetch not in (0, 1):
