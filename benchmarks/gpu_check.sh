@@ -74,7 +74,7 @@ for stage in "${stages[@]}"; do
     optimizers() { if [ "$picked" != "$stage" ]; then echo "$picked"; else echo "$1"; fi; }
     case "${stage%%:*}" in
     tests) # those of the inductor path (the step of before) are left out to save device time
-        timeout -s INT -k 5 240 "$py" -m pytest -q -p no:cacheprovider -k "not inductor" tests/test_cuda.py 2>&1 |
+        timeout -s INT -k 5 240 "$py" -m pytest -q -p no:cacheprovider --durations=15 -k "not inductor" tests/test_cuda.py 2>&1 |
             tee -a "$log"
         ;;
     train-small)
