@@ -77,8 +77,8 @@ def _captured_step(params: list[torch.Tensor]) -> tuple[smmf.SMMF, tuple[Any, ..
     return opt, seen[-1]
 
 
-def setting(plan: triton_backend.Plan, config: str) -> tuple[str, triton_backend.Plan | None]:
-    """A config's table cells and the plan to time it with (None where the plan's tiles are not a
+def pass1_setting(plan: triton_backend.Plan, config: str) -> tuple[str, triton_backend.Plan | None]:
+    """A pass-1 config's table cells and the plan to time it with (None where the plan's tiles are not a
     whole number of its blocks)."""
     launch = Pass1Launch.parse(config)
     flags = (launch.maxnreg or "-", launch.block_rows, "yes" if launch.prefetch else "no", launch.block_bytes)
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\nPass 1's settings, beside pass 0's default launch:\n")
     print("| warps | maxnreg | BLOCK_R | prefetch | BLOCK_J | row chunk | stages | step's kernels, ms | GB/s moved |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    pass1 = (setting(plan, config) for config in args.configs.split(","))
+    pass1 = (pass1_setting(plan, config) for config in args.configs.split(","))
     _sweep(pass1, checker.mismatch, milliseconds, moved, args.best, lambda v: v.pass1.text())
     assert opt.state and all(math.isfinite(float(p.detach().float().abs().max())) for p in params)
 

@@ -19,6 +19,7 @@ from smmf import triton_launch  # noqa: E402
 from smmf import triton_tile as tt  # noqa: E402
 
 TARGETS = [GPUTarget("cuda", 90, 32), GPUTarget("cuda", 80, 32)]
+SASS = benchmark_modules.load("kernel_sass")  # machine code read for sm_90 without a GPU
 TODAY = triton_launch.PASS1[4]
 
 
@@ -112,19 +113,9 @@ def test_pass1s_loop_over_an_aligned_tiles_rows_crosses_warps_once_per_block(
     A layout with warps across the sign planes took 6 (Triton 3.8) to 11 (3.6) barriers a block.
     Under its register cap the loop keeps its values in registers (no local memory). Pipelined, its
     parameter and gradient are copied into shared memory asynchronously (LDGSTS), in vectors."""
-    sass = benchmark_modules.load("kernel_sass")
     constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": tl.float32, "HAS_M": True, "PACKED": True, "STOCHASTIC": False}
-    kernel = sass.compile_kernel(tt.step_tiles, constexprs | launch.constexprs(), launch.options())
-    instrs, labels = sass.parse_sass(sass.disassemble(kernel.asm["cubin"], sass.tool_paths()[1]))
-    loads = ("LDGSTS",) if launch.stages > 1 else ("LDG",)
-    aligned = [
-        body
-        for body in sass.innermost_loops(instrs, labels)
-        if any(ins.opcode.split(".")[0] in loads and {"64", "128"} & set(ins.opcode.split(".")) for ins in body)
-    ]
-    assert len(aligned) == 1
-    assert sum(ins.opcode.startswith("BAR.SYNC") for ins in aligned[0]) <= 2
-    assert not [ins.opcode for ins in aligned[0] if ins.opcode.split(".")[0] in ("LDL", "STL")]
+    aligned, _ = _the_vector_loop(tt.step_tiles, constexprs | launch.constexprs(), launch, {"64", "128"})
+    assert sum(ins.opcode.startswith("BAR.SYNC") for ins in aligned) <= 2
 
 
 @pytest.mark.parametrize("config", benchmark_modules.swept_pass0_launches())
@@ -133,21 +124,29 @@ def test_pass0s_loop_over_an_aligned_gradient_keeps_to_registers_and_vectors(con
     """Every pass-0 launch the sweep times reads an aligned gradient in 16-byte vectors, into registers
     (LDG) or, pipelined, copied asynchronously into shared memory (LDGSTS), and its loop spills nothing
     under its register cap (no local memory)."""
-    sass = benchmark_modules.load("kernel_sass")
     launch = triton_launch.Pass0Launch.parse(config)
     constexprs = {"G_DT": g_dt, "ACC": tl.float32, **launch.constexprs()}
-    kernel = sass.compile_kernel(tk.check_gradients, constexprs, launch.options())
-    instrs, labels = sass.parse_sass(sass.disassemble(kernel.asm["cubin"], sass.tool_paths()[1]))
-    load = "LDGSTS" if launch.stages > 1 else "LDG"
-    vectors = [
-        body for body in sass.innermost_loops(instrs, labels) if any(_is_vector(ins.opcode, load) for ins in body)
-    ]
-    assert len(vectors) == 1, config
-    assert not [ins.opcode for ins in vectors[0] if ins.opcode.split(".")[0] in ("LDL", "STL")]
-    loaded = sum(sass.load_bits(ins.opcode) for ins in vectors[0] if ins.opcode.split(".")[0] == load)
+    vectors, load = _the_vector_loop(tk.check_gradients, constexprs, launch, {"128"})
+    loaded = sum(SASS.load_bits(ins.opcode) for ins in vectors if ins.opcode.split(".")[0] == load)
     assert loaded * launch.num_warps * 32 // bits == launch.block  # one block an iteration, all in vectors
 
 
-def _is_vector(opcode: str, load: str) -> bool:
-    parts = opcode.split(".")
-    return parts[0] == load and "128" in parts
+def _the_vector_loop(
+    kernel: Any,
+    constexprs: dict[str, Any],
+    launch: triton_launch.Pass0Launch | triton_launch.Pass1Launch,
+    bits: set[str],
+) -> tuple[list[Any], str]:
+    """The one innermost loop of ``kernel`` compiled for sm_90 that loads vectors of ``bits`` (LDG, or
+    LDGSTS where ``launch`` pipelines it), checked to keep to registers; and that load's opcode."""
+    compiled = SASS.compile_kernel(kernel, constexprs, launch.options())
+    instrs, labels = SASS.parse_sass(SASS.disassemble(compiled.asm["cubin"], SASS.tool_paths()[1]))
+    load = "LDGSTS" if launch.stages > 1 else "LDG"
+    loops = [
+        body
+        for body in SASS.innermost_loops(instrs, labels)
+        if any(ins.opcode.split(".")[0] == load and bits & set(ins.opcode.split(".")) for ins in body)
+    ]
+    assert len(loops) == 1, launch.text()
+    assert not [ins.opcode for ins in loops[0] if ins.opcode.split(".")[0] in ("LDL", "STL")]
+    return loops[0], load

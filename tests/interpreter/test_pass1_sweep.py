@@ -48,7 +48,7 @@ def test_each_swept_setting_steps_as_the_default_launch(monkeypatch: pytest.Monk
     sweep = benchmark_modules.load("pass1_sweep")
     checker, plan = _checker(monkeypatch, sweep, sweep.TINY)
     for config in benchmark_modules.swept_pass1_launches():
-        cells, variant = sweep.setting(plan, config)
+        cells, variant = sweep.pass1_setting(plan, config)
         assert variant is not None, f"{config}: {cells}"
         assert variant.pass1.text().startswith(config), config  # every field of the config reaches the plan
         assert checker.mismatch(variant) is None, config
@@ -68,7 +68,14 @@ def test_each_swept_pass0_setting_steps_and_skips_as_the_default_launch(monkeypa
 
 @triton.jit
 def _never_flags(
-    table, tile_map, flags, G_DT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr
+    table,
+    tile_map,
+    flags,
+    G_DT: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+    STAGES: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """A pass 0 that finds nothing, for the sweep's check to catch."""
 
@@ -134,7 +141,7 @@ def test_the_sweep_writes_the_fastest_pass0_setting_that_skips_an_inf(
         return "missed it" if plan.pass0.num_warps == 8 else None  # the fastest, but wrong
 
     monkeypatch.setattr(sweep.Checker, "misses_nonfinite", misses)
-    monkeypatch.setattr(triton_backend, "step", _recording(triton_backend.step, stepped))
+    monkeypatch.setattr(triton_backend, "step", _recording(stepped, lambda plan: plan.pass0.text()))
     best, best_pass0 = tmp_path / "best.txt", tmp_path / "best-pass0.txt"
     argv = ["--best", str(best), "--pass0-configs", ",".join(times), "--best-pass0", str(best_pass0)]
     _sweep_main(monkeypatch, sweep, timed, *argv)
@@ -161,11 +168,12 @@ def test_each_check_starts_from_the_state_before_the_timings(
     assert "steps unlike" not in table and table.count("| 1.000 |") == 3
 
 
-def _recording(step: Any, stepped: list[str]) -> Any:
-    """``triton_backend.step`` that notes the pass-0 setting of each plan it steps."""
+def _recording(seen: list[Any], what: Any) -> Any:
+    """``triton_backend.step`` that first notes ``what(plan)`` of each plan it steps in ``seen``."""
+    step = triton_backend.step
 
     def record(plan: triton_backend.Plan, *args: Any) -> None:
-        stepped.append(plan.pass0.text())
+        seen.append(what(plan))
         step(plan, *args)
 
     return record
@@ -177,13 +185,9 @@ def test_the_launch_nsight_compute_profiles_is_the_settings_own(monkeypatch: pyt
     skip = re.search(r"--launch-skip (\d+)", (benchmark_modules.BENCHMARKS / "gpu_check.sh").read_text())
     assert skip, "gpu_check.sh's ncu stage names no --launch-skip"
     launches: list[tuple[str, str]] = []
-    step = triton_backend.step
-
-    def record(plan: triton_backend.Plan, *args: Any) -> None:
-        launches.append((plan.pass1.text(), plan.pass0.text()))
-        step(plan, *args)
-
-    monkeypatch.setattr(triton_backend, "step", record)
+    monkeypatch.setattr(
+        triton_backend, "step", _recording(launches, lambda plan: (plan.pass1.text(), plan.pass0.text()))
+    )
     config = "4:128:4:0:16:0:3"
     sweep = benchmark_modules.load("pass1_sweep")
     _sweep_main(monkeypatch, sweep, lambda fn, **kwargs: fn() or 1.0, "--configs", config)
