@@ -4,6 +4,7 @@ here: those are tested under the interpreter, in tests/interpreter)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,7 +17,7 @@ from smmf.matricization import square_matricize
 from smmf.signpack import row_bytes
 from step_helpers import assert_format1_resume_is_exact, run
 
-needs_triton = pytest.mark.skipif(not triton_backend.available(torch.device("cuda")), reason="needs the triton package")
+needs_triton = pytest.mark.skipif(not triton_backend.installed(), reason="needs the triton package")
 
 
 def test_unknown_backend_is_a_value_error_naming_it() -> None:
@@ -45,6 +46,76 @@ def test_auto_and_fused_resolve_as_documented() -> None:
     assert functional.resolve_backend("eager", None, cpu) == "eager"
     expected = "cpp" if functional.cpp_backend.available() else "eager"
     assert functional.resolve_backend("auto", None, cpu) == expected
+
+
+@pytest.fixture
+def gpu_of(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[tuple[int, int], str], torch.device]]:
+    """A CUDA device of a given compute capability and name, as the backend choice sees one: only
+    torch.cuda's answers are faked, so no GPU is needed (nor is any kernel compiled)."""
+
+    def make(capability: tuple[int, int], name: str) -> torch.device:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: name)
+        monkeypatch.setattr(torch.version, "hip", None)
+        triton_backend._gpu_too_old.cache_clear()
+        return torch.device("cuda", 0)
+
+    yield make
+    triton_backend._gpu_too_old.cache_clear()
+
+
+@needs_triton
+def test_a_gpu_older_than_tritons_oldest_steps_eagerly_or_names_why_not(gpu_of: Any) -> None:
+    """A Pascal card (Kaggle's P100) compiles neither Triton's kernels nor inductor's: 'auto' steps
+    eagerly, and a compiled step asked for by name is refused before anything changes."""
+    p100 = gpu_of((6, 0), "Tesla P100-PCIE-16GB")
+    assert functional.resolve_backend("auto", None, p100) == "eager"
+    assert functional.resolve_backend("auto", False, p100) == "eager"
+    why = r"Tesla P100-PCIE-16GB has compute capability 6\.0; Triton needs 7\.0 or newer"
+    for backend in ("triton", "inductor"):
+        with pytest.raises(ValueError, match=rf"Invalid backend: '{backend}' cannot run on cuda tensors here: {why}"):
+            functional.resolve_backend(backend, None, p100)
+    with pytest.raises(ValueError, match=rf"Invalid fused: True asks for a compiled step.*{why}"):
+        functional.resolve_backend("auto", True, p100)
+
+
+@needs_triton
+@pytest.mark.parametrize("capability", [(7, 0), (7, 5), (8, 0), (9, 0), (12, 0)])
+def test_gpus_triton_compiles_for_get_the_triton_backend(gpu_of: Any, capability: tuple[int, int]) -> None:
+    gpu = gpu_of(capability, "a GPU")
+    assert functional.resolve_backend("auto", None, gpu) == "triton"
+    assert functional.resolve_backend("auto", True, gpu) == "triton"
+    assert functional.resolve_backend("inductor", None, gpu) == "inductor"
+
+
+def test_without_the_triton_package_a_gpu_steps_eagerly_or_names_the_package(
+    gpu_of: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No triton (torch's CUDA wheels for Windows come without it): inductor cannot compile for CUDA either."""
+    monkeypatch.setattr(triton_backend, "installed", lambda: False)
+    gpu = gpu_of((9, 0), "a GPU")
+    assert functional.resolve_backend("auto", None, gpu) == "eager"
+    for backend in ("triton", "inductor"):
+        with pytest.raises(ValueError, match=rf"backend: '{backend}'.*pip install triton"):
+            functional.resolve_backend(backend, None, gpu)
+    with pytest.raises(ValueError, match=r"fused: True.*pip install triton"):
+        functional.resolve_backend("auto", True, gpu)
+
+
+def test_a_cpu_without_a_compiler_steps_eagerly_or_names_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(functional.cpp_backend, "_build", lambda: (None, "g++ not found"))
+    monkeypatch.setattr(functional.torch_backend, "_cpu_compiler_missing", lambda: "no C++ compiler for inductor")
+    cpu = torch.device("cpu")
+    assert functional.resolve_backend("auto", None, cpu) == "eager"
+    with pytest.raises(ValueError, match=r"backend: 'inductor' cannot run on cpu tensors here: no C\+\+ compiler"):
+        functional.resolve_backend("inductor", None, cpu)
+    with pytest.raises(ValueError, match=r"fused: True.*no C\+\+ compiler"):
+        functional.resolve_backend("auto", True, cpu)
+    p = nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="fused"):
+        SMMF([p], fused=True).step()
+    assert torch.equal(p.detach(), torch.ones(3))
 
 
 def test_functional_step_equals_the_class() -> None:

@@ -10,7 +10,9 @@ dtype, gradient dtype), and each bucket goes to one backend:
 * ``"cpp"``: :mod:`smmf.cpp_backend`, one native call per bucket of CPU tensors, one pass over each.
 * ``"inductor"``: :mod:`smmf.torch_backend` compiled with ``torch.compile``.
 * ``"eager"``: the same torch code, uncompiled.
-* ``"auto"``: Triton on CUDA, C++ on CPU where a C++ compiler exists, eager elsewhere.
+* ``"auto"``: Triton on a CUDA GPU it compiles for (NVIDIA compute capability 7.0 and newer, or
+  ROCm), C++ on CPU where a C++ compiler exists, eager elsewhere (a P100, say: inductor's CUDA
+  kernels are Triton's too).
 
 Tensors a backend does not take (dense vectors and fp16 ones for C++; non-contiguous ones for
 Triton) go to inductor where it compiles, else eager.
@@ -51,30 +53,47 @@ class StepCache:
 
 def resolve_backend(backend: str, fused: bool | None, device: torch.device) -> str:
     """The backend that runs tensors on ``device``; raises ValueError naming the argument when the
-    requested one cannot run there. ``fused=False`` means eager and ``fused=True`` compiled."""
+    requested one cannot run there. ``fused=False`` means eager and ``fused=True`` compiled; 'auto'
+    falls back to eager where nothing compiles (a GPU older than Triton's oldest, say), unless
+    ``fused=True`` asked for a compiled step."""
     if backend not in BACKENDS:
         raise ValueError(f"Invalid backend: {backend!r} (expected one of {BACKENDS})")
-    if backend == "triton" and not triton_backend.available(device):
-        raise ValueError(
-            f"Invalid backend: 'triton' cannot run on {device.type} tensors here (it needs Triton and a CUDA "
-            "device, or TRITON_INTERPRET=1 for CPU tensors)"
-        )
-    if backend == "cpp" and (device.type != "cpu" or not cpp_backend.available()):
-        raise ValueError(
-            f"Invalid backend: 'cpp' cannot run on {device.type} tensors here (it needs CPU tensors and a C++ "
-            f"compiler with OpenMP): {cpp_backend.unavailable_reason()}"
-        )
+    if backend not in ("auto", "eager") and (reason := _cannot_run(backend, device)):
+        raise ValueError(f"Invalid backend: {backend!r} cannot run on {device.type} tensors here: {reason}")
     if backend != "auto":
         return backend
     if fused is False:
         return "eager"
-    if device.type == "cuda" and triton_backend.available(device):
-        return "triton"
+    chosen = _automatic(device)
+    if fused and chosen == "eager":
+        why = _cannot_run("triton" if device.type == "cuda" else "inductor", device)
+        raise ValueError(
+            f"Invalid fused: True asks for a compiled step, and none runs on {device.type} tensors here: "
+            f"{why or 'SMMF compiles its step for CPU and CUDA tensors only'}"
+        )
+    return chosen
+
+
+def _automatic(device: torch.device) -> str:
+    """'auto''s backend for tensors on ``device``."""
+    if device.type == "cuda":  # inductor's CUDA kernels are Triton's: where Triton cannot run, nor can it
+        return "triton" if triton_backend.available(device) else "eager"
     if device.type == "cpu" and cpp_backend.available():
         return "cpp"
-    if torch_backend.compiler_available(device.type):
+    if device.type == "cpu" and torch_backend.compiler_available(device):
         return "inductor"
     return "eager"
+
+
+def _cannot_run(backend: str, device: torch.device) -> str:
+    """Why a compiled backend cannot step tensors on ``device`` ("" where it can)."""
+    if backend == "triton":
+        return triton_backend.unavailable_reason(device)
+    if backend == "inductor":
+        return torch_backend.compiler_unavailable_reason(device)
+    if device.type != "cpu":
+        return "it steps CPU tensors only"
+    return "" if cpp_backend.available() else f"it needs a C++ compiler with OpenMP: {cpp_backend.unavailable_reason()}"
 
 
 def hyperparameter_values(
@@ -177,7 +196,7 @@ def smmf(
         elif chosen == "cpp":
             items = _cpp_bucket(items, hp)
         if items:  # all of them (eager, inductor), or those the Triton or C++ kernel does not take
-            compiled = chosen == "inductor" or (chosen != "eager" and torch_backend.compiler_available(device.type))
+            compiled = chosen == "inductor" or (chosen != "eager" and torch_backend.compiler_available(device))
             torch_backend.step(items, hp, block_size, compiled=compiled)
 
 

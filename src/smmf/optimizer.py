@@ -31,8 +31,9 @@ class SMMF(Optimizer):
     ``sign_bits`` is 1 (packed) or 8 (a byte per element, as the reference stores it). ``backend``
     picks the step's implementation: 'triton' (every tensor of a group in four kernel launches),
     'cpp' (CPU: every tensor in one native call, one pass each), 'inductor' (torch.compile), 'eager', or
-    'auto' (Triton on CUDA, C++ on CPU, eager where nothing compiles); ``fused=False`` is the older
-    spelling of 'eager' and ``fused=True`` of a compiled one.
+    'auto' (Triton on CUDA, C++ on CPU, eager where nothing compiles, as on a GPU older than Triton's
+    oldest, compute capability 7.0); ``fused=False`` is the older spelling of 'eager' and
+    ``fused=True`` of a compiled one (ValueError where none can run).
     ``block_size`` bounds the elements the torch backends process at once, hence the temporary memory
     of a step (None: 2^19, and on GPUs at least 1/16 of the largest tensor). ``stochastic_rounding``
     rounds the float32 result of the update to bf16 parameters stochastically (unbiased, reproducible;

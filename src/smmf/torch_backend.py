@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import kernels
+from . import kernels, triton_backend
 from .matricization import square_matricize
 from .signpack import row_bytes
 from .state_format import sign_as_bytes
 
-__all__ = ["compiler_available", "step"]
+__all__ = ["compiler_available", "compiler_unavailable_reason", "step"]
 
 Item = tuple[Tensor, Tensor, dict[str, Any]]
 
@@ -104,20 +104,30 @@ def _plan(items: list[Item], block_size: int) -> tuple[list[list[int]], list[int
     return batches, singles
 
 
+def compiler_unavailable_reason(device: torch.device) -> str:
+    """Why torch.compile cannot fuse the step for tensors on ``device`` ("" where it can or may): on
+    CUDA, inductor writes Triton kernels, so it needs what the Triton backend needs; on a CPU, a C++
+    compiler; other devices are left to torch (``backend='auto'`` does not pick inductor for them)."""
+    if device.type == "cuda":
+        return triton_backend.unavailable_reason(device)
+    return _cpu_compiler_missing() if device.type == "cpu" else ""
+
+
 @functools.cache
-def compiler_available(device_type: str) -> bool:
-    """torch.compile can fuse the step here: CUDA, or a CPU with a C++ compiler for inductor."""
-    if device_type == "cuda":
-        return True
-    if device_type != "cpu":
-        return False
+def _cpu_compiler_missing() -> str:
+    """Why inductor finds no C++ compiler here ("" where it does); asked once a process."""
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
 
         get_cpp_compiler()
-    except Exception:  # noqa: BLE001 - torch raises various types when no C++ compiler is found
-        return False
-    return True
+    except Exception as exc:  # noqa: BLE001 - torch raises various types when no C++ compiler is found
+        return f"no C++ compiler for inductor ({type(exc).__name__}: {exc})"
+    return ""
+
+
+def compiler_available(device: torch.device) -> bool:
+    """Whether torch.compile can fuse the step for tensors on ``device``."""
+    return not compiler_unavailable_reason(device)
 
 
 def step(items: list[Item], hp: Tensor, block_size: int | None, compiled: bool) -> None:

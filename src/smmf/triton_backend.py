@@ -25,8 +25,8 @@ from .signpack import row_bytes
 from .triton_launch import BLOCK_J, BLOCK_R, Pass0Launch, Pass1Launch, pass0_launch, pass1_launch
 
 __all__ = [
-    "available", "Plan", "layout_key", "scratch_budget", "vector_ready",
-    "build_plan", "with_gradients", "step",
+    "MIN_CUDA_CAPABILITY", "available", "installed", "unavailable_reason",
+    "Plan", "layout_key", "scratch_budget", "vector_ready", "build_plan", "with_gradients", "step",
 ]  # fmt: skip
 
 # Passes 0 and 1's blocks, warps, register caps and loads in flight: smmf.triton_launch.
@@ -50,16 +50,50 @@ LONE_TENSOR_MAX_SLOTS = 64
 Item = tuple[Tensor, Tensor, dict[str, Any]]
 
 
-def available(device: torch.device) -> bool:
-    """Whether Triton can run the step for tensors on ``device``: CUDA with Triton installed, or CPU
-    tensors under Triton's interpreter (``TRITON_INTERPRET=1``, for tests)."""
+# The oldest NVIDIA GPUs Triton compiles for, and so inductor on CUDA: Volta. A Pascal card (Kaggle's
+# P100, 6.0) compiles neither, and its step runs eagerly.
+MIN_CUDA_CAPABILITY = (7, 0)
+
+
+@functools.cache
+def installed() -> bool:
+    """Whether the triton package imports."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
+    return True
+
+
+@functools.cache
+def _gpu_too_old(index: int) -> str:
+    """Why Triton cannot compile for CUDA device ``index`` ("" where it can): ROCm GPUs are Triton's
+    own targets; an NVIDIA one needs MIN_CUDA_CAPABILITY. Cached: the step asks every time."""
+    if torch.version.hip is not None:
+        return ""
+    capability = torch.cuda.get_device_capability(index)
+    if capability >= MIN_CUDA_CAPABILITY:
+        return ""
+    name = torch.cuda.get_device_name(index)
+    need = ".".join(map(str, MIN_CUDA_CAPABILITY))
+    return f"{name} has compute capability {capability[0]}.{capability[1]}; Triton needs {need} or newer"
+
+
+def unavailable_reason(device: torch.device) -> str:
+    """Why Triton cannot run the step for tensors on ``device`` ("" where it can): it runs on CUDA GPUs
+    it compiles for, and on CPU tensors under its interpreter (``TRITON_INTERPRET=1``, for tests)."""
+    if not installed():
+        return "the triton package is not installed (pip install triton)"
     if device.type == "cuda":
-        return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+        return _gpu_too_old(torch.cuda.current_device() if device.index is None else device.index)
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return ""
+    return "it needs a CUDA device, or TRITON_INTERPRET=1 for CPU tensors"
+
+
+def available(device: torch.device) -> bool:
+    """Whether Triton can run the step for tensors on ``device`` (see :func:`unavailable_reason`)."""
+    return not unavailable_reason(device)
 
 
 @dataclass(frozen=True)
