@@ -4,6 +4,7 @@ see (the compiler's type rules, constexpr branches, register use)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -50,7 +51,10 @@ def _compile(
     kernel = triton.compile(
         ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target, options=options
     )
-    assert kernel.asm["cubin"] and "ld.global" in kernel.asm["ptx"]
+    if target.backend == "hip":
+        assert kernel.asm["hsaco"] and re.search(r"\b(global|buffer|flat)_load", kernel.asm["amdgcn"])
+    else:
+        assert kernel.asm["cubin"] and "ld.global" in kernel.asm["ptx"]
     return kernel
 
 
@@ -58,31 +62,49 @@ def _signature(names: list[str], types: dict[str, str]) -> dict[str, str]:
     return {name: types.get(name, "constexpr") for name in names}
 
 
-@pytest.mark.parametrize(("target", "p_dt", "acc", "has_m", "packed", "stochastic"), KERNEL_CASES)
-def test_the_four_kernels_compile(
-    target: GPUTarget, p_dt: Any, acc: Any, has_m: bool, packed: bool, stochastic: bool
-) -> None:
+def _four_kernels(target: GPUTarget, kernel: tuple[Any, ...], launch: triton_launch.Pass1Launch) -> tuple[Any, Any]:
+    """The four kernels compiled for ``target`` (``kernel``: a KERNELS value; ``launch``: pass 1's);
+    returns passes 0 and 1."""
+    p_dt, acc, has_m, packed, stochastic = kernel
     accs = "fp64" if acc == tl.float64 else "fp32"
     check = ["table", "tile_map", "flags", "G_DT", "ACC", "BLOCK", "STAGES", "SPLIT"]
     types = {"table": "*i64", "tile_map": "*i32", "flags": "*i32", "tile_rows": "i32", "tile_bytes": "i32"}
-    check_blocks = triton_launch.PASS0[p_dt.primitive_bitwidth // 8].constexprs()
+    pass0 = triton_launch.PASS0[p_dt.primitive_bitwidth // 8]
     check_kernel = _compile(
-        tk.check_gradients, _signature(check, types), {"G_DT": p_dt, "ACC": acc, **check_blocks}, target
+        tk.check_gradients, _signature(check, types), {"G_DT": p_dt, "ACC": acc, **pass0.constexprs()}, target
     )
-    assert "ld.global.v" in check_kernel.asm["ptx"]  # pass 0 reads an aligned tensor's gradient in vectors too
     step = ["table", "tile_map", "flags", "hp", "lr_ptr", "scratch", "flag_copies", "tile_rows", "tile_bytes",
             "P_DT", "G_DT", "ACC", "HAS_M", "PACKED", "STOCHASTIC", "PREFETCH", "ROW_CHUNK", "STAGES",
             "BLOCK_R", "BLOCK_J"]  # fmt: skip
     types |= {"hp": f"*{accs}", "lr_ptr": "*fp32", "scratch": f"*{accs}", "flag_copies": f"*{accs}"}
     constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": acc, "HAS_M": has_m, "PACKED": packed, "STOCHASTIC": stochastic}
-    launch = triton_launch.Pass1Launch(
+    constexprs |= launch.constexprs()
+    step_kernel = _compile(tt.step_tiles, _signature(step, types), constexprs, target, launch.options())
+    reduce = ["table", "scratch", "flags", "flag_copies", "ACC", "HAS_M", "BLOCK"]
+    _compile(tk.reduce_factors, _signature(reduce, types), {"ACC": acc, "HAS_M": has_m, "BLOCK": 1024}, target)
+    normalize = ["table", "scratch", "flag_copies", "ACC", "HAS_M", "BLOCK"]
+    _compile(tk.normalize_columns, _signature(normalize, types), {"ACC": acc, "HAS_M": has_m, "BLOCK": 1024}, target)
+    return check_kernel, step_kernel
+
+
+def _both_loops(kernel: tuple[Any, ...]) -> triton_launch.Pass1Launch:
+    """Pass 1's launch for a KERNELS case: the cases between them take every way of its loops."""
+    _, _, has_m, packed, stochastic = kernel
+    return triton_launch.Pass1Launch(
         prefetch=stochastic,  # both ways of pass 1's loop, on different kernels
         row_chunk=16 if packed else 0,  # and of its loop over a tile's rows
         stages=3 if has_m and not stochastic else 1,  # and pipelined
     )
-    constexprs |= launch.constexprs()
-    options = launch.options()
-    step_kernel = _compile(tt.step_tiles, _signature(step, types), constexprs, target, options)
+
+
+@pytest.mark.parametrize(("target", "p_dt", "acc", "has_m", "packed", "stochastic"), KERNEL_CASES)
+def test_the_four_kernels_compile(
+    target: GPUTarget, p_dt: Any, acc: Any, has_m: bool, packed: bool, stochastic: bool
+) -> None:
+    kernel = (p_dt, acc, has_m, packed, stochastic)
+    launch = _both_loops(kernel)
+    check_kernel, step_kernel = _four_kernels(target, kernel, launch)
+    assert "ld.global.v" in check_kernel.asm["ptx"]  # pass 0 reads an aligned tensor's gradient in vectors too
     ptx = step_kernel.asm["ptx"]
     # the alignment hints of pass 1's vector path held: parameter and gradient move in vectors (pipelined:
     # copied to shared memory 8 or 16 bytes at a time)
@@ -92,11 +114,17 @@ def test_the_four_kernels_compile(
     # compiled, the update divides with one approximate instruction in float32 (IEEE in float64), and
     # ptxas is given the register cap
     assert ("div.approx.ftz.f32" in ptx and "div.full" not in ptx) if acc == tl.float32 else "div.rn.f64" in ptx
-    assert f".maxnreg {options['maxnreg']}" in ptx
-    reduce = ["table", "scratch", "flags", "flag_copies", "ACC", "HAS_M", "BLOCK"]
-    _compile(tk.reduce_factors, _signature(reduce, types), {"ACC": acc, "HAS_M": has_m, "BLOCK": 1024}, target)
-    normalize = ["table", "scratch", "flag_copies", "ACC", "HAS_M", "BLOCK"]
-    _compile(tk.normalize_columns, _signature(normalize, types), {"ACC": acc, "HAS_M": has_m, "BLOCK": 1024}, target)
+    assert f".maxnreg {launch.maxnreg}" in ptx
+
+
+@pytest.mark.parametrize("kernel", ["fp32-1bit", "bf16-sr", "fp16-8bit", "fp64"])
+@pytest.mark.parametrize("arch", ["gfx942", "gfx90a"], ids=["mi300", "mi200"])
+def test_the_four_kernels_compile_for_amd_gpus(arch: str, kernel: str) -> None:
+    """On ROCm, torch's "cuda" tensors are AMD GPUs' and 'auto' gives them Triton, launched without a
+    register cap, which AMD's Triton has no option for (tests/test_triton_launch.py)."""
+    launch = dataclasses.replace(_both_loops(KERNELS[kernel]), maxnreg=0)
+    _, step_kernel = _four_kernels(GPUTarget("hip", arch, 64), KERNELS[kernel], launch)
+    assert re.search(r"\b(global|buffer|flat)_store", step_kernel.asm["amdgcn"])
 
 
 PIPELINED = triton_launch.Pass1Launch(maxnreg=128, stages=3)

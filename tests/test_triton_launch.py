@@ -4,7 +4,10 @@ plan gets."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import torch
 
 from smmf import triton_launch
 from smmf.triton_launch import Pass0Launch, Pass1Launch, pass0_launch, pass1_launch
@@ -27,6 +30,19 @@ def test_a_setting_reads_from_its_text_and_writes_back(text: str, expected: Pass
 def test_options_leave_out_a_register_cap_of_0() -> None:
     assert Pass1Launch().options() == {"num_warps": 4, "maxnreg": 96}
     assert Pass1Launch(8, 0, 8).options() == {"num_warps": 8}
+
+
+def test_on_rocm_no_launch_asks_for_a_register_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AMD's Triton refuses ``maxnreg`` as an unknown keyword at launch: every setting, default or from
+    the environment, drops it there and keeps the rest (tests/test_triton_compile.py compiles them)."""
+    monkeypatch.setattr(torch.version, "hip", "6.4")
+    monkeypatch.setenv(triton_launch.PASS0_ENV, "4=8:40:4096:3")
+    for launch in (pass1_launch(2, True), pass1_launch(4, True), pass0_launch(2), pass0_launch(4)):
+        assert launch.maxnreg == 0 and "maxnreg" not in launch.options()
+    assert pass1_launch(4, True) == dataclasses.replace(triton_launch.PASS1[4], maxnreg=0)
+    assert pass0_launch(4) == Pass0Launch(8, 0, 4096, 3)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert pass1_launch(4, True) == triton_launch.PASS1[4] and pass0_launch(4).maxnreg == 40
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import torch
+
 __all__ = [
     "Pass0Launch", "Pass1Launch", "PASS0", "PASS1", "WIDE", "PASS0_ENV", "PASS1_ENV", "BLOCK_R", "BLOCK_J",
     "pass0_launch", "pass1_launch",
@@ -212,9 +214,11 @@ def _overrides(env: str, text: str, parse: Callable[[str], Launch]) -> dict[int,
 
 
 def _chosen(env: str, defaults: dict[int, Launch], parse: Callable[[str], Launch], element_size: int) -> Launch:
-    """``defaults``' setting for ``element_size``, or the environment's where it names one."""
+    """``defaults``' setting for ``element_size``, or the environment's where it names one; on ROCm
+    without a register cap, which AMD's Triton has no option for (its launch refuses the keyword)."""
     text = os.environ.get(env)
-    return (_overrides(env, text, parse).get(element_size) if text else None) or defaults[element_size]
+    setting = (_overrides(env, text, parse).get(element_size) if text else None) or defaults[element_size]
+    return dataclasses.replace(setting, maxnreg=0) if torch.version.hip else setting
 
 
 def pass0_launch(element_size: int) -> Pass0Launch:
