@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from smmf import SMMF, functional, state_format, triton_backend
+from smmf import SMMF, compilers, functional, state_format, triton_backend
 from smmf.matricization import square_matricize
 from smmf.signpack import row_bytes
 from step_helpers import assert_format1_resume_is_exact, run
 
-needs_triton = pytest.mark.skipif(not triton_backend.installed(), reason="needs the triton package")
+needs_triton = pytest.mark.skipif(not compilers.triton_installed(), reason="needs the triton package")
 
 
 def test_unknown_backend_is_a_value_error_naming_it() -> None:
@@ -57,11 +57,11 @@ def gpu_of(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[tuple[int, int
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: name)
         monkeypatch.setattr(torch.version, "hip", None)
-        triton_backend._gpu_too_old.cache_clear()
+        compilers._gpu_too_old.cache_clear()
         return torch.device("cuda", 0)
 
     yield make
-    triton_backend._gpu_too_old.cache_clear()
+    compilers._gpu_too_old.cache_clear()
 
 
 @needs_triton
@@ -92,7 +92,7 @@ def test_without_the_triton_package_a_gpu_steps_eagerly_or_names_the_package(
     gpu_of: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No triton (torch's CUDA wheels for Windows come without it): inductor cannot compile for CUDA either."""
-    monkeypatch.setattr(triton_backend, "installed", lambda: False)
+    monkeypatch.setattr(compilers, "triton_installed", lambda: False)
     gpu = gpu_of((9, 0), "a GPU")
     assert functional.resolve_backend("auto", None, gpu) == "eager"
     for backend in ("triton", "inductor"):
@@ -104,7 +104,7 @@ def test_without_the_triton_package_a_gpu_steps_eagerly_or_names_the_package(
 
 def test_a_cpu_without_a_compiler_steps_eagerly_or_names_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(functional.cpp_backend, "_build", lambda: (None, "g++ not found"))
-    monkeypatch.setattr(functional.torch_backend, "_cpu_compiler_missing", lambda: "no C++ compiler for inductor")
+    monkeypatch.setattr(compilers, "_cpu_compiler_missing", lambda: "no C++ compiler for inductor")
     cpu = torch.device("cpu")
     assert functional.resolve_backend("auto", None, cpu) == "eager"
     with pytest.raises(ValueError, match=r"backend: 'inductor' cannot run on cpu tensors here: no C\+\+ compiler"):

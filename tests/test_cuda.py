@@ -33,16 +33,17 @@ def _run(
     steps: int = 4,
     shapes: list[tuple[int, ...]] = SHAPES,
     last_grads: dict[int, float] | None = None,
+    device: str = "cuda",
     **kwargs: Any,
 ) -> tuple[list[torch.Tensor], SMMF]:
     """``steps`` steps from seeded parameters and gradients; in the second, the gradient of tensor i ends
     in ``last_grads[i]`` (an inf, say)."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    params = [torch.randn(s, device="cuda", dtype=dtype, generator=gen).requires_grad_() for s in shapes]
+    gen = torch.Generator(device=device).manual_seed(0)
+    params = [torch.randn(s, device=device, dtype=dtype, generator=gen).requires_grad_() for s in shapes]
     opt = SMMF(params, lr=_LR, backend=backend, **kwargs)
     for step in range(steps):
         for p in params:
-            p.grad = torch.randn(p.shape, device="cuda", dtype=dtype, generator=gen)
+            p.grad = torch.randn(p.shape, device=device, dtype=dtype, generator=gen)
         for index, value in (last_grads or {}).items() if step == 1 else ():
             params[index].grad.view(-1)[-1] = value  # type: ignore[union-attr]
         opt.step()
@@ -110,6 +111,15 @@ def test_triton_stochastic_rounding_matches_eager_on_cuda() -> None:
 def test_triton_matches_eager_on_gpt2_shapes() -> None:
     shapes = [(50257, 768), (1024, 768), (768, 2304), (2304,), (768, 768), (768,), (768, 3072), (3072, 768)]
     _assert_close_runs(_run("triton", steps=3, shapes=shapes), _run("eager", steps=3, shapes=shapes))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_triton_steps_a_gpu_other_than_the_current_one() -> None:
+    """A model split over GPUs (``device_map="auto"``, pipeline stages): each bucket's kernels run on its
+    tensors' GPU, whatever the current device, and leave the current device as it was."""
+    assert torch.cuda.current_device() == 0
+    _assert_close_runs(_run("triton", device="cuda:1"), _run("eager", device="cuda:1"))
+    assert torch.cuda.current_device() == 0
 
 
 def test_triton_launches_skip_tritons_dispatch_after_the_first_step() -> None:

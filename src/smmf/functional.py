@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import cpp_backend, kernels, torch_backend, triton_backend
+from . import compilers, cpp_backend, kernels, torch_backend, triton_backend
 from .state_format import factor_dtype
 
 __all__ = ["BACKENDS", "StepCache", "resolve_backend", "hyperparameter_values", "smmf"]
@@ -77,10 +77,10 @@ def resolve_backend(backend: str, fused: bool | None, device: torch.device) -> s
 def _automatic(device: torch.device) -> str:
     """'auto''s backend for tensors on ``device``."""
     if device.type == "cuda":  # inductor's CUDA kernels are Triton's: where Triton cannot run, nor can it
-        return "triton" if triton_backend.available(device) else "eager"
+        return "eager" if compilers.triton_unavailable_reason(device) else "triton"
     if device.type == "cpu" and cpp_backend.available():
         return "cpp"
-    if device.type == "cpu" and torch_backend.compiler_available(device):
+    if device.type == "cpu" and not compilers.inductor_unavailable_reason(device):
         return "inductor"
     return "eager"
 
@@ -88,9 +88,9 @@ def _automatic(device: torch.device) -> str:
 def _cannot_run(backend: str, device: torch.device) -> str:
     """Why a compiled backend cannot step tensors on ``device`` ("" where it can)."""
     if backend == "triton":
-        return triton_backend.unavailable_reason(device)
+        return compilers.triton_unavailable_reason(device)
     if backend == "inductor":
-        return torch_backend.compiler_unavailable_reason(device)
+        return compilers.inductor_unavailable_reason(device)
     if device.type != "cpu":
         return "it steps CPU tensors only"
     return "" if cpp_backend.available() else f"it needs a C++ compiler with OpenMP: {cpp_backend.unavailable_reason()}"
@@ -196,7 +196,7 @@ def smmf(
         elif chosen == "cpp":
             items = _cpp_bucket(items, hp)
         if items:  # all of them (eager, inductor), or those the Triton or C++ kernel does not take
-            compiled = chosen == "inductor" or (chosen != "eager" and torch_backend.compiler_available(device))
+            compiled = chosen == "inductor" or (chosen != "eager" and not compilers.inductor_unavailable_reason(device))
             torch_backend.step(items, hp, block_size, compiled=compiled)
 
 

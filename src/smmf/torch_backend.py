@@ -8,7 +8,6 @@ step's temporary memory). Each call is one function of :mod:`smmf.kernels`, comp
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,12 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import kernels, triton_backend
+from . import kernels
 from .matricization import square_matricize
 from .signpack import row_bytes
 from .state_format import sign_as_bytes
 
-__all__ = ["compiler_available", "compiler_unavailable_reason", "step"]
+__all__ = ["step"]
 
 Item = tuple[Tensor, Tensor, dict[str, Any]]
 
@@ -102,32 +101,6 @@ def _plan(items: list[Item], block_size: int) -> tuple[list[list[int]], list[int
             else:
                 singles.extend(chunk)
     return batches, singles
-
-
-def compiler_unavailable_reason(device: torch.device) -> str:
-    """Why torch.compile cannot fuse the step for tensors on ``device`` ("" where it can or may): on
-    CUDA, inductor writes Triton kernels, so it needs what the Triton backend needs; on a CPU, a C++
-    compiler; other devices are left to torch (``backend='auto'`` does not pick inductor for them)."""
-    if device.type == "cuda":
-        return triton_backend.unavailable_reason(device)
-    return _cpu_compiler_missing() if device.type == "cpu" else ""
-
-
-@functools.cache
-def _cpu_compiler_missing() -> str:
-    """Why inductor finds no C++ compiler here ("" where it does); asked once a process."""
-    try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
-
-        get_cpp_compiler()
-    except Exception as exc:  # noqa: BLE001 - torch raises various types when no C++ compiler is found
-        return f"no C++ compiler for inductor ({type(exc).__name__}: {exc})"
-    return ""
-
-
-def compiler_available(device: torch.device) -> bool:
-    """Whether torch.compile can fuse the step for tensors on ``device``."""
-    return not compiler_unavailable_reason(device)
 
 
 def step(items: list[Item], hp: Tensor, block_size: int | None, compiled: bool) -> None:

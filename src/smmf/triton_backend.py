@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +24,6 @@ from .signpack import row_bytes
 from .triton_launch import BLOCK_J, BLOCK_R, Pass0Launch, Pass1Launch, pass0_launch, pass1_launch
 
 __all__ = [
-    "MIN_CUDA_CAPABILITY", "available", "installed", "unavailable_reason",
     "Plan", "layout_key", "scratch_budget", "vector_ready", "build_plan", "with_gradients", "step",
 ]  # fmt: skip
 
@@ -48,52 +46,6 @@ MAX_SLOTS = 32
 LONE_TENSOR_MAX_SLOTS = 64
 
 Item = tuple[Tensor, Tensor, dict[str, Any]]
-
-
-# The oldest NVIDIA GPUs Triton compiles for, and so inductor on CUDA: Volta. A Pascal card (Kaggle's
-# P100, 6.0) compiles neither, and its step runs eagerly.
-MIN_CUDA_CAPABILITY = (7, 0)
-
-
-@functools.cache
-def installed() -> bool:
-    """Whether the triton package imports."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@functools.cache
-def _gpu_too_old(index: int) -> str:
-    """Why Triton cannot compile for CUDA device ``index`` ("" where it can): ROCm GPUs are Triton's
-    own targets; an NVIDIA one needs MIN_CUDA_CAPABILITY. Cached: the step asks every time."""
-    if torch.version.hip is not None:
-        return ""
-    capability = torch.cuda.get_device_capability(index)
-    if capability >= MIN_CUDA_CAPABILITY:
-        return ""
-    name = torch.cuda.get_device_name(index)
-    need = ".".join(map(str, MIN_CUDA_CAPABILITY))
-    return f"{name} has compute capability {capability[0]}.{capability[1]}; Triton needs {need} or newer"
-
-
-def unavailable_reason(device: torch.device) -> str:
-    """Why Triton cannot run the step for tensors on ``device`` ("" where it can): it runs on CUDA GPUs
-    it compiles for, and on CPU tensors under its interpreter (``TRITON_INTERPRET=1``, for tests)."""
-    if not installed():
-        return "the triton package is not installed (pip install triton)"
-    if device.type == "cuda":
-        return _gpu_too_old(torch.cuda.current_device() if device.index is None else device.index)
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        return ""
-    return "it needs a CUDA device, or TRITON_INTERPRET=1 for CPU tensors"
-
-
-def available(device: torch.device) -> bool:
-    """Whether Triton can run the step for tensors on ``device`` (see :func:`unavailable_reason`)."""
-    return not unavailable_reason(device)
 
 
 @dataclass(frozen=True)
@@ -333,7 +285,18 @@ def _triton_dtype(dtype: torch.dtype) -> Any:
 
 def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr: Tensor) -> None:
     """The four passes for a bucket: ``hp`` is the hyperparameter tensor (factor dtype, on the device)
-    and ``lr`` a one-element device tensor (the group's own tensor lr, or a slot of ``hp``)."""
+    and ``lr`` a one-element device tensor (the group's own tensor lr, or a slot of ``hp``). Triton
+    launches on the current CUDA device, so a bucket on another GPU (a model split over GPUs) is stepped
+    with that GPU made current, as torch's own ops do."""
+    if hp.is_cuda and hp.get_device() != torch.cuda.current_device():
+        with torch.cuda.device(hp.device):
+            _passes(plan, p_dtype, g_dtype, hp, lr)
+    else:
+        _passes(plan, p_dtype, g_dtype, hp, lr)
+
+
+def _passes(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr: Tensor) -> None:
+    """:func:`step` on the current device."""
     from . import triton_kernels as tk
     from . import triton_tile as tt
 

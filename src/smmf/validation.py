@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import functional, triton_backend
+from . import compilers, functional
 
 __all__ = ["validate_group"]
 
@@ -73,5 +73,5 @@ def validate_group(group: dict[str, Any]) -> None:
         raise ValueError(f"Invalid backend: {backend!r} (expected one of {functional.BACKENDS})")
     if group["fused"] is False and backend not in ("auto", "eager"):
         raise ValueError(f"Invalid backend: {backend!r} with fused=False (fused=False means backend='eager')")
-    if backend == "triton" and not triton_backend.installed():
+    if backend == "triton" and not compilers.triton_installed():
         raise ValueError("Invalid backend: 'triton' needs the triton package (pip install triton)")
