@@ -78,11 +78,11 @@ def _automatic(device: torch.device) -> str:
     """'auto''s backend for tensors on ``device``."""
     if device.type == "cuda":  # inductor's CUDA kernels are Triton's: where Triton cannot run, nor can it
         return "eager" if compilers.triton_unavailable_reason(device) else "triton"
-    if device.type == "cpu" and cpp_backend.available():
+    if device.type != "cpu":
+        return "eager"
+    if cpp_backend.available():
         return "cpp"
-    if device.type == "cpu" and not compilers.inductor_unavailable_reason(device):
-        return "inductor"
-    return "eager"
+    return "eager" if compilers.inductor_unavailable_reason(device) else "inductor"
 
 
 def _cannot_run(backend: str, device: torch.device) -> str:
