@@ -115,16 +115,17 @@ def assert_bad_step_is_skipped(
     backend: str,
     dtype: torch.dtype,
     bad: float,
-    shape: tuple[int, int] = (64, 48),
-    at: tuple[int, int] = (5, 7),
+    shape: tuple[int, ...] = (64, 48),
+    at: tuple[int, ...] = (5, 7),
     steps: int = 25,
+    memory_format: torch.memory_format = torch.contiguous_format,
     **kwargs: Any,
 ) -> None:
     """The issue's reproducer: a (64, 48) parameter, 25 steps of random gradients, one bad element (at
     ``at``) at step 3. That step leaves parameter and state unchanged and counts 1 skipped; the others
-    train on (``steps`` > 4 of them in all)."""
+    train on (``steps`` > 4 of them in all). Parameters and gradients are laid out in ``memory_format``."""
     torch.manual_seed(0)
-    p = nn.Parameter(torch.randn(shape).to(dtype))
+    p = nn.Parameter(torch.randn(shape).to(dtype).contiguous(memory_format=memory_format))
     other = nn.Parameter(torch.randn(shape).to(dtype))  # same shape: the batched path, where it applies
     opt = SMMF([p, other], lr=0.01, backend=backend, **kwargs)
     gen = torch.Generator().manual_seed(1)
@@ -134,7 +135,8 @@ def assert_bad_step_is_skipped(
         if step == 3:
             grad[at] = bad
             before = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items() if k != "skipped"}
-        p.grad, other.grad = grad.to(dtype), torch.randn(shape, generator=gen).to(dtype)
+        p.grad = grad.to(dtype).contiguous(memory_format=memory_format)
+        other.grad = torch.randn(shape, generator=gen).to(dtype)
         opt.step()
         if step == 3:
             assert torch.equal(p, before[0])

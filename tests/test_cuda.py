@@ -34,16 +34,23 @@ def _run(
     shapes: list[tuple[int, ...]] = SHAPES,
     last_grads: dict[int, float] | None = None,
     device: str = "cuda",
+    memory_format: torch.memory_format = torch.contiguous_format,
     **kwargs: Any,
 ) -> tuple[list[torch.Tensor], SMMF]:
-    """``steps`` steps from seeded parameters and gradients; in the second, the gradient of tensor i ends
-    in ``last_grads[i]`` (an inf, say)."""
+    """``steps`` steps from seeded parameters and gradients (laid out in ``memory_format``); in the
+    second, the gradient of tensor i ends in ``last_grads[i]`` (an inf, say)."""
     gen = torch.Generator(device=device).manual_seed(0)
-    params = [torch.randn(s, device=device, dtype=dtype, generator=gen).requires_grad_() for s in shapes]
+    params = [
+        torch.randn(s, device=device, dtype=dtype, generator=gen)
+        .contiguous(memory_format=memory_format)
+        .requires_grad_()
+        for s in shapes
+    ]
     opt = SMMF(params, lr=_LR, backend=backend, **kwargs)
     for step in range(steps):
         for p in params:
-            p.grad = torch.randn(p.shape, device=device, dtype=dtype, generator=gen)
+            grad = torch.randn(p.shape, device=device, dtype=dtype, generator=gen)
+            p.grad = grad.contiguous(memory_format=memory_format)
         for index, value in (last_grads or {}).items() if step == 1 else ():
             params[index].grad.view(-1)[-1] = value  # type: ignore[union-attr]
         opt.step()
@@ -111,6 +118,19 @@ def test_triton_stochastic_rounding_matches_eager_on_cuda() -> None:
 def test_triton_matches_eager_on_gpt2_shapes() -> None:
     shapes = [(50257, 768), (1024, 768), (768, 2304), (2304,), (768, 768), (768,), (768, 3072), (3072, 768)]
     _assert_close_runs(_run("triton", steps=3, shapes=shapes), _run("eager", steps=3, shapes=shapes))
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=str)
+def test_triton_steps_channels_last_weights_in_place_on_cuda(dtype: torch.dtype, tol: float) -> None:
+    """ResNet-50's convolution weights as ``model.to(memory_format=torch.channels_last)`` leaves them: all
+    in one Triton step (the 1x1 ones are contiguous too), read where they lie, equal to eager."""
+    shapes = [(64, 3, 7, 7), (64, 64, 3, 3), (128, 128, 3, 3), (256, 256, 3, 3), (512, 512, 3, 3), (2048, 512, 1, 1)]
+    kwargs: dict[str, Any] = {"shapes": shapes, "steps": 3, "memory_format": torch.channels_last}
+    triton_run = _run("triton", dtype, **kwargs)
+    _assert_close_runs(triton_run, _run("eager", dtype, **kwargs), tol=tol)
+    (plan,) = triton_run[1]._caches[0].plans.values()
+    assert plan.table.shape[0] == len(shapes)
+    assert not any(p.is_contiguous() for p in triton_run[0][:-1])
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

@@ -14,8 +14,9 @@ dtype, gradient dtype), and each bucket goes to one backend:
   ROCm), C++ on CPU where a C++ compiler exists, eager elsewhere (a P100, say: inductor's CUDA
   kernels are Triton's too).
 
-Tensors a backend does not take (dense vectors and fp16 ones for C++; non-contiguous ones for
-Triton) go to inductor where it compiles, else eager.
+Tensors a backend does not take (dense vectors and fp16 ones for C++; for Triton, non-contiguous
+ones it cannot read in place, see :func:`smmf.triton_backend.strided_ready`) go to inductor where it
+compiles, else eager.
 """
 
 from __future__ import annotations
@@ -223,22 +224,27 @@ def _cpp_bucket(items: list[Item], hp: Tensor) -> list[Item]:
 def _triton_bucket(
     items: list[Item], bucket: tuple[Any, ...], hp: Tensor, lr: Tensor, has_m: bool, cache: StepCache
 ) -> list[Item]:
-    """Step the contiguous tensors of a bucket with Triton; returns the others (a channels-last
-    weight, say), which the caller steps with the torch backend."""
+    """Step with Triton the tensors of a bucket that are contiguous, or strided alike with their
+    gradients (a channels-last weight, say: :func:`smmf.triton_backend.strided_ready`); returns the
+    others, which the caller steps with the torch backend."""
     ready: list[Item] = []
     rest: list[Item] = []
     params: list[int] = []
     grads: list[int] = []
+    strides: list[tuple[int, ...]] = []
     for item in items:  # one pass over every tensor, every step: host time is what a GPU step waits on
-        p, g, _ = item
-        if p.is_contiguous() and g.is_contiguous():
+        p, g, state = item
+        contiguous = p.is_contiguous() and g.is_contiguous()
+        if contiguous or triton_backend.strided_ready(p, g, state):
             ready.append(item)
             params.append(p.data_ptr())
             grads.append(g.data_ptr())
+            if not contiguous:
+                strides.append(p.stride())
         else:
             rest.append(item)
     if ready:
-        layout = triton_backend.layout_key(ready, cache.state_epoch, tuple(params))
+        layout = triton_backend.layout_key(ready, cache.state_epoch, tuple(params), tuple(strides))
         gradients = tuple(grads)
         plan = cache.plans.get(bucket)
         if plan is None or plan.layout != layout:

@@ -68,14 +68,15 @@ def to_param_dtype(x, P_DT: tl.constexpr):
 
 
 @triton.jit
-def store_param(p_blk, offs, ok, p, mom, v, lr, eps, key, base, P_DT: tl.constexpr, STOCHASTIC: tl.constexpr):
-    """p - lr * M / (sqrt(V) + eps) (0 where the denominator is 0) written in the parameter's dtype:
-    bf16 rounded stochastically with bits drawn for the element's index in its tensor, or to nearest."""
+def store_param(p_at, ok, p, mom, v, lr, eps, key, base, offs, P_DT: tl.constexpr, STOCHASTIC: tl.constexpr):
+    """p - lr * M / (sqrt(V) + eps) (0 where the denominator is 0) written at ``p_at`` in the parameter's
+    dtype: bf16 rounded stochastically with bits drawn for the element's row-major index in its tensor
+    (``base + offs``, wherever memory holds it), or to nearest."""
     denom = tl.sqrt(v) + eps
     new_p = p - lr * tl.where(denom > 0, quotient(mom, tl.where(denom > 0, denom, 1.0)), 0.0)
     if STOCHASTIC:
         index = base.to(tl.uint32) + offs.to(tl.uint32)  # the low 32 bits of the element's index
         bits = random_bits(key, index)
-        tl.store(p_blk + offs, stochastic_bf16(new_p.to(tl.float32), bits), mask=ok)
+        tl.store(p_at, stochastic_bf16(new_p.to(tl.float32), bits), mask=ok)
     else:
-        tl.store(p_blk + offs, to_param_dtype(new_p, P_DT), mask=ok)
+        tl.store(p_at, to_param_dtype(new_p, P_DT), mask=ok)

@@ -20,11 +20,12 @@ import torch
 from torch import Tensor
 
 from .matricization import square_matricize
+from .placement import placement_columns, row_major_placement
 from .signpack import row_bytes
 from .triton_launch import BLOCK_J, BLOCK_R, Pass0Launch, Pass1Launch, pass0_launch, pass1_launch
 
 __all__ = [
-    "Plan", "layout_key", "scratch_budget", "vector_ready", "build_plan", "with_gradients", "step",
+    "Plan", "layout_key", "scratch_budget", "strided_ready", "vector_ready", "build_plan", "with_gradients", "step",
 ]  # fmt: skip
 
 # Passes 0 and 1's blocks, warps, register caps and loads in flight: smmf.triton_launch.
@@ -74,11 +75,26 @@ class Plan:
     launches: dict[Any, tuple[tuple[Any, ...], Any]] = field(default_factory=dict, compare=False, repr=False)
 
 
-def layout_key(items: list[Item], state_epoch: int, addresses: tuple[int, ...]) -> tuple[Any, ...]:
-    """What a plan's layout depends on: the parameters' ``addresses`` and the optimizer's state epoch
-    (bumped whenever state tensors are created or replaced)."""
+def layout_key(
+    items: list[Item], state_epoch: int, addresses: tuple[int, ...], strides: tuple[Any, ...] = ()
+) -> tuple[Any, ...]:
+    """What a plan's layout depends on: the parameters' ``addresses``, the strides of those not in
+    row-major order (:func:`strided_ready`) and the optimizer's state epoch (bumped whenever state
+    tensors are created or replaced)."""
     seeded = all("seed" in state for _, _, state in items)  # stochastic rounding can be switched off
-    return (state_epoch, seeded, addresses)
+    return (state_epoch, seeded, addresses, strides)
+
+
+def strided_ready(p: Tensor, g: Tensor, state: dict[str, Any]) -> bool:
+    """Whether pass 1 steps in place a parameter not in row-major order (a channels-last conv weight, a
+    transposed matrix): factored, its gradient laid out alike, under 2**31 elements (its offsets are
+    int32) and dense in at most three merged dimensions (:func:`smmf.placement.row_major_placement`)."""
+    return (
+        p.stride() == g.stride()
+        and "row_v" in state
+        and p.numel() < 2**31
+        and row_major_placement(tuple(p.shape), p.stride()) is not None
+    )
 
 
 def with_gradients(plan: Plan, gradients: tuple[int, ...]) -> Plan:
@@ -205,7 +221,7 @@ def build_plan(
         entry[tk.COL_TILE0] = sum(tile_counts)
         tile_counts.append(row_tiles * col_tiles)
         vector_columns = (tk.COL_P, tk.COL_SIGN, tk.COL_ROW_M, tk.COL_COL_M, tk.COL_ROW_V, tk.COL_COL_V)
-        aligned.append(vector_ready([entry[c] for c in vector_columns], m, dense))
+        aligned.append(vector_ready([entry[c] for c in vector_columns], m, dense) and not entry[tk.COL_PLACE_K])
         if not dense:
             entry[tk.COL_ROW_PART] = scratch
             scratch += moments * n * col_tiles
@@ -248,6 +264,12 @@ def _table_entry(
     entry[tk.COL_STEP], entry[tk.COL_SKIPPED] = state["step"].data_ptr(), state["skipped"].data_ptr()
     entry[tk.COL_N], entry[tk.COL_M], entry[tk.COL_B] = n, m, width
     entry[tk.COL_ROW_TILES], entry[tk.COL_COL_TILES], entry[tk.COL_DENSE] = *tiles, int(dense)
+    if not p.is_contiguous():  # strided_ready: pass 1 reads it through its placement
+        placement = row_major_placement(tuple(p.shape), p.stride())
+        assert placement is not None, "strided_ready admits only placeable tensors"
+        columns = (tk.COL_PLACE_K, tk.COL_PLACE_Q, tk.COL_PLACE_R, tk.COL_DIVIDE_Q, tk.COL_DIVIDE_R)
+        for col, value in zip(columns, placement_columns(*placement), strict=True):
+            entry[col] = value
     _state_addresses(entry, state, fallback=p.data_ptr())
     return entry
 

@@ -40,7 +40,7 @@ def dense_tile(
             if HAS_M:
                 mom = beta1 * tl.load(exp_avg + base + offs, mask=ok, other=0.0) + (1.0 - beta1) * g
                 tl.store(exp_avg + base + offs, mom, mask=ok)
-            store_param(p_ptr + base, offs, ok, p * p_scale, mom, v, lr, eps, key, base, P_DT, STOCHASTIC)
+            store_param(p_ptr + base + offs, ok, p * p_scale, mom, v, lr, eps, key, base, offs, P_DT, STOCHASTIC)
 
 
 @triton.jit

@@ -36,12 +36,17 @@ from . import kernels
 TABLE_COLUMNS = (
     "p", "g", "aligned", "sign", "row_m", "col_m", "row_v", "col_v", "exp_avg", "exp_avg_sq", "step",
     "n", "m", "row_bytes", "first_tile", "col_tiles", "row_tiles", "row_part", "col_part", "dense", "skipped", "seed",
+    "place_k", "place_q", "place_r", "divide_q", "divide_r",
 )  # fmt: skip
 (
     COL_P, COL_G, COL_ALIGNED, COL_SIGN, COL_ROW_M, COL_COL_M, COL_ROW_V, COL_COL_V, COL_EXP_AVG, COL_EXP_AVG_SQ,
     COL_STEP, COL_N, COL_M, COL_B, COL_TILE0, COL_COL_TILES, COL_ROW_TILES, COL_ROW_PART, COL_COL_PART, COL_DENSE,
-    COL_SKIPPED, COL_SEED,
+    COL_SKIPPED, COL_SEED, COL_PLACE_K, COL_PLACE_Q, COL_PLACE_R, COL_DIVIDE_Q, COL_DIVIDE_R,
 ) = (tl.constexpr(i) for i in range(len(TABLE_COLUMNS)))  # fmt: skip
+# The last five place a parameter and gradient not in row-major order (a channels-last weight, say):
+# the element at row-major index k lies k * place_k + q * place_q + r * place_r from the first, for
+# q = k // d2 and r = q // d1 (smmf.placement.placement_columns; place_k 0: row-major order).
+# Pass 0 reads their memory as one run, as it holds the same elements.
 TABLE_COLS = tl.constexpr(len(TABLE_COLUMNS))
 _INF = tl.constexpr(float("inf"))
 # Slots of the hyperparameter tensor (the layout of smmf.kernels).
@@ -117,9 +122,9 @@ def check_gradients(
 ):
     """Pass 0 for one share of its tensor's gradient, program (tile, part) the part-th of the tile's
     SPLIT: set flags[tensor] to 1 if any element g of it has a non-finite g * g (NaN, inf, or |g| past
-    the square root of the largest float). A share is a contiguous run of whole BLOCKs (the gradient as
-    pass 1 reads it is contiguous), not the tile's rows and planes: long runs read at the memory's pace.
-    A tensor pass 1 moves in vectors (the table's aligned column) is read in vectors here too. With
+    the square root of the largest float). A share is a contiguous run of whole BLOCKs of the gradient's
+    memory (a strided one's too: it holds the same elements), not the tile's rows and planes: long runs
+    read at the memory's pace. A tensor pass 1 moves in vectors (the table's aligned column) is read in vectors here too. With
     STAGES > 1 the loop's loads run STAGES - 1 blocks ahead, copied into shared memory; SPLIT > 1 makes
     more, shorter programs, so that the last wave of them leaves less of the GPU idle
     (smmf.triton_launch.Pass0Launch)."""

@@ -11,7 +11,9 @@ block's first row (an int64 base), and a tensor's kind is a branch per program, 
   parameter and gradient loads and stores are vectors (8 bytes a thread in bf16, 16 in fp32 with
   blocks of 4 rows) and its column sums are added up element-wise over a tile's rows and reduced
   once per column block;
-* any other factored tensor runs it without hints;
+* any other factored tensor runs it without hints, a strided one (a channels-last weight: its parameter
+  and gradient not in row-major order, :mod:`smmf.placement`) reading and writing each element where
+  it lies;
 * a tensor with dense moments (``vector_reshape=False``) runs the plain element-wise update.
 
 A factored tensor's block is two-dimensional, rows by 8 planes of sign bytes, so that each row is one
@@ -38,9 +40,14 @@ from .triton_kernels import (
     COL_COL_TILES,
     COL_COL_V,
     COL_DENSE,
+    COL_DIVIDE_Q,
+    COL_DIVIDE_R,
     COL_G,
     COL_N,
     COL_P,
+    COL_PLACE_K,
+    COL_PLACE_Q,
+    COL_PLACE_R,
     COL_ROW_M,
     COL_ROW_PART,
     COL_ROW_TILES,
@@ -132,7 +139,7 @@ def _factored_tile(
     state = (
         _pointer(row, COL_P, P_DT, ALIGNED), _pointer(row, COL_G, G_DT, ALIGNED),
         _pointer(row, COL_SIGN, tl.uint8, ALIGNED), _pointer(row, COL_ROW_V, ACC, ALIGNED),
-        _pointer(row, COL_ROW_M, ACC, ALIGNED), row_part, row_part_m,
+        _pointer(row, COL_ROW_M, ACC, ALIGNED), row_part, row_part_m, _placement(row, ALIGNED),
     )  # fmt: skip
     factors = (_pointer(row, COL_COL_V, ACC, ALIGNED), _pointer(row, COL_COL_M, ACC, ALIGNED), col_part, col_part_m)
     tile_at = (m64, m, width, j_start, j_end)
@@ -179,15 +186,15 @@ def _column_blocks(
             col_m_old = tl.load(col_m + col, mask=col_ok, other=0.0)
         sums_v, sums_m = _column_accumulators(BLOCK_R, BLOCK_J, ACC, ALIGNED)
         if PREFETCH:
-            ahead = _rows_in(state, where, c0, c_end, HAS_M, PACKED, BLOCK_R)
+            ahead = _rows_in(state, where, c0, c_end, HAS_M, PACKED, ALIGNED, BLOCK_R)
         # STAGES > 1: Triton issues the loads of STAGES - 1 blocks ahead into shared memory (cp.async);
         # safe, as no block of this loop loads what another stores: each reads and writes its own rows
         for r0 in tl.range(c0, c_end, BLOCK_R, num_stages=STAGES):
             if PREFETCH:  # this block's loads went out an iteration ago; the next block's go out now
                 rows = ahead
-                ahead = _rows_in(state, where, r0 + BLOCK_R, c_end, HAS_M, PACKED, BLOCK_R)
+                ahead = _rows_in(state, where, r0 + BLOCK_R, c_end, HAS_M, PACKED, ALIGNED, BLOCK_R)
             else:
-                rows = _rows_in(state, where, r0, c_end, HAS_M, PACKED, BLOCK_R)
+                rows = _rows_in(state, where, r0, c_end, HAS_M, PACKED, ALIGNED, BLOCK_R)
             sums_v, sums_m = _rows_out(
                 rows, state, where, r0, c_end, col_v_old, col_m_old, sums_v, sums_m, hyper,
                 P_DT, ACC, HAS_M, PACKED, STOCHASTIC, ALIGNED, BLOCK_R,
@@ -201,19 +208,22 @@ def _column_blocks(
 
 
 @triton.jit
-def _rows_in(state, where, r0, r_end, HAS_M: tl.constexpr, PACKED: tl.constexpr, BLOCK_R: tl.constexpr):
+def _rows_in(
+    state, where, r0, r_end, HAS_M: tl.constexpr, PACKED: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_R: tl.constexpr
+):  # fmt: skip
     """Everything pass 1 loads for the BLOCK_R rows from r0 of a column block (nothing at or past
     r_end), as stored: the parameter and gradient, the old sign bits (when packed, each lane loads the
     byte that holds its bit), the rows' factors of V and |M| and the row sums earlier column blocks left
     in scratch. Loaded in one place, so that they can be issued an iteration ahead of the arithmetic."""
-    p_ptr, g_ptr, sign, row_v, row_m, row_part, row_part_m = state
+    p_ptr, g_ptr, sign, row_v, row_m, row_part, row_part_m, placement = state
     m64, m, width, j, col, col_ok, later = where
     r = r0 + tl.arange(0, BLOCK_R)
     rows_ok = r < r_end
     offs = tl.arange(0, BLOCK_R)[:, None] * m + col[None, :]
     ok = rows_ok[:, None] & col_ok[None, :]
-    p = tl.load(p_ptr + m64 * r0 + offs, mask=ok, other=0.0)
-    g = tl.load(g_ptr + m64 * r0 + offs, mask=ok, other=0.0)
+    start, at = _in_memory(m64 * r0, offs, placement, ALIGNED)
+    p = tl.load(p_ptr + start + at, mask=ok, other=0.0)
+    g = tl.load(g_ptr + start + at, mask=ok, other=0.0)
     row_v_old = tl.load(row_v + r, mask=rows_ok, other=0.0)
     row_sums_v = tl.load(row_part + r, mask=rows_ok & later, other=0.0)
     row_m_old, row_sums_m, old_signs = row_v_old, row_sums_v, row_sums_v
@@ -237,7 +247,7 @@ def _rows_out(
 ):  # fmt: skip
     """The update of the BLOCK_R rows from r0 that :func:`_rows_in` loaded (``rows``): the moments, the
     parameter and new signs written, the rows' sums stored; returns the column sums with theirs added."""
-    p_ptr, _, sign, _, _, row_part, row_part_m = state
+    p_ptr, _, sign, _, _, row_part, row_part_m, placement = state
     m64, m, width, j, col, col_ok, _ = where
     lr, p_scale, g_sign, wd_coupled, eps, beta1, beta2, key = hyper
     p_old, g_old, old_signs, row_v_old, row_m_old, row_sums_v, row_sums_m = rows
@@ -255,7 +265,8 @@ def _rows_out(
         mom = _signed_moment(
             sign, r0, width, rows_ok, j, offs, ok, base, old_signs, m_abs_old, g, beta1, PACKED, BLOCK_R
         )
-    store_param(p_ptr + base, offs, ok, p * p_scale, mom, v, lr, eps, key, base, P_DT, STOCHASTIC)
+    start, at = _in_memory(base, offs, placement, ALIGNED)
+    store_param(p_ptr + start + at, ok, p * p_scale, mom, v, lr, eps, key, base, offs, P_DT, STOCHASTIC)
     # the rows' sums added to what the tile's slots held (0 in a tile's first column block); |M|'s and
     # V's stored as one tensor, as they leave the block's layout through one exchange between warps
     if HAS_M:
@@ -266,6 +277,50 @@ def _rows_out(
     else:
         tl.store(row_part + r, row_sums_v + tl.sum(v, axis=1), mask=rows_ok)
     return _add_columns(sums_v, v, ALIGNED), sums_m
+
+
+@triton.jit
+def _placement(row, ALIGNED: tl.constexpr):
+    """(place_k, place_q, place_r, and the magic multiplier and shift of d2 and of d1) from the table
+    row (smmf.triton_kernels.TABLE_COLUMNS); aligned tensors are in row-major order."""
+    if ALIGNED:
+        return 0, 0, 0, 0, 0, 0, 0
+    else:
+        divide_q = tl.load(row + COL_DIVIDE_Q)
+        divide_r = tl.load(row + COL_DIVIDE_R)
+        return (
+            tl.load(row + COL_PLACE_K).to(tl.int32), tl.load(row + COL_PLACE_Q).to(tl.int32),
+            tl.load(row + COL_PLACE_R).to(tl.int32), (divide_q & 0xFFFFFFFF).to(tl.uint32),
+            (divide_q >> 32).to(tl.uint32), (divide_r & 0xFFFFFFFF).to(tl.uint32), (divide_r >> 32).to(tl.uint32),
+        )  # fmt: skip
+
+
+@triton.jit
+def _in_memory(base, offs, placement, ALIGNED: tl.constexpr):
+    """(int64 start, int32 offsets from it) in memory of the parameter and gradient elements at row-major
+    index ``base + offs``: the same but for a strided tensor, whose offsets are counted from its first
+    element by its placement (:func:`_placement`; int32 arithmetic that wraps, exact as the offsets of
+    such a tensor are below 2**31)."""
+    if ALIGNED:
+        return base, offs
+    else:
+        place_k, place_q, place_r, magic_q, shift_q, magic_r, shift_r = placement
+        start = base
+        at = offs
+        if place_k != 0:
+            k = base.to(tl.int32) + offs
+            q = _divided(k, magic_q, shift_q)
+            at = k * place_k + q * place_q + _divided(q, magic_r, shift_r) * place_r
+            start = base * 0
+        return start, at
+
+
+@triton.jit
+def _divided(x, magic, shift):
+    """x // d for 0 <= x < 2**31, given d's magic multiplier and shift (Granlund and Montgomery's division
+    by an invariant integer: smmf.placement.divisor_magic), in a multiply and two shifts where an
+    integer division takes some twenty instructions."""
+    return (tl.umulhi(x.to(tl.uint32) << 1, magic) >> shift).to(tl.int32)
 
 
 @triton.jit

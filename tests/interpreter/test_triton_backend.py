@@ -210,31 +210,93 @@ def test_tensor_lr_changed_in_place_is_read_on_device() -> None:
         torch.testing.assert_close(p, q)
 
 
-def test_non_contiguous_parameters_fall_back_and_match_eager() -> None:
-    def make() -> list[nn.Parameter]:
-        torch.manual_seed(0)
-        return [
-            nn.Parameter(torch.randn(8, 3, 3, 3).to(memory_format=torch.channels_last)),
-            nn.Parameter(torch.randn(12, 5)),
-        ]
+# parameters not in row-major order, each with its gradient laid out alike: pass 1 steps them in place
+# through their placement. (72, 64) in row-major order would take the vector path; strided, it cannot.
+STRIDED = {
+    "channels-last": lambda: torch.randn(8, 6, 3, 3).to(memory_format=torch.channels_last),
+    "channels-last-wide": lambda: torch.randn(64, 8, 3, 3).to(memory_format=torch.channels_last),
+    "channels-last-3d": lambda: torch.randn(4, 3, 2, 3, 2).to(memory_format=torch.channels_last_3d),
+    "transposed": lambda: torch.randn(40, 24).t(),
+    "permuted": lambda: torch.randn(4, 5, 6).permute(2, 0, 1),
+}
 
-    results = []
+
+def _strided_run(
+    backend: str, dtype: torch.dtype, grads_alike: bool = True, **kwargs: Any
+) -> tuple[list[nn.Parameter], SMMF]:
+    """Three steps on the STRIDED parameters, a contiguous one and one with gaps (a slice), whose
+    gradients are laid out as their parameters (``grads_alike``) or contiguous."""
+    torch.manual_seed(0)
+    tensors = [make().to(dtype) for make in STRIDED.values()] + [torch.randn(12, 5).to(dtype)]
+    params = [nn.Parameter(t) for t in [*tensors, torch.randn(10, 10).to(dtype)[:, :6]]]
+    opt = SMMF(params, lr=0.01, backend=backend, **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for p in params:
+            grad = torch.randn(p.shape, generator=gen).to(dtype)
+            p.grad = torch.empty_like(p).copy_(grad) if grads_alike else grad
+        opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize(
+    ("dtype", "kwargs"),
+    [(torch.float32, {}), (torch.float32, {"sign_bits": 8}), (torch.bfloat16, {"stochastic_rounding": True})],
+    ids=["fp32", "fp32-8bit", "bf16-stochastic"],
+)
+def test_strided_parameters_are_stepped_in_place_and_match_eager(dtype: torch.dtype, kwargs: dict[str, Any]) -> None:
+    """Channels-last weights, a transposed matrix and other dense layouts: the Triton step reads and
+    writes them where they are (no copy, no fallback), with the eager step's results; bf16 parameters
+    to the bit (1e-5 is far below an ulp), as each element draws its rounding bits for its row-major
+    index, not its place in memory."""
+    triton_run = _strided_run("triton", dtype, **kwargs)
+    assert_same(triton_run, _strided_run("eager", dtype, **kwargs))
+    params, opt = triton_run
+    assert [p.is_contiguous() for p in params] == [False] * len(STRIDED) + [True, False]
+    (plan,) = opt._caches[0].plans.values()
+    assert plan.table.shape[0] == len(STRIDED) + 1  # the slice with gaps went to the torch backend
+    assert plan.table[:, int(tk.COL_PLACE_K)].ne(0).tolist() == [True] * len(STRIDED) + [False]
+    assert plan.table[:, int(tk.COL_ALIGNED)].eq(0).all()
+    assert [p.grad is not None and p.stride() == p.grad.stride() for p in params] == [True] * (len(STRIDED) + 1) + [
+        False
+    ]
+
+
+def test_gradients_laid_out_unlike_their_parameters_fall_back_and_match_eager() -> None:
+    triton_run = _strided_run("triton", torch.float32, grads_alike=False)
+    assert_same(triton_run, _strided_run("eager", torch.float32, grads_alike=False))
+    (plan,) = triton_run[1]._caches[0].plans.values()
+    assert plan.table.shape[0] == 1  # only the contiguous parameter
+
+
+def test_a_bad_gradient_of_a_channels_last_weight_skips_it() -> None:
+    """Pass 0 reads a strided gradient's memory as one run: an inf at its last row-major element (not
+    its last in memory) skips the tensor."""
+    assert_bad_step_is_skipped(
+        "triton", torch.float32, float("inf"), shape=(16, 6, 3, 3), at=(15, 5, 2, 2), steps=6,
+        memory_format=torch.channels_last,
+    )  # fmt: skip
+
+
+def test_a_weight_made_channels_last_between_steps_gets_a_new_table() -> None:
+    """``model.to(memory_format=torch.channels_last)`` between steps: new parameter tensors, so a new
+    table with their placement, and the step goes on as eager's."""
+    runs = []
     for backend in ("triton", "eager"):
-        params = make()
-        opt = SMMF(params, lr=0.01, backend=backend)
-        for _ in range(3):
-            for p in params:
-                p.grad = (
-                    (torch.arange(p.numel(), dtype=torch.float32).view(p.shape) % 7 - 3).contiguous(
-                        memory_format=torch.channels_last
-                    )
-                    if p.dim() == 4
-                    else torch.ones_like(p)
-                )
+        torch.manual_seed(0)
+        conv = nn.Conv2d(6, 8, 3, bias=False)
+        opt = SMMF(conv.parameters(), lr=0.01, backend=backend)
+        for step in range(4):
+            if step == 2:
+                conv.to(memory_format=torch.channels_last)
+            conv(torch.randn(2, 6, 5, 5).contiguous(memory_format=torch.channels_last)).square().sum().backward()
             opt.step()
-        results.append(params)
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b)
+            opt.zero_grad()
+        assert not conv.weight.is_contiguous()
+        runs.append(([conv.weight], opt))
+    assert_same(*runs)
+    (plan,) = runs[0][1]._caches[0].plans.values()
+    assert plan.table[0, int(tk.COL_PLACE_K)].item() != 0
 
 
 def test_a_format1_checkpoint_loads_and_continues_exactly() -> None:
