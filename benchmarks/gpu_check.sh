@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu_check.sh train-small    # whole training steps and step() alone, ResNet-50 and
 #                                               # GPT-2, four optimizers (issue 8; 190 s at most)
 #   bash benchmarks/gpu_check.sh train-7b       # the same for the 7B shape, three optimizers (110 s)
+#   bash benchmarks/gpu_check.sh train-cl       # ResNet-50 with channels-last weights and images, AdamW(fused)
+#                                               # and SMMF (100 s): its 3x3 weights stepped through their placement
 #   bash benchmarks/gpu_check.sh memory-7b      # peak memory and time of a 7B step four ways (issue 9; 130 s)
 #   bash benchmarks/gpu_check.sh memory-small   # the same memory table for the 3B and 1B shapes (200 s)
 #   bash benchmarks/gpu_check.sh sweep          # launch settings of passes 1 and 0 timed (benchmarks/pass1_sweep.py;
@@ -31,13 +33,13 @@
 #   mkdir -p .golden && cp ../shared/golden/official_trajectories.npz .golden/
 set -uo pipefail
 cd "$(dirname "$0")/.."
-usage="usage: bash benchmarks/gpu_check.sh STAGE[:OPTIMIZERS]... (tests train-small train-7b memory-7b memory-small sweep tuned ncu compare main)"
+usage="usage: bash benchmarks/gpu_check.sh STAGE[:OPTIMIZERS]... (tests train-small train-7b train-cl memory-7b memory-small sweep tuned ncu compare main)"
 [ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
 stages=()
 for stage in "$@"; do
     case "${stage%%:*}" in
     main) stages+=(tests train-small train-7b memory-7b) ;;
-    tests | train-small | train-7b | memory-7b | memory-small | sweep | tuned | ncu | compare) stages+=("$stage") ;;
+    tests | train-small | train-7b | train-cl | memory-7b | memory-small | sweep | tuned | ncu | compare) stages+=("$stage") ;;
     *) echo "unknown stage '$stage'; $usage" >&2; exit 2 ;;
     esac
 done
@@ -84,6 +86,10 @@ for stage in "${stages[@]}"; do
     train-7b)
         bench 110 --mode train --set llama-7b --steps 5 --warmup 2 --optimizers "$(optimizers adamw-fused,smmf,smmf8)" \
             --out "$out/bench-train-llama-7b-cuda"
+        ;;
+    train-cl)
+        bench 100 --mode train --set resnet50-cl --steps 10 --warmup 3 --optimizers "$(optimizers adamw-fused,smmf)" \
+            --out "$out/bench-train-resnet50-cl-cuda"
         ;;
     memory-7b)
         bench 130 --mode memory --set llama-7b --optimizers "$(optimizers adamw-bf16,smmf-backward,smmf,adamw-fp32)" \

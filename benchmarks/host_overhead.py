@@ -12,6 +12,7 @@ not included (it depends on the GPU machine's Triton).
 
     python benchmarks/host_overhead.py --model resnet50
     python benchmarks/host_overhead.py --model gpt2
+    python benchmarks/host_overhead.py --model resnet50 --channels-last   # strided 3x3 and 7x7 weights
 """
 
 from __future__ import annotations
@@ -55,10 +56,13 @@ class _NoLaunch:
         return lambda *args, **kwargs: _Compiled()
 
 
-def _params(shapes: list[tuple[int, ...]]) -> list[torch.nn.Parameter]:
+def _params(shapes: list[tuple[int, ...]], channels_last: bool) -> list[torch.nn.Parameter]:
+    """Parameters with gradients laid out alike; 4-D ones channels-last if asked."""
     params = [torch.nn.Parameter(torch.randn(shape) * 0.01) for shape in shapes]
+    if channels_last:
+        params = [torch.nn.Parameter(p.to(memory_format=torch.channels_last)) if p.dim() == 4 else p for p in params]
     for p in params:
-        p.grad = torch.randn_like(p)
+        p.grad = torch.randn_like(p)  # randn_like keeps a dense tensor's strides
     return params
 
 
@@ -72,15 +76,20 @@ def _ms(stmt: object) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet50", help="resnet50, gpt2, ... (smmf's model names)")
+    parser.add_argument("--channels-last", action="store_true", help="4-D weights channels-last, as a CNN trained so")
     args = parser.parse_args()
     torch.set_num_threads(1)
     shapes = meta_shapes(build_meta_model(args.model, num_classes=100 if args.model == "resnet50" else None))
     for module, name in KERNELS:
         setattr(module, name, _NoLaunch(getattr(module, name)))
     triton_backend._is_compiled = lambda launched: isinstance(launched, _Compiled)
-    params = _params(shapes)
+    params = _params(shapes, args.channels_last)
     opt = smmf.SMMF(params, lr=1e-3, backend="triton")
     group = opt.param_groups[0]
+    opt.step()
+    (plan,) = opt._caches[0].plans.values()
+    if plan.table.shape[0] != len(params):  # the others would be stepped for real by the torch backend
+        raise SystemExit(f"only {plan.table.shape[0]} of {len(params)} tensors took the Triton step")
     caches = {id(p): StepCache() for p in params}  # one per parameter, as step_in_backward keeps them
 
     def per_parameter() -> None:  # what step_in_backward's hooks do over one backward pass
@@ -96,7 +105,8 @@ def main() -> None:
         ("AdamW(fused=True) on one-element tensors: step()", _ms(torch.optim.AdamW(tiny, fused=True).step)),
         ("AdamW(foreach=True) on one-element tensors: step()", _ms(torch.optim.AdamW(tiny, foreach=True).step)),
     ]
-    print(f"{args.model}: {len(shapes)} tensors; torch {torch.__version__}, 1 thread\n")
+    strided = sum(not p.is_contiguous() for p in params)
+    print(f"{args.model}: {len(shapes)} tensors ({strided} strided); torch {torch.__version__}, 1 thread\n")
     print("| host-side work | ms |\n| --- | ---: |")
     for label, ms in rows:
         print(f"| {label} | {ms:.3f} |")

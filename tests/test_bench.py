@@ -114,6 +114,23 @@ def test_train_mode_gradient_checkpointing_needs_a_transformers_model(monkeypatc
         bench_train._build({"workload": "cnn-checkpointing"}, torch.device("cpu"))
 
 
+def test_train_mode_lays_out_a_channels_last_workload_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    """resnet50-cl's way, on the digits CNN: its convolution weights and images channels-last, so that an
+    optimizer meets the strided weights such training gives it."""
+    cnn = bench_train.WORKLOADS["tiny-cnn"]
+    loss = bench_train._image_loss(16, 10, 8, channels=1, memory_format=torch.channels_last)
+    monkeypatch.setitem(
+        bench_train.WORKLOADS, "cnn-cl", bench_train.Workload("cnn", cnn.build, loss, channels_last=True)
+    )
+    model, workload = bench_train._build({"workload": "cnn-cl"}, torch.device("cpu"))
+    weights = [p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    assert any(not p.is_contiguous() for p in weights)  # the first, of one input channel, is both
+    workload.loss(model, torch.device("cpu")).backward()
+    assert all(p.grad is not None and p.grad.stride() == p.stride() for p in weights)
+    assert bench_train.WORKLOADS["resnet50-cl"].channels_last
+
+
 def test_train_mode_rejects_an_unknown_workload(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--mode", "train", "--device", "cpu", "--set", "resnet9000"]) == 2
     assert "unknown workload 'resnet9000'; valid: resnet50," in capsys.readouterr().err

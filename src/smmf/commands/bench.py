@@ -114,8 +114,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--set",
         default=None,
         help=f"step mode: a parameter set, {', '.join(PARAM_SETS)} (default resnet50); train mode: comma-separated "
-        "workloads, resnet50, gpt2, llama-7b, tiny-cnn, tiny-llama (default: the first three on CUDA, the tiny ones "
-        "on CPU)",
+        "workloads, resnet50, resnet50-cl (channels-last), gpt2, llama-7b, tiny-cnn, tiny-llama (default: resnet50, "
+        "gpt2 and llama-7b on CUDA, the tiny ones on CPU)",
     )
     parser.add_argument(
         "--optimizers",

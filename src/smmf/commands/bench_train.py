@@ -37,21 +37,24 @@ __all__ = ["WORKLOADS", "CUDA_WORKLOADS", "CPU_WORKLOADS", "TRAIN_OPTIMIZERS", "
 @dataclass(frozen=True)
 class Workload:
     """A model built on the current default device and one batch's loss; ``bf16_weights`` casts the
-    model to bfloat16 (else fp32 weights under bf16 autocast)."""
+    model to bfloat16 (else fp32 weights under bf16 autocast); ``channels_last`` lays out its weights
+    (and the loss its images) channels-last, as NVIDIA's mixed-precision recipes for CNNs do."""
 
     label: str
     build: Callable[[], nn.Module]
     loss: Callable[[nn.Module, torch.device], torch.Tensor]
     bf16_weights: bool = False
     checkpointing: bool = False
+    channels_last: bool = False
 
 
 def _image_loss(
-    batch: int, classes: int, size: int, channels: int = 3
+    batch: int, classes: int, size: int, channels: int = 3, memory_format: torch.memory_format = torch.contiguous_format
 ) -> Callable[[nn.Module, torch.device], torch.Tensor]:
     def loss(model: nn.Module, device: torch.device) -> torch.Tensor:
         gen = torch.Generator(device=device).manual_seed(0)
         x = torch.randn(batch, channels, size, size, device=device, generator=gen)
+        x = x.contiguous(memory_format=memory_format)
         y = torch.randint(0, classes, (batch,), device=device, generator=gen)
         return nn.functional.cross_entropy(model(x).float(), y)
 
@@ -81,6 +84,12 @@ def _tiny_cnn() -> nn.Module:
 
 WORKLOADS: dict[str, Workload] = {
     "resnet50": Workload("ResNet-50 / CIFAR-100, 256 x 3x32x32", _resnet50, _image_loss(256, 100, 32)),
+    "resnet50-cl": Workload(
+        "ResNet-50 / CIFAR-100, 256 x 3x32x32, channels-last",
+        _resnet50,
+        _image_loss(256, 100, 32, memory_format=torch.channels_last),
+        channels_last=True,
+    ),
     "gpt2": Workload("GPT-2 124M, 8 x 1024 tokens", _transformer("gpt2"), _lm_loss(8, 1024, 50257)),
     "llama-7b": Workload(
         "Llama-2-7B shape, bf16 weights, 1 x 512 tokens, checkpointing",
@@ -110,6 +119,8 @@ def _build(spec: dict[str, Any], device: torch.device) -> tuple[nn.Module, Workl
         model = workload.build()
     if workload.bf16_weights:
         model = model.to(torch.bfloat16)
+    if workload.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if workload.checkpointing:
         from transformers import PreTrainedModel
 
