@@ -124,10 +124,10 @@ def check_gradients(
     SPLIT: set flags[tensor] to 1 if any element g of it has a non-finite g * g (NaN, inf, or |g| past
     the square root of the largest float). A share is a contiguous run of whole BLOCKs of the gradient's
     memory (a strided one's too: it holds the same elements), not the tile's rows and planes: long runs
-    read at the memory's pace. A tensor pass 1 moves in vectors (the table's aligned column) is read in vectors here too. With
-    STAGES > 1 the loop's loads run STAGES - 1 blocks ahead, copied into shared memory; SPLIT > 1 makes
-    more, shorter programs, so that the last wave of them leaves less of the GPU idle
-    (smmf.triton_launch.Pass0Launch)."""
+    read at the memory's pace. A tensor pass 1 moves in vectors (the table's aligned column) is read in
+    vectors here too. With STAGES > 1 the loop's loads run STAGES - 1 blocks ahead, copied into shared
+    memory; SPLIT > 1 makes more, shorter programs, so that the last wave of them leaves less of the GPU
+    idle (smmf.triton_launch.Pass0Launch)."""
     tile = tl.program_id(0)
     tensor = tl.load(tile_map + tile).to(tl.int64)
     row = table + tensor * TABLE_COLS
