@@ -76,7 +76,7 @@ class Plan:
 
 
 def layout_key(
-    items: list[Item], state_epoch: int, addresses: tuple[int, ...], strides: tuple[Any, ...] = ()
+    items: list[Item], state_epoch: int, addresses: tuple[int, ...], strides: tuple[Any, ...]
 ) -> tuple[Any, ...]:
     """What a plan's layout depends on: the parameters' ``addresses``, the strides of those not in
     row-major order (:func:`strided_ready`) and the optimizer's state epoch (bumped whenever state
@@ -89,11 +89,12 @@ def strided_ready(p: Tensor, g: Tensor, state: dict[str, Any]) -> bool:
     """Whether pass 1 steps in place a parameter not in row-major order (a channels-last conv weight, a
     transposed matrix): factored, its gradient laid out alike, under 2**31 elements (its offsets are
     int32) and dense in at most three merged dimensions (:func:`smmf.placement.row_major_placement`)."""
+    stride = p.stride()
     return (
-        p.stride() == g.stride()
+        stride == g.stride()
         and "row_v" in state
         and p.numel() < 2**31
-        and row_major_placement(tuple(p.shape), p.stride()) is not None
+        and row_major_placement(tuple(p.shape), stride) is not None
     )
 
 
