@@ -28,16 +28,20 @@ def test_bf16_parameters_equal_eager(stochastic: bool) -> None:
             torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
 
 
-def test_two_runs_are_bitwise_equal_and_thread_counts_agree_to_rounding() -> None:
-    first, second = run(SHAPES, backend="cpp"), run(SHAPES, backend="cpp")
-    assert_same(first, second, rtol=0, atol=0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _run_on_threads(threads: int) -> tuple[list[nn.Parameter], SMMF]:
+    """A C++ run on ``threads`` threads, whatever the process was given (scripts/test.sh gives one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        single = run(SHAPES, backend="cpp")
+        return run(SHAPES, backend="cpp")
     finally:
-        torch.set_num_threads(threads)
-    assert_same(single, first)
+        torch.set_num_threads(before)
+
+
+def test_two_runs_are_bitwise_equal_and_thread_counts_agree_to_rounding() -> None:
+    first, second = _run_on_threads(2), _run_on_threads(2)
+    assert_same(first, second, rtol=0, atol=0)
+    assert_same(_run_on_threads(1), first)
 
 
 def test_what_it_does_not_take_goes_to_the_torch_backends() -> None:
