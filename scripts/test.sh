@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The two runs split the cores: each gets half of them as torch's (OpenMP's) threads. A pool as wide as
 # the machine in each run has its threads spin-waiting on cores the other run holds: on two cores the
-# `smmf compare` test took 187 s so, and 28 s with one thread a run. tests/test_cpp_backend.py sets its
+# `smmf compare` test took 187 s so, and 21 s with one thread a run. tests/test_cpp_backend.py sets its
 # own thread counts, so the C++ backend's threaded path is tested whatever this gives.
 cores="$(nproc 2>/dev/null || echo 2)"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( cores > 3 ? cores / 2 : 1 ))}"
