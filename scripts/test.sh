@@ -12,7 +12,7 @@ bash scripts/setup.sh
 # `smmf compare` test took 187 s so, and 21 s with one thread a run. tests/test_cpp_backend.py sets its
 # own thread counts, so the C++ backend's threaded path is tested whatever this gives.
 cores="$(nproc 2>/dev/null || echo 2)"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( cores > 3 ? cores / 2 : 1 ))}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( cores / 2 > 1 ? cores / 2 : 1 ))}"
 interpreter_log="$(mktemp)"
 TRITON_INTERPRET=1 python -m pytest -q -p no:cacheprovider tests/interpreter >"$interpreter_log" 2>&1 &
 interpreter=$!

@@ -51,14 +51,14 @@ def _skip_nested_language_patches() -> None:
     original_patch, scope, executor = (getattr(interpreter, name) for name in names)
     original_launch = executor.__call__
     language = triton.language
-    launch: dict[str, set[int] | None] = {"patched": None}  # modules patched so far in the running kernel
+    patched: set[int] | None = None  # the modules patched so far in the running kernel; None outside one
 
     def modules_of(fn: object) -> frozenset[int]:
         values = getattr(fn, "__globals__", {}).values()
         return frozenset(id(value) for value in values if value is language or value is language.core)
 
     def patch_lang(fn: object) -> object:
-        patched, modules = launch["patched"], modules_of(fn)
+        modules = modules_of(fn)
         if patched is None or not modules:  # outside a launch, or Triton's own error for no language
             return original_patch(fn)
         if modules <= patched:
@@ -67,11 +67,12 @@ def _skip_nested_language_patches() -> None:
         return original_patch(fn)
 
     def run_kernel(self: object, *args: object, **kwargs: object) -> object:
-        launch["patched"] = set()
+        nonlocal patched
+        patched = set()
         try:
             return original_launch(self, *args, **kwargs)
         finally:
-            launch["patched"] = None
+            patched = None
 
     interpreter._patch_lang = patch_lang
     executor.__call__ = run_kernel
