@@ -101,13 +101,14 @@ for stage in "${stages[@]}"; do
         ;;
     sweep) # pass 1: today's; 64 and 72 registers (32 and 28 warps an SM), 64 pipelined 2-3 stages or in row
            # chunks of 16 (a row's neighbouring 64-byte fp32 runs read close together); 128 registers
-           # pipelined 2-4 stages, wide, wide pipelined 2-3. Pass 0 (timed first): today's, alone and each tile's share
+           # pipelined 2-4 stages, wide, wide pipelined 2-3. Pass 0 (timed first): today's; folded into pass 1's
+           # queue (smmf.triton_queue), each tensor's checks just before its tiles or a tensor ahead; each tile's share
            # split in 4 programs; 40 registers (12 programs an SM) alone, pipelined 2-3 stages, and split in 4; 8 warps at
            # 32 pipelined; bf16's 4096-element blocks on 8 warps
         for workload in llama-layers:bf16 gpt2:fp32; do
             timeout -s INT -k 5 130 "$py" benchmarks/pass1_sweep.py --workload "${workload%%:*}" \
                 --configs 4:96:4:0:16,4:64:4:0:16,4:72:4:0:16,4:64:4:0:16:0:2,4:64:4:0:16:0:3,4:64:4:0:16:16,4:128:4:0:16:0:2,4:128:4:0:16:0:3,4:128:4:0:16:0:4,4:128:4:0:32,4:128:4:0:32:0:2,4:128:4:0:32:0:3 \
-                --pass0-configs 4:0:2048:1,4:0:2048:1:4,4:40:2048:1,4:40:2048:2,4:40:2048:3,4:40:2048:3:4,8:32:2048:3,8:40:4096:3 \
+                --pass0-configs 4:0:2048:1,4:0:2048:1:1:1,4:0:2048:1:1:2,4:0:2048:1:4,4:40:2048:1,4:40:2048:2,4:40:2048:3,4:40:2048:3:4,8:32:2048:3,8:40:4096:3 \
                 --best "$out/pass1-best-${workload#*:}.txt" --best-pass0 "$out/pass0-best-${workload#*:}.txt" 2>&1 |
                 tee -a "$log"
         done

@@ -60,7 +60,8 @@ from smmf import triton_kernels, triton_launch, triton_tile
 TARGET = GPUTarget("cuda", 90, 32)
 REGS_PER_SM, REG_GRANULE, MAX_WARPS, MAX_BLOCKS = 65536, 256, 64, 32
 TYPES = {
-    "table": "*i64", "tile_map": "*i32", "flags": "*i32", "tile_rows": "i32", "tile_bytes": "i32",
+    "table": "*i64", "work": "*i32", "tile_map": "*i32", "tensors": "i32", "flags": "*i32", "tile_rows": "i32",
+    "tile_bytes": "i32",
     "hp": "*fp32", "lr_ptr": "*fp32", "scratch": "*fp32", "flag_copies": "*fp32",
 }  # fmt: skip
 STEP_VARIANTS = {"bf16": (tl.bfloat16, False), "fp32": (tl.float32, False), "bf16 + SR": (tl.bfloat16, True)}

@@ -21,11 +21,11 @@ in registers; BLOCK_J 16 or 32; ROW_CHUNK 0, all a tile's rows; STAGES > 1, the 
 through shared memory). Each new setting compiles pass 1 again (seconds). ``--best FILE`` writes the
 fastest setting there, for ``SMMF_TRITON_PASS1`` (benchmarks/gpu_check.sh's ``tuned`` stage).
 
-``--pass0-configs`` times pass 0's settings, WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]] as ``SMMF_TRITON_PASS0`` takes
-them (:class:`smmf.triton_launch.Pass0Launch`), each beside pass 1's default launch, before pass 1's;
-``--best-pass0 FILE`` writes the fastest.
+``--pass0-configs`` times pass 0's settings, WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT[:QUEUE]]] as ``SMMF_TRITON_PASS0``
+takes them (:class:`smmf.triton_launch.Pass0Launch`; QUEUE >= 1: folded into pass 1's launch), each beside
+pass 1's default launch, before pass 1's; ``--best-pass0 FILE`` writes the fastest.
 
-    python benchmarks/pass1_sweep.py --workload gpt2 --configs 4:96:4 --pass0-configs 4:0:2048,4:40:2048:3
+    python benchmarks/pass1_sweep.py --workload gpt2 --configs 4:96:4 --pass0-configs 4:0:2048,4:0:2048:1:1:1
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ def pass1_setting(plan: triton_backend.Plan, config: str) -> tuple[str, triton_b
 def pass0_setting(plan: triton_backend.Plan, config: str) -> tuple[str, triton_backend.Plan]:
     """A pass-0 config's table cells and the plan to time it with."""
     launch = Pass0Launch.parse(config)
-    fields = (launch.num_warps, launch.maxnreg or "-", launch.block, launch.stages, launch.split)
-    return "| " + " | ".join(str(f) for f in fields) + " |", dataclasses.replace(plan, pass0=launch, launches={})
+    queue = f"{launch.queue - 1} ahead" if launch.queue else "-"
+    fields = (launch.num_warps, launch.maxnreg or "-", launch.block, launch.stages, launch.split, queue)
+    return "| " + " | ".join(str(f) for f in fields) + " |", triton_backend.with_pass0(plan, launch)
 
 
 class Checker:
@@ -191,7 +192,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]]",
     )
     parser.add_argument("--best", type=Path, help="write the fastest setting to this file")
-    parser.add_argument("--pass0-configs", default="", help="comma-separated WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]]")
+    parser.add_argument(
+        "--pass0-configs", default="", help="comma-separated WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT[:QUEUE]]]"
+    )
     parser.add_argument("--best-pass0", type=Path, help="write the fastest pass-0 setting to this file")
     parser.add_argument("--device", default="cuda", help="cuda; cpu under TRITON_INTERPRET=1 (the tests)")
     return parser.parse_args(argv)
@@ -223,8 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"tiles {plan.tile_map.numel()}, tile {plan.tile_rows} rows x {plan.tile_bytes * 8} columns\n")
     if args.pass0_configs:  # first: a short sweep (pass 0 compiles in a second or two), kept whole by a timeout
         print("Pass 0's settings, each beside pass 1's default launch:\n")
-        print("| warps | maxnreg | BLOCK | stages | split | step's kernels, ms | GB/s moved |")
-        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| warps | maxnreg | BLOCK | stages | split | in pass 1's queue | step's kernels, ms | GB/s moved |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         pass0 = (pass0_setting(plan, config) for config in args.pass0_configs.split(","))
         _sweep(pass0, pass0_wrong, milliseconds, moved, args.best_pass0, lambda v: v.pass0.text())
         print("\nPass 1's settings, beside pass 0's default launch:\n")

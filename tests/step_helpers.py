@@ -167,3 +167,14 @@ def train_tiny(model: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: i
         opt.zero_grad()
         model(x).square().mean().backward()
         opt.step()
+
+
+class CountingKernel:
+    """A Triton kernel that appends its name to ``launched`` at every launch (``kernel[grid]``)."""
+
+    def __init__(self, kernel: Any, launched: list[str]) -> None:
+        self.kernel, self.launched = kernel, launched
+
+    def __getitem__(self, grid: Any) -> Any:
+        self.launched.append(self.kernel.__name__)
+        return self.kernel[grid]

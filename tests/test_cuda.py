@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 # the per-width ("wide") kernels, and same-shaped tensors that are stepped as a batch.
 SHAPES = [(), (1,), (97,), (33, 12), (4, 1, 3), (256, 300), (512, 2, 64), (1031, 768), (396,), (12, 33), (300, 256)]
 _LR = 0.01
+QUEUED = "4:0:2048:1:2:2"  # pass 0 in pass 1's queue, each tensor's checks a tensor ahead of its tiles
 
 
 def _run(
@@ -142,20 +143,33 @@ def test_triton_steps_a_gpu_other_than_the_current_one() -> None:
     assert torch.cuda.current_device() == 0
 
 
-def test_triton_launches_skip_tritons_dispatch_after_the_first_step() -> None:
+# pass 0 in its own launch (today's), and folded into pass 1's queue (smmf.triton_queue)
+PASS0_WAYS = {"own-launch": "", "queued": QUEUED}
+
+
+@pytest.mark.parametrize(("pass0", "launches"), [("", 4), (QUEUED, 3)], ids=PASS0_WAYS.keys())
+def test_triton_launches_skip_tritons_dispatch_after_the_first_step(
+    monkeypatch: pytest.MonkeyPatch, pass0: str, launches: int
+) -> None:
     """Every kernel of a step is launched directly after the first step (same results: the tests above)."""
+    monkeypatch.setenv(triton_launch.PASS0_ENV, pass0)
     _, opt = _run("triton", steps=2)
     (plan,) = opt._caches[0].plans.values()
-    assert len(plan.launches) == 4
+    assert len(plan.launches) == launches
 
 
-def test_triton_two_runs_are_bitwise_equal_on_cuda() -> None:
+@pytest.mark.parametrize("pass0", PASS0_WAYS.values(), ids=PASS0_WAYS.keys())
+def test_triton_two_runs_are_bitwise_equal_on_cuda(monkeypatch: pytest.MonkeyPatch, pass0: str) -> None:
+    monkeypatch.setenv(triton_launch.PASS0_ENV, pass0)
     (first, _), (second, _) = _run("triton"), _run("triton")
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
-def test_triton_step_replays_in_a_cuda_graph_like_eager_steps() -> None:
-    """Warm up, capture ``opt.step()`` once, replay it with new gradients and a new in-place lr."""
+@pytest.mark.parametrize("pass0", PASS0_WAYS.values(), ids=PASS0_WAYS.keys())
+def test_triton_step_replays_in_a_cuda_graph_like_eager_steps(monkeypatch: pytest.MonkeyPatch, pass0: str) -> None:
+    """Warm up, capture ``opt.step()`` once, replay it with new gradients and a new in-place lr (the
+    queue's counters, cleared by pass 2, start each replay from 0)."""
+    monkeypatch.setenv(triton_launch.PASS0_ENV, pass0)
     shapes = [(33, 12), (256, 300), (97,), (768,)]
     gen = torch.Generator(device="cuda").manual_seed(0)
     init = [torch.randn(s, device="cuda", generator=gen) for s in shapes]

@@ -18,6 +18,7 @@ from triton.compiler import ASTSource  # noqa: E402
 import benchmark_modules  # noqa: E402
 from smmf import triton_kernels as tk  # noqa: E402
 from smmf import triton_launch  # noqa: E402
+from smmf import triton_queue as tq  # noqa: E402
 from smmf import triton_tile as tt  # noqa: E402
 
 TARGETS = {"sm90": GPUTarget("cuda", 90, 32), "sm80": GPUTarget("cuda", 80, 32)}
@@ -125,6 +126,43 @@ def test_the_four_kernels_compile_for_amd_gpus(arch: str, kernel: str) -> None:
     launch = dataclasses.replace(_both_loops(KERNELS[kernel]), maxnreg=0)
     _, step_kernel = _four_kernels(GPUTarget("hip", arch, 64), KERNELS[kernel], launch)
     assert re.search(r"\b(global|buffer|flat)_store", step_kernel.asm["amdgcn"])
+
+
+QUEUED_CASES = {
+    "sm90-fp32-1bit": (TARGETS["sm90"], "fp32-1bit"),
+    "sm90-bf16-sr": (TARGETS["sm90"], "bf16-sr"),
+    "sm80-fp64": (TARGETS["sm80"], "fp64"),
+    "sm70-fp16-8bit": (OLDEST_TARGETS["sm70"], "fp16-8bit"),
+    "mi300-bf16-sr": (GPUTarget("hip", "gfx942", 64), "bf16-sr"),
+}
+
+
+@pytest.mark.parametrize(("target", "kernel"), QUEUED_CASES.values(), ids=QUEUED_CASES.keys())
+def test_pass0_folded_into_pass1s_queue_compiles(target: GPUTarget, kernel: str) -> None:
+    """smmf.triton_queue's one launch of passes 0 and 1: each program takes a ticket (an atomic add), a
+    share adds to its tensor's count with release order, and a tile reads it with acquire order (on
+    sm_90, an acquire load in a loop) before it reads the flag. Under today's pass-1 launch on sm_90 it
+    spills nothing: the check's registers fit under the tile's cap."""
+    p_dt, acc, has_m, packed, stochastic = KERNELS[kernel]
+    accs = "fp64" if acc == tl.float64 else "fp32"
+    types = {"table": "*i64", "work": "*i32", "tile_map": "*i32", "flags": "*i32", "tensors": "i32",
+             "tile_rows": "i32", "tile_bytes": "i32", "lr_ptr": "*fp32"}  # fmt: skip
+    types |= {"hp": f"*{accs}", "scratch": f"*{accs}", "flag_copies": f"*{accs}"}
+    # today's pass-1 launch on sm_90 (its pipelined settings spill in step_tiles too), both loops elsewhere
+    launch = TODAY if target == TARGETS["sm90"] else _both_loops(KERNELS[kernel])
+    launch = dataclasses.replace(launch, maxnreg=0) if target.backend == "hip" else launch
+    constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": acc, "HAS_M": has_m, "PACKED": packed, "STOCHASTIC": stochastic}
+    constexprs |= launch.constexprs() | triton_launch.Pass0Launch(split=2, queue=1).queued_constexprs()
+    compiled = _compile(tq.step_queue, _signature(tq.step_queue.arg_names, types), constexprs, target, launch.options())
+    if target.backend == "hip":
+        return
+    ptx = compiled.asm["ptx"]
+    assert re.search(r"atom\.global\.gpu\.(relaxed\.)?add", ptx)  # the ticket
+    assert re.search(r"(atom|red)\.global\.gpu\.release\.add", ptx)  # a share done
+    assert re.search(r"(ld|atom)\.global\.gpu\.acquire", ptx)  # a tile waiting
+    if target == TARGETS["sm90"]:
+        registers, stored, loaded = SASS.registers_and_spills(compiled, *SASS.tool_paths())
+        assert registers <= launch.maxnreg and stored == loaded == 0
 
 
 PIPELINED = triton_launch.Pass1Launch(maxnreg=128, stages=3)

@@ -8,9 +8,11 @@ import dataclasses
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smmf import triton_launch
-from smmf.triton_launch import Pass0Launch, Pass1Launch, pass0_launch, pass1_launch
+from smmf.triton_launch import Pass0Launch, Pass1Launch, pass0_launch, pass1_launch, queue_order
 
 
 @pytest.mark.parametrize(
@@ -101,6 +103,7 @@ def test_off_a_gpu_blocks_are_the_interpreters_and_chunks_whole_blocks(monkeypat
         ("4:0:2048", Pass0Launch()),
         ("8:40:4096:3", Pass0Launch(8, 40, 4096, 3)),
         ("4:32:256:1:4", Pass0Launch(4, 32, 256, split=4)),
+        ("4:0:2048:1:2:3", Pass0Launch(split=2, queue=3)),
     ],
 )
 def test_a_pass0_setting_reads_from_its_text_and_writes_back(text: str, expected: Pass0Launch) -> None:
@@ -112,8 +115,8 @@ def test_a_pass0_setting_reads_from_its_text_and_writes_back(text: str, expected
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
-        ("4:0", "expected WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]]"),
-        ("4:0:2048:1:1:1", "expected WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]]"),
+        ("4:0", "expected WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT[:QUEUE]]]"),
+        ("4:0:2048:1:1:1:1", "expected WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT[:QUEUE]]]"),
         ("4:0:-2048", "non-negative integers"),
         ("6:0:2048", "WARPS a power of two"),
         ("4:300:2048", "MAXNREG 0 (no cap) or from 32 to 255"),
@@ -122,6 +125,7 @@ def test_a_pass0_setting_reads_from_its_text_and_writes_back(text: str, expected
         ("4:0:2048:0", "STAGES from 1 to 8"),
         ("4:0:2048:1:0", "SPLIT from 1 to 16"),
         ("4:0:2048:1:32", "SPLIT from 1 to 16"),
+        ("4:0:2048:1:1:9", "QUEUE from 0 to 8"),
     ],
 )
 def test_a_bad_pass0_setting_names_what_is_wrong(text: str, needle: str) -> None:
@@ -141,7 +145,7 @@ def test_pass0s_environment_overrides_its_defaults_by_the_gradients_element_size
     assert pass0_launch(8) == triton_launch.PASS0[8]
     assert pass1_launch(4, on_gpu=True) == Pass1Launch(maxnreg=64)
     monkeypatch.setenv(triton_launch.PASS0_ENV, "8:32:2048:3:2")
-    assert {pass0_launch(size).text() for size in (2, 4, 8)} == {"8:32:2048:3:2"}
+    assert {pass0_launch(size).text() for size in (2, 4, 8)} == {"8:32:2048:3:2:0"}
 
 
 @pytest.mark.parametrize(("value", "needle"), [("5=4:0:2048", "BYTES 2, 4 or 8"), ("4:0:1000", "BLOCK a power")])
@@ -152,3 +156,30 @@ def test_a_bad_pass0_environment_setting_names_the_variable(
     with pytest.raises(ValueError, match=triton_launch.PASS0_ENV) as error:
         pass0_launch(4)
     assert needle in str(error.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tile_counts=st.lists(st.integers(0, 6), max_size=8),
+    split=st.integers(1, 4),
+    ahead=st.integers(0, 3),
+)
+def test_pass1s_queue_holds_every_item_once_and_each_tensors_checks_before_its_tiles(
+    tile_counts: list[int], split: int, ahead: int
+) -> None:
+    """The queue's order (smmf.triton_queue): a tile waits for its tensor's shares, so they must all have
+    earlier tickets; and each tensor's shares sit ``ahead`` tensors before its tiles."""
+    order = queue_order(tile_counts, split, ahead)
+    tiles = sum(tile_counts)
+    assert sorted(order) == list(range(-tiles * split, tiles))
+    owner = [t for t, count in enumerate(tile_counts) for _ in range(count)]
+    ticket = {item: k for k, item in enumerate(order)}
+    for tile, tensor in enumerate(owner):
+        shares = [-1 - (t * split + part) for t, o in enumerate(owner) if o == tensor for part in range(split)]
+        assert max(ticket[s] for s in shares) < ticket[tile]
+    firsts = [sum(tile_counts[:t]) for t in range(len(tile_counts))]
+    for tensor, ahead_of_it in zip(range(len(tile_counts)), range(ahead, len(tile_counts)), strict=False):
+        if tile_counts[tensor] and tile_counts[ahead_of_it]:  # its shares come just before tensor's tiles
+            assert (
+                ticket[-1 - (firsts[ahead_of_it] + tile_counts[ahead_of_it]) * split + 1] + 1 == ticket[firsts[tensor]]
+            )

@@ -47,6 +47,14 @@ def stochastic_bf16(x, bits):
 
 
 @triton.jit
+def divided(x, magic, shift):
+    """x // d for 0 <= x < 2**31, given d's magic multiplier and shift (Granlund and Montgomery's division
+    by an invariant integer: smmf.placement.divisor_magic), in a multiply and two shifts where an
+    integer division takes some twenty instructions."""
+    return (tl.umulhi(x.to(tl.uint32) << 1, magic) >> shift).to(tl.int32)
+
+
+@triton.jit
 def quotient(x, y):
     """x / y. Compiled in float32, the approximate division (2 ulp, as the div.full.f32 that ``/`` gives,
     without its range checks: |y| = sqrt(V) + eps lies well inside its 2^-126..2^126 range); else ``/``."""

@@ -1,9 +1,10 @@
-"""The Triton backend: every tensor of a bucket stepped in four kernel launches.
+"""The Triton backend: every tensor of a bucket stepped in four kernel launches (three with pass 0 in
+pass 1's queue, :mod:`smmf.triton_queue`).
 
 A bucket is one param group's tensors of one device, parameter dtype and gradient dtype. Its
 :class:`Plan` (the device table of addresses and shapes, the tile map, the tiling) is built once and
-reused while the same tensors have gradients at the same addresses, so a step costs the four launches
-of :mod:`smmf.triton_kernels` and :mod:`smmf.triton_tile`, plus one small fill when a hyperparameter
+reused while the same tensors have gradients at the same addresses, so a step costs the launches of
+:mod:`smmf.triton_kernels` and :mod:`smmf.triton_tile`, plus one small fill when a hyperparameter
 changed, with no host sync and no host-to-device copy: ``optimizer.step()`` can be captured in a CUDA
 graph.
 """
@@ -22,10 +23,11 @@ from torch import Tensor
 from .matricization import square_matricize
 from .placement import placement_columns, row_major_placement
 from .signpack import row_bytes
-from .triton_launch import BLOCK_J, BLOCK_R, Pass0Launch, Pass1Launch, pass0_launch, pass1_launch
+from .triton_launch import BLOCK_J, BLOCK_R, Pass0Launch, Pass1Launch, pass0_launch, pass1_launch, queue_items
 
 __all__ = [
-    "Plan", "layout_key", "scratch_budget", "strided_ready", "vector_ready", "build_plan", "with_gradients", "step",
+    "Plan", "layout_key", "scratch_budget", "strided_ready", "vector_ready", "build_plan", "with_gradients",
+    "with_pass0", "step",
 ]  # fmt: skip
 
 # Passes 0 and 1's blocks, warps, register caps and loads in flight: smmf.triton_launch.
@@ -59,7 +61,10 @@ class Plan:
     aligned: tuple[bool, ...]  # per tensor: vector_ready but for the gradient's address
     table: Tensor  # (tensors, TABLE_COLS) int64 on the device
     tile_map: Tensor  # (tiles,) int32: the tensor each tile belongs to
-    flags: Tensor  # (tensors,) int32: 1 where pass 0 found a non-finite gradient; cleared by pass 2
+    # (2 * tensors + 1,) int32: 1 where pass 0 found a non-finite gradient, then pass 1's queue's counters
+    # (smmf.triton_queue); cleared by pass 2
+    flags: Tensor
+    work: Tensor | None  # pass 0 folded into pass 1 (pass0.queue): the queue's work items, int32
     pass0: Pass0Launch  # by the gradients' element size
     pass1: Pass1Launch  # tile_rows and tile_bytes are multiples of its block's
     tile_rows: int
@@ -114,6 +119,15 @@ def with_gradients(plan: Plan, gradients: tuple[int, ...]) -> Plan:
     return dataclasses.replace(plan, gradients=gradients)
 
 
+def with_pass0(plan: Plan, launch: Pass0Launch) -> Plan:
+    """The plan with pass 0 launched as ``launch`` says (benchmarks/pass1_sweep.py times settings so)."""
+    from . import triton_kernels as tk
+
+    tile_counts = (plan.table[:, int(tk.COL_ROW_TILES)] * plan.table[:, int(tk.COL_COL_TILES)]).tolist()
+    work = queue_items(tile_counts, launch, plan.table.device)
+    return dataclasses.replace(plan, pass0=launch, work=work, launches={})
+
+
 def vector_ready(addresses: list[int], m: int, dense: bool) -> bool:
     """Whether pass 1 may move a factored tensor in 16-byte vectors, as far as ``addresses`` go (the
     gradient's joins them in :func:`_aligned_column`): every address a multiple of 16 bytes and m a
@@ -163,11 +177,12 @@ def _tiling(
     budget: int,
     rows_per_block: int = BLOCK_R,
     bytes_per_block: int = BLOCK_J,
+    map_bytes: int = 4,
 ) -> tuple[int, int]:
     """The smallest tiles (most parallelism) with at most MAX_SLOTS (a lone tensor:
-    LONE_TENSOR_MAX_SLOTS) tiles along any tensor's rows and columns whose scratch and tile map fit
-    ``budget`` bytes: tiles grow, rows first (column sums cost m per row tile, row sums n per column
-    tile of 8 columns a byte), until they fit or cover every tensor whole."""
+    LONE_TENSOR_MAX_SLOTS) tiles along any tensor's rows and columns whose scratch and tile map (and
+    queue: ``map_bytes`` a tile) fit ``budget`` bytes: tiles grow, rows first (column sums cost m per
+    row tile, row sums n per column tile of 8 columns a byte), until they fit or cover every tensor whole."""
     tile_rows, tile_bytes = rows_per_block, bytes_per_block
     max_rows = max((s[0] for s in shapes), default=1)
     max_bytes = max((s[2] for s in shapes), default=1)
@@ -176,7 +191,7 @@ def _tiling(
         scratch, tiles = _extra_numel(shapes, tile_rows, tile_bytes, moments)
         rows_capped = math.ceil(max_rows / tile_rows) <= max_slots
         bytes_capped = math.ceil(max_bytes / tile_bytes) <= max_slots
-        if rows_capped and bytes_capped and scratch * acc_bytes + 4 * tiles <= budget:
+        if rows_capped and bytes_capped and scratch * acc_bytes + map_bytes * tiles <= budget:
             return tile_rows, tile_bytes
         if not rows_capped:
             grow_rows = True
@@ -210,7 +225,9 @@ def build_plan(
     budget = scratch_budget(max(p.numel() * p.element_size() for p, _, _ in items))
     moments = 2 if has_m else 1
     pass1 = pass1_launch(items[0][0].element_size(), device.type == "cuda")
-    tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget, pass1.block_rows, pass1.block_bytes)
+    pass0 = pass0_launch(items[0][1].element_size())
+    map_bytes = 4 * (2 + pass0.split) if pass0.queue else 4
+    tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget, pass1.block_rows, pass1.block_bytes, map_bytes)
     rows: list[list[int]] = []
     aligned: list[bool] = []
     tile_counts: list[int] = []
@@ -238,8 +255,9 @@ def build_plan(
         aligned=tuple(aligned),
         table=torch.tensor(rows, dtype=torch.int64).to(device),
         tile_map=owners.to(device),
-        flags=torch.zeros(len(items), dtype=torch.int32, device=device),
-        pass0=pass0_launch(items[0][1].element_size()),
+        flags=torch.zeros(2 * len(items) + 1, dtype=torch.int32, device=device),
+        work=queue_items(tile_counts, pass0, device),
+        pass0=pass0,
         pass1=pass1,
         tile_rows=tile_rows,
         tile_bytes=tile_bytes,
@@ -321,6 +339,7 @@ def step(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr:
 def _passes(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, lr: Tensor) -> None:
     """:func:`step` on the current device."""
     from . import triton_kernels as tk
+    from . import triton_queue as tq
     from . import triton_tile as tt
 
     acc = _triton_dtype(hp.dtype)
@@ -333,13 +352,18 @@ def _passes(plan: Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: Tensor, 
     table, flags, tiling = plan.table, plan.flags, (plan.tile_rows, plan.tile_bytes)
     if tiles:
         g_dt = _triton_dtype(g_dtype)
-        pass0 = (table, plan.tile_map, flags)
-        check = {"G_DT": g_dt, "ACC": acc, **plan.pass0.constexprs()}
-        _launch(plan, tk.check_gradients, (tiles, plan.pass0.split), key, pass0, check, plan.pass0.options())
-        pass1 = (table, plan.tile_map, flags, hp, lr, scratch, flag_copies, *tiling)
         kinds = {"P_DT": _triton_dtype(p_dtype), "G_DT": g_dt, "ACC": acc, "HAS_M": plan.has_m, "PACKED": plan.packed}
         constexprs = {**kinds, "STOCHASTIC": plan.stochastic, **plan.pass1.constexprs()}
-        _launch(plan, tt.step_tiles, (tiles,), key, pass1, constexprs, plan.pass1.options())
+        pass1 = (hp, lr, scratch, flag_copies, *tiling)
+        if plan.work is not None:
+            queued = (table, plan.work, plan.tile_map, flags, tensors, *pass1)
+            constexprs |= plan.pass0.queued_constexprs()
+            _launch(plan, tq.step_queue, (plan.work.numel(),), key, queued, constexprs, plan.pass1.options())
+        else:
+            check = {"G_DT": g_dt, "ACC": acc, **plan.pass0.constexprs()}
+            pass0 = (table, plan.tile_map, flags)
+            _launch(plan, tk.check_gradients, (tiles, plan.pass0.split), key, pass0, check, plan.pass0.options())
+            _launch(plan, tt.step_tiles, (tiles,), key, (*pass0, *pass1), constexprs, plan.pass1.options())
     reduce = {"ACC": acc, "HAS_M": plan.has_m, "BLOCK": _REDUCE_BLOCK}
     grid = (tensors, 1 + plan.row_chunks + plan.column_chunks)
     _launch(plan, tk.reduce_factors, grid, key, (table, scratch, flags, flag_copies), reduce)

@@ -128,16 +128,26 @@ def check_gradients(
     vectors here too. With STAGES > 1 the loop's loads run STAGES - 1 blocks ahead, copied into shared
     memory; SPLIT > 1 makes more, shorter programs, so that the last wave of them leaves less of the GPU
     idle (smmf.triton_launch.Pass0Launch)."""
-    tile = tl.program_id(0)
+    check_share(table, tile_map, flags, tl.program_id(0), tl.program_id(1), G_DT, ACC, BLOCK, STAGES, SPLIT)
+
+
+@triton.jit
+def check_share(
+    table, tile_map, flags, tile, part,
+    G_DT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr, SPLIT: tl.constexpr,
+):  # fmt: skip
+    """Pass 0's work for the part-th of tile ``tile``'s SPLIT shares of its tensor's gradient (its own
+    launch, :func:`check_gradients`, or pass 1's queue, :mod:`smmf.triton_queue`); returns the tensor."""
     tensor = tl.load(tile_map + tile).to(tl.int64)
     row = table + tensor * TABLE_COLS
-    share = (tile - tl.load(row + COL_TILE0)).to(tl.int64) * SPLIT + tl.program_id(1)
+    share = (tile - tl.load(row + COL_TILE0)).to(tl.int64) * SPLIT + part
     if tl.load(row + COL_ALIGNED) != 0:
         any_bad = _bad_in_share(row, share, G_DT, ACC, True, BLOCK, STAGES, SPLIT)
     else:
         any_bad = _bad_in_share(row, share, G_DT, ACC, False, BLOCK, STAGES, SPLIT)
     if any_bad > 0:
         tl.atomic_max(flags + tensor, any_bad)
+    return tensor
 
 
 @triton.jit
@@ -173,7 +183,8 @@ def _bad_in_share(
 @triton.jit
 def reduce_factors(table, scratch, flags, flag_copies, ACC: tl.constexpr, HAS_M: tl.constexpr, BLOCK: tl.constexpr):
     """Pass 2: program (t, 0) advances tensor t's step (or, for a tensor flagged by pass 0, its skipped
-    count) and clears its flag; program (t, 1 + k) adds up the slots of one BLOCK of t's rows (k below
+    count) and clears its flag, and with it what pass 1's queue counted (t's checked shares; program
+    (0, 0) the tickets taken); program (t, 1 + k) adds up the slots of one BLOCK of t's rows (k below
     its row chunks) into the row factors, or of one BLOCK of its columns (after them) into the first
     column slot, for pass 3 to normalize. Many programs per tensor: no one program sums a large
     tensor's partials alone."""
@@ -187,6 +198,9 @@ def reduce_factors(table, scratch, flags, flag_copies, ACC: tl.constexpr, HAS_M:
         tl.store(step, tl.load(step) + (flag == 0).to(tl.float32))
         tl.store(skipped, tl.load(skipped) + (flag != 0).to(tl.float32))
         tl.store(flags + tensor, 0)
+        tl.store(flags + tl.num_programs(0) + tensor, 0)
+        if tensor == 0:
+            tl.store(flags + 2 * tl.num_programs(0), 0)
     else:
         n = tl.load(row + COL_N)
         m = tl.load(row + COL_M)

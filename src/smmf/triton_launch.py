@@ -12,12 +12,14 @@ for tuning on a new GPU without editing code (benchmarks/pass1_sweep.py times ca
     SMMF_TRITON_PASS0=4:40:2048:3:4             # pass 0, the same two forms, by the gradient's
 
 A pass-1 setting is written WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]], fields as in
-:class:`Pass1Launch`; a pass-0 setting WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]], as in :class:`Pass0Launch`.
+:class:`Pass1Launch`; a pass-0 setting WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT[:QUEUE]]], as in :class:`Pass0Launch`
+(QUEUE >= 1 folds pass 0 into pass 1's launch, :mod:`smmf.triton_queue`, in the order :func:`queue_order` gives).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ import torch
 
 __all__ = [
     "Pass0Launch", "Pass1Launch", "PASS0", "PASS1", "WIDE", "PASS0_ENV", "PASS1_ENV", "BLOCK_R", "BLOCK_J",
-    "pass0_launch", "pass1_launch",
+    "pass0_launch", "pass1_launch", "queue_order", "queue_items",
 ]  # fmt: skip
 
 PASS1_ENV = "SMMF_TRITON_PASS1"
@@ -39,7 +41,7 @@ BLOCK_J = 16
 # block rather than per element: the same kernels on blocks of 16 rows.
 INTERPRETER_BLOCK_R = 16
 _PASS1_FIELDS = "WARPS:MAXNREG:BLOCK_R[:PREFETCH[:BLOCK_J[:ROW_CHUNK[:STAGES]]]]"
-_PASS0_FIELDS = "WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]]"
+_PASS0_FIELDS = "WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT[:QUEUE]]]"
 
 
 def _shared_rules(num_warps: int, maxnreg: int, stages: int) -> dict[str, bool]:
@@ -152,13 +154,18 @@ class Pass0Launch:
     Triton 3.6 takes 54-56 for 4 warps, 9 programs an SM), ``stages`` > 1 pipelines the loop's loads
     through shared memory, ``stages`` - 1 iterations ahead, and ``split`` cuts each tile's share of its
     gradient into that many programs' (GPT-2's 2,058 tiles fill an H100 1.7 times over at 9 programs
-    an SM, so the second wave leaves SMs idle; shorter programs even the waves out)."""
+    an SM, so the second wave leaves SMs idle; shorter programs even the waves out). ``queue`` 0 gives
+    pass 0 its own launch; ``queue`` >= 1 folds it into pass 1's (:mod:`smmf.triton_queue`: one launch
+    fewer, and a tensor's tiles read its gradient soon after its check did, while it may still be in L2),
+    each tensor's shares queued ``queue`` - 1 tensors ahead of its tiles; there pass 1's warps and
+    register cap apply, and ``block``, ``stages`` and ``split`` as here."""
 
     num_warps: int = 4
     maxnreg: int = 0
     block: int = 2048
     stages: int = 1
     split: int = 1
+    queue: int = 0
 
     def __post_init__(self) -> None:
         _require(
@@ -167,19 +174,21 @@ class Pass0Launch:
                 **_shared_rules(self.num_warps, self.maxnreg, self.stages),
                 "BLOCK a power of two from 256 to 16384": self.block in {1 << k for k in range(8, 15)},
                 "SPLIT from 1 to 16": 1 <= self.split <= 16,
+                "QUEUE from 0 to 8": 0 <= self.queue <= 8,
             },
         )
 
     @classmethod
     def parse(cls, text: str) -> Pass0Launch:
-        """A setting from WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT]] (STAGES and SPLIT left out: 1)."""
-        fields = _integers("pass 0 launch", text, _PASS0_FIELDS, 3, 5)
-        warps, maxnreg, block, stages, split = fields + [1, 1][len(fields) - 3 :]
-        return cls(warps, maxnreg, block, stages, split)
+        """A setting from WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT[:QUEUE]]] (STAGES and SPLIT left out: 1,
+        QUEUE: 0)."""
+        fields = _integers("pass 0 launch", text, _PASS0_FIELDS, 3, 6)
+        warps, maxnreg, block, stages, split, queue = fields + [1, 1, 0][len(fields) - 3 :]
+        return cls(warps, maxnreg, block, stages, split, queue)
 
     def text(self) -> str:
         """The setting as :meth:`parse` reads it."""
-        return f"{self.num_warps}:{self.maxnreg}:{self.block}:{self.stages}:{self.split}"
+        return f"{self.num_warps}:{self.maxnreg}:{self.block}:{self.stages}:{self.split}:{self.queue}"
 
     def options(self) -> dict[str, Any]:
         """Triton's compile options: warps and the register cap."""
@@ -188,6 +197,10 @@ class Pass0Launch:
     def constexprs(self) -> dict[str, Any]:
         """``check_gradients``' launch constants, in its argument order."""
         return {"BLOCK": self.block, "STAGES": self.stages, "SPLIT": self.split}
+
+    def queued_constexprs(self) -> dict[str, Any]:
+        """``step_queue``'s launch constants of pass 0, in its argument order."""
+        return {"CHECK_BLOCK": self.block, "CHECK_STAGES": self.stages, "SPLIT": self.split}
 
 
 # By the gradient's bytes an element: today's for every dtype until a GPU times the others
@@ -237,3 +250,25 @@ def pass1_launch(element_size: int, on_gpu: bool) -> Pass1Launch:
     rows = INTERPRETER_BLOCK_R
     chunk = -(-setting.row_chunk // rows) * rows
     return dataclasses.replace(setting, block_rows=rows, row_chunk=chunk)
+
+
+def queue_order(tile_counts: list[int], split: int, ahead: int) -> list[int]:
+    """The work items of pass 1's queue (:mod:`smmf.triton_queue`) for tensors of ``tile_counts`` tiles,
+    in ticket order: tile k as k, share s of pass 0 (part s % ``split`` of tile s // ``split``) as
+    -1 - s. Every tensor's shares come before its tiles, those of tensor i + ``ahead`` just before
+    tensor i's tiles, so that tiles seldom wait while checks still run ahead of them."""
+    firsts = list(itertools.accumulate(tile_counts, initial=0))
+    shares = [list(range(-1 - first * split, -1 - end * split, -1)) for first, end in itertools.pairwise(firsts)]
+    tiles = [list(range(first, end)) for first, end in itertools.pairwise(firsts)]
+    order = [s for checks in shares[:ahead] for s in checks]
+    for i, own in enumerate(tiles):
+        order += shares[i + ahead] if i + ahead < len(shares) else []
+        order += own
+    return order
+
+
+def queue_items(tile_counts: list[int], pass0: Pass0Launch, device: torch.device) -> torch.Tensor | None:
+    """Pass 1's queue (:func:`queue_order`) on ``device`` where ``pass0`` folds pass 0 into it, else None."""
+    if not pass0.queue:
+        return None
+    return torch.tensor(queue_order(tile_counts, pass0.split, pass0.queue - 1), dtype=torch.int32).to(device)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_arithmetic import store_param, stream_key
+from .triton_arithmetic import divided, store_param, stream_key
 from .triton_dense import dense_tile
 from .triton_kernels import (
     _HP_EPS,
@@ -81,8 +81,22 @@ def step_tiles(
     STAGES > 1, the loop over a column block's rows is pipelined (smmf.triton_launch.Pass1Launch)."""
     tile = tl.program_id(0)
     tensor = tl.load(tile_map + tile).to(tl.int64)
+    one_tile(
+        table, tile, tensor, tl.load(flags + tensor), hp, lr_ptr, scratch, flag_copies, tile_rows, tile_bytes,
+        P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, PREFETCH, ROW_CHUNK, STAGES, BLOCK_R, BLOCK_J,
+    )  # fmt: skip
+
+
+@triton.jit
+def one_tile(
+    table, tile, tensor, flag, hp, lr_ptr, scratch, flag_copies, tile_rows, tile_bytes,
+    P_DT: tl.constexpr, G_DT: tl.constexpr, ACC: tl.constexpr, HAS_M: tl.constexpr, PACKED: tl.constexpr,
+    STOCHASTIC: tl.constexpr, PREFETCH: tl.constexpr, ROW_CHUNK: tl.constexpr, STAGES: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
+):  # fmt: skip
+    """Pass 1's work for tile ``tile`` of ``tensor``, whose pass-0 ``flag`` is known (its own launch,
+    :func:`step_tiles`, or the queue of :mod:`smmf.triton_queue`)."""
     row = table + tensor * TABLE_COLS
-    flag = tl.load(flags + tensor)
     if tile == tl.load(row + COL_TILE0):
         tl.store(flag_copies + tensor, flag)
     if flag == 0:
@@ -309,18 +323,10 @@ def _in_memory(base, offs, placement, ALIGNED: tl.constexpr):
         at = offs
         if place_k != 0:
             k = base.to(tl.int32) + offs
-            q = _divided(k, magic_q, shift_q)
-            at = k * place_k + q * place_q + _divided(q, magic_r, shift_r) * place_r
+            q = divided(k, magic_q, shift_q)
+            at = k * place_k + q * place_q + divided(q, magic_r, shift_r) * place_r
             start = base * 0
         return start, at
-
-
-@triton.jit
-def _divided(x, magic, shift):
-    """x // d for 0 <= x < 2**31, given d's magic multiplier and shift (Granlund and Montgomery's division
-    by an invariant integer: smmf.placement.divisor_magic), in a multiply and two shifts where an
-    integer division takes some twenty instructions."""
-    return (tl.umulhi(x.to(tl.uint32) << 1, magic) >> shift).to(tl.int32)
 
 
 @triton.jit

@@ -130,7 +130,7 @@ def test_the_sweep_writes_the_fastest_pass0_setting_that_skips_an_inf(
     """Pass 0's settings before pass 1's, each beside pass 1's default launch: one that misses an inf
     is reported and never chosen, and --best-pass0 names the fastest of the rest."""
     sweep = benchmark_modules.load("pass1_sweep")
-    times = {"4:0:2048:1:1": 2.0, "4:40:2048:3:4": 1.0, "8:32:2048:3:1": 0.5}
+    times = {"4:0:2048:1:1:0": 2.0, "4:40:2048:3:4:0": 1.0, "8:32:2048:3:1:0": 0.5, "4:0:2048:1:1:1": 1.5}
     stepped: list[str] = []
 
     def timed(fn: Any, **kwargs: Any) -> float:
@@ -146,7 +146,7 @@ def test_the_sweep_writes_the_fastest_pass0_setting_that_skips_an_inf(
     argv = ["--best", str(best), "--pass0-configs", ",".join(times), "--best-pass0", str(best_pass0)]
     _sweep_main(monkeypatch, sweep, timed, *argv)
     assert "steps unlike the default launch: missed it" in capsys.readouterr().out
-    assert best.read_text() == "4:96:4:0:16:0:1\n" and best_pass0.read_text() == "4:40:2048:3:4\n"
+    assert best.read_text() == "4:96:4:0:16:0:1\n" and best_pass0.read_text() == "4:40:2048:3:4:0\n"
 
 
 def test_each_check_starts_from_the_state_before_the_timings(

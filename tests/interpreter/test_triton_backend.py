@@ -21,6 +21,7 @@ from smmf import triton_kernels as tk
 from smmf import triton_tile as tt
 from step_helpers import (
     NON_FINITE_CASES,
+    CountingKernel,
     assert_bad_step_is_skipped,
     assert_format1_resume_is_exact,
     assert_same,
@@ -153,21 +154,12 @@ def test_two_runs_are_bitwise_equal() -> None:
             assert torch.equal(value, second[1].state[b][key]) if isinstance(value, torch.Tensor) else True
 
 
-class _CountingKernel:
-    def __init__(self, kernel: Any, counter: list[int]) -> None:
-        self.kernel, self.counter = kernel, counter
-
-    def __getitem__(self, grid: Any) -> Any:
-        self.counter.append(1)
-        return self.kernel[grid]
-
-
 def test_four_launches_per_step_and_the_table_is_reused(monkeypatch: pytest.MonkeyPatch) -> None:
-    launches: list[int] = []
-    monkeypatch.setattr(tk, "check_gradients", _CountingKernel(tk.check_gradients, launches))
-    monkeypatch.setattr(tt, "step_tiles", _CountingKernel(tt.step_tiles, launches))
-    monkeypatch.setattr(tk, "reduce_factors", _CountingKernel(tk.reduce_factors, launches))
-    monkeypatch.setattr(tk, "normalize_columns", _CountingKernel(tk.normalize_columns, launches))
+    launches: list[str] = []
+    monkeypatch.setattr(tk, "check_gradients", CountingKernel(tk.check_gradients, launches))
+    monkeypatch.setattr(tt, "step_tiles", CountingKernel(tt.step_tiles, launches))
+    monkeypatch.setattr(tk, "reduce_factors", CountingKernel(tk.reduce_factors, launches))
+    monkeypatch.setattr(tk, "normalize_columns", CountingKernel(tk.normalize_columns, launches))
     params = [nn.Parameter(torch.randn(s)) for s in [(6, 5), (33, 12), (7,), (24, 16)]]
     opt = SMMF(params, lr=0.01, backend="triton")
     plans = []
