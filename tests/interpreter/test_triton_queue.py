@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from golden_replay import max_relative_error, replay
 from smmf import SMMF, triton_launch
 from smmf import triton_kernels as tk
 from smmf import triton_queue as tq
@@ -65,3 +66,14 @@ def test_pass0_in_pass1s_queue_makes_a_step_three_launches(monkeypatch: pytest.M
         launched.clear()
         opt.step()
         assert launched == ["step_queue", "reduce_factors", "normalize_columns"]
+
+
+def test_golden_replay_through_pass1s_queue_in_float64(monkeypatch: pytest.MonkeyPatch, golden: Any) -> None:
+    """The authors' float64 trajectory (the defaults case) replayed through the queue, to 1e-9."""
+    _queued(monkeypatch, split=2, queue=2)
+    data, manifest = golden
+    spec = next(c for c in manifest["cases"] if c["name"] == "defaults")
+    params, opt = replay(data, manifest, spec, lambda ps, **hp: SMMF(ps, backend="triton", **hp))
+    assert all(plan.work is not None for cache in opt._caches for plan in cache.plans.values())
+    for i, p in enumerate(params):
+        assert max_relative_error(p, data[f"defaults/p{i}/final"]) <= 1e-9
