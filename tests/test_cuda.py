@@ -168,7 +168,7 @@ def test_triton_two_runs_are_bitwise_equal_on_cuda(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize("pass0", PASS0_WAYS.values(), ids=PASS0_WAYS.keys())
 def test_triton_step_replays_in_a_cuda_graph_like_eager_steps(monkeypatch: pytest.MonkeyPatch, pass0: str) -> None:
     """Warm up, capture ``opt.step()`` once, replay it with new gradients and a new in-place lr (the
-    queue's counters, cleared by pass 2, start each replay from 0)."""
+    queue's counters, cleared by each step, start each replay from 0)."""
     monkeypatch.setenv(triton_launch.PASS0_ENV, pass0)
     shapes = [(33, 12), (256, 300), (97,), (768,)]
     gen = torch.Generator(device="cuda").manual_seed(0)

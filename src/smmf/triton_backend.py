@@ -62,7 +62,7 @@ class Plan:
     table: Tensor  # (tensors, TABLE_COLS) int64 on the device
     tile_map: Tensor  # (tiles,) int32: the tensor each tile belongs to
     # (2 * tensors + 1,) int32: 1 where pass 0 found a non-finite gradient, then pass 1's queue's counters
-    # (smmf.triton_queue); cleared by pass 2
+    # (smmf.triton_queue); cleared by the step
     flags: Tensor
     work: Tensor | None  # pass 0 folded into pass 1 (pass0.queue): the queue's work items, int32
     pass0: Pass0Launch  # by the gradients' element size

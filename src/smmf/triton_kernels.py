@@ -183,11 +183,10 @@ def _bad_in_share(
 @triton.jit
 def reduce_factors(table, scratch, flags, flag_copies, ACC: tl.constexpr, HAS_M: tl.constexpr, BLOCK: tl.constexpr):
     """Pass 2: program (t, 0) advances tensor t's step (or, for a tensor flagged by pass 0, its skipped
-    count) and clears its flag, and with it what pass 1's queue counted (t's checked shares; program
-    (0, 0) the tickets taken); program (t, 1 + k) adds up the slots of one BLOCK of t's rows (k below
-    its row chunks) into the row factors, or of one BLOCK of its columns (after them) into the first
-    column slot, for pass 3 to normalize. Many programs per tensor: no one program sums a large
-    tensor's partials alone."""
+    count) and clears its flag, and with it pass 1's queue's count of t's checked shares; program
+    (t, 1 + k) adds up the slots of one BLOCK of t's rows (k below its row chunks) into the row
+    factors, or of one BLOCK of its columns (after them) into the first column slot, for pass 3 to
+    normalize. Many programs per tensor: no one program sums a large tensor's partials alone."""
     tensor = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     row = table + tensor * TABLE_COLS
@@ -199,8 +198,6 @@ def reduce_factors(table, scratch, flags, flag_copies, ACC: tl.constexpr, HAS_M:
         tl.store(skipped, tl.load(skipped) + (flag != 0).to(tl.float32))
         tl.store(flags + tensor, 0)
         tl.store(flags + tl.num_programs(0) + tensor, 0)
-        if tensor == 0:
-            tl.store(flags + 2 * tl.num_programs(0), 0)
     else:
         n = tl.load(row + COL_N)
         m = tl.load(row + COL_M)

@@ -10,8 +10,8 @@ share adds to with release order, read with acquire order). It cannot wait for e
 in order, so a waiting tile's shares were taken by programs already running, and a share waits for
 nothing. Under Triton's interpreter, programs run one after another in ticket order and never wait.
 The counters live in the plan's ``flags`` after the flags themselves (t's checked shares at
-``flags[T + t]``, the tickets taken at ``flags[2T]``), and pass 2 clears them for the next step, so a
-step needs no host work and can be captured in a CUDA graph.
+``flags[T + t]``, cleared by pass 2 with the flags; the tickets taken at ``flags[2T]``, cleared by the
+program that takes the last one), so a step needs no host work and can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def step_queue(
     constexprs as :func:`smmf.triton_tile.step_tiles`', pass 0's (CHECK_BLOCK, CHECK_STAGES, SPLIT) as
     :func:`smmf.triton_kernels.check_gradients`' BLOCK, STAGES and SPLIT."""
     ticket = tl.atomic_add(flags + 2 * tensors, 1, sem="relaxed")
+    if ticket == tl.num_programs(0) - 1:  # the last ticket: every program has taken its own
+        tl.store(flags + 2 * tensors, 0)
     item = tl.load(work + ticket)
     if item < 0:
         share = -1 - item

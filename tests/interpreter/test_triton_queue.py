@@ -40,7 +40,7 @@ def test_pass0_in_pass1s_queue_matches_eager(
     (plan,) = triton_run[1]._caches[0].plans.values()
     assert plan.pass0.queue == queue and plan.work is not None
     assert plan.work.numel() == (1 + split) * plan.tile_map.numel()
-    assert not plan.flags.any()  # flags, checked shares and tickets all cleared by pass 2 for the next step
+    assert not plan.flags.any()  # flags, checked shares and tickets all cleared for the next step
     assert_same(triton_run, run(SHAPES, steps=3, backend="eager", **kwargs))
 
 
