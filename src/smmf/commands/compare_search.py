@@ -20,6 +20,7 @@ import torch
 from ..memory import optimizer_state_bytes
 from . import registry
 from .compare_tasks import TASKS, Task
+from .interrupts import raise_if_interrupted
 
 __all__ = [
     "TIMING_WARMUP",
@@ -189,6 +190,7 @@ def train_one(
     iter_times: list[float] = []
     desc = f"{task.name}/{name} lr {lr:g} seed {seed}"
     for step in tqdm(range(steps), desc=desc, leave=False, disable=not spec.progress, dynamic_ncols=True):
+        raise_if_interrupted()
         batch = task.batch(step)
         _sync(spec.device)
         t0 = time.perf_counter()

@@ -15,6 +15,7 @@ from .. import __version__
 from . import bench, compare, extras, memory, train
 from .common import RunError, UsageError
 from .data import DataError
+from .interrupts import interruptible
 
 __all__ = ["build_parser", "main"]
 
@@ -38,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         extras.check(args)  # a missing optional dependency is named before any work
-        return int(args.func(args))
+        with interruptible():
+            return int(args.func(args))
     except KeyboardInterrupt:
         print("\nsmmf: interrupted", file=sys.stderr)
         return 130

@@ -25,6 +25,7 @@ from ..memory import optimizer_state_bytes
 from .common import RunError, UsageError
 from .data import CifarDataset, EpochBatches, SeededDataset, TextWindows, cifar_datasets, read_text_files
 from .distributed import Dist, all_sum, sync_buffers
+from .interrupts import raise_if_interrupted
 from .models import IMAGE_MODELS, build_gpt2, build_image_model
 
 __all__ = [
@@ -268,6 +269,7 @@ def epoch(run: Run, save: Any) -> None:
         dynamic_ncols=True,
     )
     for x, y in bar:
+        raise_if_interrupted()
         row = _step(run, x, y)
         run.log.write(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", refresh=False)
