@@ -226,8 +226,8 @@ def build_plan(
     moments = 2 if has_m else 1
     pass1 = pass1_launch(items[0][0].element_size(), device.type == "cuda")
     pass0 = pass0_launch(items[0][1].element_size())
-    map_bytes = 4 * (2 + pass0.split) if pass0.queue else 4
-    tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget, pass1.block_rows, pass1.block_bytes, map_bytes)
+    tiling = (pass1.block_rows, pass1.block_bytes, pass0.map_bytes())
+    tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget, *tiling)
     rows: list[list[int]] = []
     aligned: list[bool] = []
     tile_counts: list[int] = []

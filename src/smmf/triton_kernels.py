@@ -151,6 +151,12 @@ def check_share(
 
 
 @triton.jit
+def tensor_shares(row, SPLIT: tl.constexpr):
+    """How many shares pass 0 cuts a tensor's gradient into: SPLIT for each of its tiles."""
+    return tl.load(row + COL_ROW_TILES) * tl.load(row + COL_COL_TILES) * SPLIT
+
+
+@triton.jit
 def _bad_in_share(
     row,
     share,
@@ -164,7 +170,7 @@ def _bad_in_share(
     """1 if the share-th share of the gradient holds an element whose square is not finite, else 0: its
     tensor's n * m elements cut into as many runs of whole BLOCKs as it has tiles times SPLIT."""
     numel = tl.load(row + COL_N) * tl.load(row + COL_M)
-    shares = tl.load(row + COL_ROW_TILES) * tl.load(row + COL_COL_TILES) * SPLIT
+    shares = tensor_shares(row, SPLIT)
     blocks = tl.cdiv(tl.cdiv(numel, shares), BLOCK)  # per share
     first = share * blocks
     end = numel

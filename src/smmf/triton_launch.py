@@ -198,6 +198,11 @@ class Pass0Launch:
         """``check_gradients``' launch constants, in its argument order."""
         return {"BLOCK": self.block, "STAGES": self.stages, "SPLIT": self.split}
 
+    def map_bytes(self) -> int:
+        """Bytes a tile takes in the tile map and, where pass 0 is queued, in the queue (:func:`queue_order`:
+        the tile and its ``split`` shares), 4 each."""
+        return 4 * (2 + self.split) if self.queue else 4
+
     def queued_constexprs(self) -> dict[str, Any]:
         """``step_queue``'s launch constants of pass 0, in its argument order."""
         return {"CHECK_BLOCK": self.block, "CHECK_STAGES": self.stages, "SPLIT": self.split}

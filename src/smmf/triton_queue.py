@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_kernels import COL_COL_TILES, COL_ROW_TILES, TABLE_COLS, check_share
+from .triton_kernels import TABLE_COLS, check_share, tensor_shares
 from .triton_tile import one_tile
 
 
@@ -48,9 +48,7 @@ def step_queue(
     else:
         tensor = tl.load(tile_map + item).to(tl.int64)
         row = table + tensor * TABLE_COLS
-        _wait_for_checks(
-            flags + tensors + tensor, (tl.load(row + COL_ROW_TILES) * tl.load(row + COL_COL_TILES)) * SPLIT
-        )
+        _wait_for_checks(flags + tensors + tensor, tensor_shares(row, SPLIT))
         one_tile(
             table, item, tensor, tl.load(flags + tensor, volatile=True), hp, lr_ptr, scratch, flag_copies,
             tile_rows, tile_bytes, P_DT, G_DT, ACC, HAS_M, PACKED, STOCHASTIC, PREFETCH, ROW_CHUNK, STAGES,
