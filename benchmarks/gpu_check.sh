@@ -13,7 +13,9 @@
 #   bash benchmarks/gpu_check.sh sweep          # launch settings of passes 1 and 0 timed (benchmarks/pass1_sweep.py;
 #                                               # 260 s); the fastest for bf16 and fp32 go to $OUT/pass{1,0}-best-*.txt
 #   bash benchmarks/gpu_check.sh tuned          # train-small and train-7b, AdamW(fused) and SMMF, with the sweep's
-#                                               # fastest launches (SMMF_TRITON_PASS1 and _PASS0; 300 s)
+#                                               # fastest launches (SMMF_TRITON_PASS1 and _PASS0; 330 s); ResNet-50
+#                                               # and GPT-2 in two rounds of fresh processes, order reversed in the
+#                                               # second: an H100's step() moved 13% from one process to the next
 #   bash benchmarks/gpu_check.sh ncu            # Nsight Compute's reports: pass 1, 7B layers, two settings; pass 0,
 #                                               # GPT-2 (180 s)
 #   bash benchmarks/gpu_check.sh compare        # smmf compare's GPU text task for Adam and SMMF (560 s)
@@ -118,9 +120,9 @@ for stage in "${stages[@]}"; do
         [ -n "$tuned_pass1$tuned_pass0" ] || { echo "tuned: no $out/pass*-best-*.txt; run the sweep stage first" | tee -a "$log"; continue; }
         echo "SMMF_TRITON_PASS1=$tuned_pass1 SMMF_TRITON_PASS0=$tuned_pass0" | tee -a "$log"
         export SMMF_TRITON_PASS1="$tuned_pass1" SMMF_TRITON_PASS0="$tuned_pass0"
-        bench 160 --mode train --set resnet50,gpt2 --steps 10 --warmup 3 \
+        bench 200 --mode train --set resnet50,gpt2 --steps 10 --warmup 3 --rounds 2 \
             --optimizers "$(optimizers adamw-fused,smmf)" --out "$out/bench-train-cuda-tuned"
-        bench 140 --mode train --set llama-7b --steps 5 --warmup 2 \
+        bench 130 --mode train --set llama-7b --steps 5 --warmup 2 \
             --optimizers "$(optimizers adamw-fused,smmf)" --out "$out/bench-train-llama-7b-cuda-tuned"
         unset SMMF_TRITON_PASS1 SMMF_TRITON_PASS0
         ;;

@@ -82,6 +82,59 @@ def test_train_mode_times_whole_steps_of_a_real_model_on_cpu(tmp_path: Path, mon
     assert "x AdamW(fused)" in (tmp_path / "bench-train.md").read_text()
 
 
+def _fake_measure(calls: list[tuple[str, str]]):  # type: ignore[no-untyped-def]
+    """A stand-in for train mode's worker: every process of adamw-fused steps in 2.0 ms in the first
+    round and 3.0 in the second (a slower process), smmf's 2.1 then 2.7."""
+    ms = {("adamw-fused", 0): 2.0, ("adamw-fused", 1): 3.0, ("smmf", 0): 2.1, ("smmf", 1): 2.7}
+
+    def run_worker(spec: dict, module: str, function: str) -> dict:  # type: ignore[type-arg]
+        round_ = sum(name == spec["name"] and w == spec["workload"] for w, name in calls)
+        calls.append((spec["workload"], spec["name"]))
+        step = ms[spec["name"], round_]
+        return {
+            "full_step_ms": 10 * step, "step_ms": step, "step_samples_ms": [step, step + 0.1], "step_host_ms": 0.5,
+            "peak_bytes": None, "state_bytes": 8, "launches_per_step": None, "step_gpu_ms": None,
+            "full_step_gpu_ms": None, "step_kernels": None, "params": 4, "fits": True,
+        }  # fmt: skip
+
+    return run_worker
+
+
+def test_train_mode_rounds_alternate_the_order_and_pair_the_ratios(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(bench_train, "run_worker", _fake_measure(calls))
+    argv = ["--mode", "train", "--device", "cpu", "--set", "tiny-cnn", "--optimizers", "adamw-fused,smmf"]
+    assert main(["bench", *argv, "--rounds", "2", "--steps", "2", "--out", str(tmp_path)]) == 0
+    assert [name for _, name in calls] == ["adamw-fused", "smmf", "smmf", "adamw-fused"]
+    report = json.loads((tmp_path / "bench-train.json").read_text())
+    assert report["meta"]["rounds"] == 2 and report["meta"]["command"].endswith("--rounds 2")
+    fused, smmf = report["results"]
+    assert fused["step_samples_ms"] == [2.0, 2.1, 3.0, 3.1] and fused["step_ms"] == pytest.approx(2.55)
+    assert smmf["step_ms"] == pytest.approx(2.45) and smmf["full_step_ms"] == pytest.approx(24.0)
+    assert [r["step_ms"] for r in smmf["rounds"]] == [2.1, 2.7]
+    # pooled 2.45 / 2.55 = 0.96; paired within a round 2.1 / 2.0 = 1.05 and 2.7 / 3.0 = 0.90
+    assert (
+        "| SMMF (1-bit) | 2.45 | 0.96 (0.90-1.05) | 24.0 | 0.96 (0.90-1.05) |"
+        in (tmp_path / "bench-train.md").read_text()
+    )
+
+
+def test_train_mode_keeps_a_failed_round_as_the_rows_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    ok = {"step_ms": 1.0, "step_samples_ms": [1.0], "full_step_ms": 2.0, "step_host_ms": 0.1, "peak_bytes": 10}
+    assert bench_train.pooled([ok, {"error": "does not fit", "fits": False}])["error"] == "does not fit"
+    row = bench_train.pooled([{**ok, "step_gpu_ms": 0.5}, {**ok, "peak_bytes": 30, "step_gpu_ms": 0.5}])
+    assert row["peak_bytes"] == 30 and len(row["rounds"]) == 2
+
+
+@pytest.mark.parametrize("option", [["--steps", "3"], ["--rounds", "2"], ["--threads", "1"]])
+def test_memory_mode_rejects_the_timing_options(option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--mode", "memory", "--device", "cpu", "--set", "llama-tiny", *option]) == 2
+    err = capsys.readouterr().err
+    assert f"{option[0]}: not an option of --mode memory" in err and "Traceback" not in err
+
+
 def test_kernel_profile_adds_up_launches_and_busy_time_by_kernel() -> None:
     from smmf.commands.kernel_profile import profile_kernels, summarize
 

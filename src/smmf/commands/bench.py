@@ -123,18 +123,27 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated names from: {', '.join(registry.NAMES)} "
         f"(default: {','.join(DEFAULT_OPTIMIZERS)}, plus adamw-fused on CUDA)",
     )
-    parser.add_argument("--steps", type=int, default=15, help="timed steps; the median is reported (default 15)")
     parser.add_argument(
-        "--warmup", type=int, default=3, help="untimed steps first, which include compilation (default 3)"
+        "--steps", type=int, default=None, help="step and train modes: timed steps; the median is reported (default 15)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="step and train modes: untimed steps first, which include compilation (default 3)",
     )
     parser.add_argument(
         "--rounds",
         type=int,
-        default=1,
-        help="repeat the timing runs round-robin over the optimizers and pool the steps (default 1)",
+        default=None,
+        help="step and train modes: repeat the timing runs round-robin over the optimizers, each in a fresh process, "
+        "and pool the steps (default 1)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads in each worker (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=None,
+        help="step and train modes: torch CPU threads in each worker (default: torch's choice)",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
     parser.add_argument("--out", default=None, help="output folder (default runs/bench-<set>-<device>)")
@@ -237,8 +246,22 @@ def _rows(names: Sequence[str], results: dict[str, Any], meta: dict[str, Any]) -
     return rows
 
 
+_TIMING_DEFAULTS = {"steps": 15, "warmup": 3, "rounds": 1}
+
+
+def _timing_options(args: argparse.Namespace) -> None:
+    """Fill in the timing options' defaults; memory mode times its own fixed steps and takes none of them."""
+    given = [f"--{name}" for name in (*_TIMING_DEFAULTS, "threads") if getattr(args, name) is not None]
+    if args.mode == "memory" and given:
+        raise UsageError(f"{', '.join(given)}: not an option of --mode memory (it times a fixed number of steps)")
+    for name, default in _TIMING_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
 def run(args: argparse.Namespace) -> int:
     """Benchmark the chosen optimizers on the chosen set; writes bench.md, bench.json and bench.png."""
+    _timing_options(args)
     if args.mode == "train":
         return bench_train.run(args)
     if args.mode == "memory":

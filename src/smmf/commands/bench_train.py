@@ -8,12 +8,19 @@ high-water mark over the timed steps, state memory counts the optimizer's tensor
 ``torch.profiler`` counts the kernels one ``step()`` launches and adds up the GPU's busy time in one
 ``step()`` and in one full step (well below the wall time, the step waits on the host). A workload that
 runs out of memory is reported as "does not fit", not as a crash.
+
+``--rounds N`` repeats the whole grid N times, each pair again in a fresh process, the optimizers'
+order reversed every other round: a process's wall times can differ from the next one's by more than
+the gap under test (an H100's fused AdamW ``step()`` took 2.64 ms in one process and 2.99 ms in
+another), so the pooled medians and the per-round ratios, paired within a round, say how far a ratio
+is to be trusted.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -141,6 +148,8 @@ def _train_step(forward_backward: Callable[[], None], opt: torch.optim.Optimizer
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """In this (fresh) process: time full steps and ``step()`` of one workload with one optimizer."""
     device = torch.device(spec["device"])
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     try:
         model, workload = _build(spec, device)
@@ -181,8 +190,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("non-finite parameters after the benchmark steps")
     return {
         "full_step_ms": full_s * 1e3,
-        "step_ms": sorted(step_s)[len(step_s) // 2] * 1e3,
-        "step_host_ms": sorted(host_s)[len(host_s) // 2] * 1e3,
+        "step_ms": statistics.median(step_s) * 1e3,
+        "step_samples_ms": [s * 1e3 for s in step_s],
+        "step_host_ms": statistics.median(host_s) * 1e3,
         "peak_bytes": peak,
         "state_bytes": optimizer_state_bytes(opt),
         **_gpu_fields(step_profile, full_profile),
@@ -207,6 +217,35 @@ def _cell(value: float | None, digits: int = 1, scale: float = 1.0) -> str:
     return "-" if value is None else f"{value / scale:,.{digits}f}"
 
 
+def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One workload and optimizer's row from its rounds (fresh processes): ``step()`` the median of every
+    round's steps, the full step and the host part the median of the rounds', the highest peak; each
+    round's own figures kept under ``rounds``. A round that failed makes the row its error."""
+    failed = next((r for r in rounds if "error" in r), None)
+    if failed is not None:
+        return failed
+    row = {**rounds[-1], "step_samples_ms": [ms for r in rounds for ms in r["step_samples_ms"]]}
+    row["step_ms"] = statistics.median(row["step_samples_ms"])
+    for key in ("full_step_ms", "step_host_ms"):
+        row[key] = statistics.median(r[key] for r in rounds)
+    if row["peak_bytes"] is not None:
+        row["peak_bytes"] = max(r["peak_bytes"] for r in rounds)
+    row["rounds"] = [{k: r[k] for k in _PER_ROUND} for r in rounds]
+    return row
+
+
+_PER_ROUND = ("step_ms", "full_step_ms", "step_host_ms", "step_gpu_ms")
+
+
+def _ratio(row: dict[str, Any], base: dict[str, Any] | None, key: str) -> str:
+    """``row[key]`` over the baseline's; with rounds, the range of the ratios paired within a round."""
+    if base is None:
+        return "-"
+    text = _cell(row[key] / base[key], 2)
+    paired = [r[key] / b[key] for r, b in zip(row["rounds"], base["rounds"], strict=False)]
+    return f"{text} ({min(paired):.2f}-{max(paired):.2f})" if len(paired) > 1 else text
+
+
 def _table(group: list[dict[str, Any]]) -> str:
     """One workload's rows; ratios against AdamW(fused) measured in the same run."""
     base = next((r for r in group if r["name"] == "adamw-fused" and "error" not in r), None)
@@ -219,16 +258,14 @@ def _table(group: list[dict[str, Any]]) -> str:
         if "error" in r:
             body.append((r["label"], r["error"]))
             continue
-        step_x = r["step_ms"] / base["step_ms"] if base else None
-        full_x = r["full_step_ms"] / base["full_step_ms"] if base else None
         launches = r["launches_per_step"]
         body.append(
             (
                 r["label"],
                 _cell(r["step_ms"], 2),
-                _cell(step_x, 2),
+                _ratio(r, base, "step_ms"),
                 _cell(r["full_step_ms"]),
-                _cell(full_x, 2),
+                _ratio(r, base, "full_step_ms"),
                 _cell(r["peak_bytes"], 2, 1024**3),
                 _cell(r["state_bytes"], 1, 1024**2),
                 str(launches) if launches is not None else "-",
@@ -249,6 +286,12 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "(on CUDA, its host part: the kernels run on). Each row in a fresh process. GPU ms: the kernels' "
         "busy time in one profiled step (torch.profiler).",
     ]
+    if meta["rounds"] > 1:
+        lines[-1] += (
+            f" {meta['rounds']} rounds, each a fresh process per row, the optimizers' order reversed every other "
+            "round: `step()` is the median of all rounds' steps, the full step the median of the rounds' means, and "
+            "(in brackets) the lowest and highest of the ratios paired within a round."
+        )
     for workload in dict.fromkeys(r["workload"] for r in rows):
         group = [r for r in rows if r["workload"] == workload]
         lines += ["", f"#### {WORKLOADS[workload].label}", "", _table(group)]
@@ -260,12 +303,13 @@ def _choices(text: str | None, default: tuple[str, ...], valid: Any, what: str) 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Every workload with every optimizer, each in a fresh process; writes bench-train.md and .json."""
+    """Every workload with every optimizer, each in a fresh process, ``--rounds`` times over; writes
+    bench-train.md and .json."""
     device = resolve_device(args.device)
     workloads = _choices(args.set, CUDA_WORKLOADS if device.type == "cuda" else CPU_WORKLOADS, WORKLOADS, "workload")
     names = _choices(args.optimizers, TRAIN_OPTIMIZERS, registry.NAMES, "optimizer")
-    if args.steps < 1 or args.warmup < 1:
-        raise UsageError("--steps and --warmup must be >= 1 in train mode")
+    if min(args.steps, args.warmup, args.rounds, args.threads or 1) < 1:
+        raise UsageError("--steps, --warmup, --rounds and --threads must be >= 1 in train mode")
     out = writable_dir(Path(args.out or f"runs/bench-train-{device.type}"), "--out")
     meta = {
         "machine": machine(str(device), args.threads),
@@ -273,21 +317,45 @@ def run(args: argparse.Namespace) -> int:
         "date": dt.date.today().isoformat(),
         "steps": args.steps,
         "warmup": args.warmup,
+        "rounds": args.rounds,
         "command": f"{command_prefix()}smmf bench --mode train --device {device} --set {','.join(workloads)} "
-        f"--optimizers {','.join(names)} --steps {args.steps} --warmup {args.warmup}",
+        f"--optimizers {','.join(names)} --steps {args.steps} --warmup {args.warmup} --rounds {args.rounds}"
+        + (f" --threads {args.threads}" if args.threads else ""),
     }
-    rows = []
-    for workload in workloads:
-        for name in names:
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    rows: list[dict[str, Any]] = []
+    for round_ in range(args.rounds):
+        order = names if round_ % 2 == 0 else names[::-1]  # ABBA: a drift over the run hits both alike
+        for workload, name in ((w, n) for w in workloads for n in order):
+            done = results.setdefault((workload, name), [])
+            if done and "error" in done[-1]:
+                continue
             spec = {"workload": workload, "name": name, "device": str(device), "steps": args.steps}
-            spec["warmup"] = args.warmup
-            result = run_worker(spec, module="smmf.commands.bench_train", function="measure")
-            rows.append({"workload": workload, "name": name, "label": registry.OPTIMIZERS[name].label, **result})
-            status = (
-                result.get("error") or f"step {result['step_ms']:.2f} ms, full step {result['full_step_ms']:.1f} ms"
+            spec.update(warmup=args.warmup, threads=args.threads)
+            done.append(run_worker(spec, module="smmf.commands.bench_train", function="measure"))
+            print(
+                f"[round {round_ + 1}/{args.rounds}] [{workload}] {name}: {_status(done[-1])}",
+                file=sys.stderr,
+                flush=True,
             )
-            print(f"[{workload}] {name}: {status}", file=sys.stderr, flush=True)
-            # rewritten after every row: a run cut short keeps what it measured
+            rows = _rows(workloads, names, results)
+            # rewritten after every process: a run cut short keeps what it measured
             write_report(out, "bench-train", markdown(meta, rows), meta, rows)
     print(markdown(meta, rows))
     return 0
+
+
+def _status(result: dict[str, Any]) -> str:
+    return result.get("error") or f"step {result['step_ms']:.2f} ms, full step {result['full_step_ms']:.1f} ms"
+
+
+def _rows(
+    workloads: list[str], names: list[str], results: dict[tuple[str, str], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The pooled rows measured so far, workload by workload in the optimizers' given order."""
+    return [
+        {"workload": w, "name": n, "label": registry.OPTIMIZERS[n].label, **pooled(results[w, n])}
+        for w in workloads
+        for n in names
+        if (w, n) in results
+    ]
