@@ -106,7 +106,9 @@ for stage in "${stages[@]}"; do
            # pipelined 2-4 stages, wide, wide pipelined 2-3. Pass 0 (timed first): today's; folded into pass 1's
            # queue (smmf.triton_queue), each tensor's checks just before its tiles or a tensor ahead; each tile's share
            # split in 4 programs; 40 registers (12 programs an SM) alone, pipelined 2-3 stages, and split in 4; 8 warps at
-           # 32 pipelined; bf16's 4096-element blocks on 8 warps
+           # 32 pipelined; bf16's 4096-element blocks on 8 warps. Then the fastest of each together, as tuned runs
+           # them: a pass 0 that steps wrong or slower beside the fastest pass 1 falls back to today's. A setting
+           # that cannot run (out of shared memory, say) is reported in the table and the sweep goes on
         for workload in llama-layers:bf16 gpt2:fp32; do
             timeout -s INT -k 5 130 "$py" benchmarks/pass1_sweep.py --workload "${workload%%:*}" \
                 --configs 4:96:4:0:16,4:64:4:0:16,4:72:4:0:16,4:64:4:0:16:0:2,4:64:4:0:16:0:3,4:64:4:0:16:16,4:128:4:0:16:0:2,4:128:4:0:16:0:3,4:128:4:0:16:0:4,4:128:4:0:32,4:128:4:0:32:0:2,4:128:4:0:32:0:3 \

@@ -23,7 +23,10 @@ fastest setting there, for ``SMMF_TRITON_PASS1`` (benchmarks/gpu_check.sh's ``tu
 
 ``--pass0-configs`` times pass 0's settings, WARPS:MAXNREG:BLOCK[:STAGES[:SPLIT[:QUEUE]]] as ``SMMF_TRITON_PASS0``
 takes them (:class:`smmf.triton_launch.Pass0Launch`; QUEUE >= 1: folded into pass 1's launch), each beside
-pass 1's default launch, before pass 1's; ``--best-pass0 FILE`` writes the fastest.
+pass 1's default launch, before pass 1's; ``--best-pass0 FILE`` writes the fastest. The two fastest
+are then checked and timed together, as the tuned stage runs them; where that pass 0 makes the fastest
+pass 1 step wrong or slower than beside today's pass 0, ``--best-pass0`` falls back to today's. A
+setting that cannot run on the GPU is reported with what it raised, and the sweep goes on.
 
     python benchmarks/pass1_sweep.py --workload gpt2 --configs 4:96:4 --pass0-configs 4:0:2048,4:0:2048:1:1:1
 """
@@ -46,6 +49,7 @@ from smmf.triton_launch import Pass0Launch, Pass1Launch
 
 LLAMA_LAYER = [(4096, 4096)] * 4 + [(11008, 4096), (11008, 4096), (4096, 11008), (4096,), (4096,)]
 TINY = [(160, 160), (64, 96), (33, 12), (7,)]  # for the tests, under Triton's interpreter
+Check = Callable[[triton_backend.Plan], str | None]  # why a setting cannot be timed (None: it can)
 
 
 def _shapes(workload: str) -> tuple[list[tuple[int, ...]], torch.dtype]:
@@ -156,17 +160,33 @@ def parameters(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: str) -
     return params
 
 
+def _or_what_it_raised(
+    wrong: Check,
+) -> Callable[[triton_backend.Plan], str | None]:
+    """``wrong``, with a setting that cannot compile or run on this GPU (out of shared memory, say) reported
+    as what it raised, so that one setting does not cost the rest of a sweep its device time."""
+
+    def check(variant: triton_backend.Plan) -> str | None:
+        try:
+            return wrong(variant)
+        except Exception as exc:  # noqa: BLE001  # whatever Triton or the driver raises, it goes in the table
+            return f"raised {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+    return check
+
+
 def _sweep(
     settings: Iterator[tuple[str, triton_backend.Plan | None]],
-    wrong: Callable[[triton_backend.Plan], str | None],
+    wrong: Check,
     milliseconds: Callable[[triton_backend.Plan], float],
     moved: float,
     best: Path | None,
     text: Callable[[triton_backend.Plan], str],
-) -> None:
+) -> dict[str, float]:
     """Print a table row for each setting: why it cannot run, why it steps wrong, or its time and the
     bandwidth of ``moved`` bytes in that time; write the fastest setting's ``text`` to ``best``
-    (rewritten after every row, so that a sweep cut short still names one)."""
+    (rewritten after every row, so that a sweep cut short still names one). Returns each timed
+    setting's milliseconds."""
     times: dict[str, float] = {}
     for cells, variant in settings:
         why = "" if variant is None else wrong(variant)
@@ -177,6 +197,38 @@ def _sweep(
         print(f"{cells} {ms:.3f} | {moved / ms / 1e6:,.0f} |", flush=True)
         if best:
             best.write_text(min(times, key=times.__getitem__) + "\n")
+    return times
+
+
+def _together(
+    plan: triton_backend.Plan,
+    fastest: tuple[dict[str, float], dict[str, float]],
+    wrong: Check,
+    milliseconds: Callable[[triton_backend.Plan], float],
+    best_pass0: Path | None,
+) -> None:
+    """The fastest pass-1 and pass-0 settings in one step, as the tuned stage runs them: each sweep
+    timed its settings beside the other pass's default launch, and a pass-0 setting folded into pass 1's
+    launch compiles into the other's kernel. Where the pair steps wrong, or is slower than the fastest
+    pass 1 beside today's pass 0, ``best_pass0`` is rewritten to today's pass 0."""
+    pass1_times, pass0_times = fastest
+    if not pass1_times or not pass0_times:
+        return
+    pass1, pass0 = (min(times, key=times.__getitem__) for times in (pass1_times, pass0_times))
+    if pass0 == plan.pass0.text():
+        return
+    both = triton_backend.with_pass0(
+        dataclasses.replace(plan, pass1=Pass1Launch.parse(pass1)), Pass0Launch.parse(pass0)
+    )
+    why = wrong(both)
+    ms = None if why else milliseconds(both)
+    print(f"\nTogether, pass 1 {pass1} and pass 0 {pass0}: {why or f'{ms:.3f} ms'}", end="", flush=True)
+    if why or ms is None or ms > pass1_times[pass1]:
+        print(f"; beside today's pass 0, {pass1_times[pass1]:.3f} ms: pass 0 stays {plan.pass0.text()}", flush=True)
+        if best_pass0:
+            best_pass0.write_text(plan.pass0.text() + "\n")
+    else:
+        print(flush=True)
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -218,23 +270,27 @@ def main(argv: list[str] | None = None) -> None:
 
         return float(triton.testing.do_bench(step, warmup=50, rep=200, return_mode="median"))
 
+    @_or_what_it_raised
     def pass0_wrong(variant: triton_backend.Plan) -> str | None:
         return checker.mismatch(variant) or checker.misses_nonfinite(variant)
 
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     print(f"{args.workload}: {len(params)} tensors, {numel / 1e6:.1f} M elements, {dtype}; {gpu}")
     print(f"tiles {plan.tile_map.numel()}, tile {plan.tile_rows} rows x {plan.tile_bytes * 8} columns\n")
+    pass0_times: dict[str, float] = {}
     if args.pass0_configs:  # first: a short sweep (pass 0 compiles in a second or two), kept whole by a timeout
         print("Pass 0's settings, each beside pass 1's default launch:\n")
         print("| warps | maxnreg | BLOCK | stages | split | in pass 1's queue | step's kernels, ms | GB/s moved |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         pass0 = (pass0_setting(plan, config) for config in args.pass0_configs.split(","))
-        _sweep(pass0, pass0_wrong, milliseconds, moved, args.best_pass0, lambda v: v.pass0.text())
+        pass0_times = _sweep(pass0, pass0_wrong, milliseconds, moved, args.best_pass0, lambda v: v.pass0.text())
         print("\nPass 1's settings, beside pass 0's default launch:\n")
     print("| warps | maxnreg | BLOCK_R | prefetch | BLOCK_J | row chunk | stages | step's kernels, ms | GB/s moved |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     pass1 = (pass1_setting(plan, config) for config in args.configs.split(","))
-    _sweep(pass1, checker.mismatch, milliseconds, moved, args.best, lambda v: v.pass1.text())
+    pass1_wrong = _or_what_it_raised(checker.mismatch)
+    pass1_times = _sweep(pass1, pass1_wrong, milliseconds, moved, args.best, lambda v: v.pass1.text())
+    _together(plan, (pass1_times, pass0_times), pass0_wrong, milliseconds, args.best_pass0)
     assert opt.state and all(math.isfinite(float(p.detach().float().abs().max())) for p in params)
 
 

@@ -171,6 +171,23 @@ def test_pass0_folded_into_pass1s_queue_compiles(target: GPUTarget, kernel: str)
         assert not spills
 
 
+H100_SHARED_BYTES = 232_448  # an H100 block's most shared memory (227 KB)
+
+
+@pytest.mark.parametrize("config", benchmark_modules.swept_pass1_launches())
+@pytest.mark.parametrize("p_dt", [tl.float32, tl.bfloat16], ids=["fp32", "bf16"])
+def test_the_queue_compiles_beside_every_swept_pass1_setting(config: str, p_dt: Any) -> None:
+    """The sweep times pass 0's settings beside pass 1's default launch and pass 1's beside pass 0's; the
+    tuned stage then runs the two fastest together. If the fastest pass 0 is the queue, it compiles into
+    pass 1's kernel under that pass 1's setting: every such pair compiles for sm_90 within an H100's
+    shared memory (the sweep also checks and times the pair on the GPU)."""
+    launch = triton_launch.Pass1Launch.parse(config)
+    constexprs = {"P_DT": p_dt, "G_DT": p_dt, "ACC": tl.float32, "HAS_M": True, "PACKED": True, "STOCHASTIC": False}
+    constexprs |= launch.constexprs() | triton_launch.Pass0Launch(queue=1).queued_constexprs()
+    compiled = SASS.compile_kernel(tq.step_queue, constexprs, launch.options())
+    assert compiled.asm["cubin"] and 0 < compiled.metadata.shared <= H100_SHARED_BYTES
+
+
 def _moves_vectors(body: list[Any], opcode: str, bits: set[str] | None = None) -> bool:
     """Whether a loop's machine code holds an ``opcode`` (LDG, STG) of ``bits`` (default: 64 or 128; empty:
     any width)."""

@@ -102,10 +102,11 @@ def test_the_sweep_writes_the_fastest_setting_that_steps_right(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The sweep as gpu_check.sh runs it, on a few small tensors with the timer stubbed (CUDA events
-    do not run here): every setting is checked, a wrong one is reported and never chosen, and --best
-    names the fastest of the rest."""
+    do not run here): every setting is checked, a wrong one, or one that cannot run (out of shared
+    memory, say), is reported and never chosen, the sweep going on, and --best names the fastest of
+    the rest."""
     sweep = benchmark_modules.load("pass1_sweep")
-    times = {"4:96:4:0:16:0:1": 2.0, "4:128:4:0:16:0:3": 1.0, "4:96:4:0:16:16:1": 0.5}
+    times = {"4:96:4:0:16:0:1": 2.0, "4:64:4:0:16:0:4": 0.1, "4:128:4:0:16:0:3": 1.0, "4:96:4:0:16:16:1": 0.5}
     stepped: list[str] = []
 
     def timed(fn: Any, **kwargs: Any) -> float:
@@ -114,6 +115,8 @@ def test_the_sweep_writes_the_fastest_setting_that_steps_right(
 
     def broken(plan: triton_backend.Plan) -> str | None:
         stepped.append(plan.pass1.text())
+        if plan.pass1.stages == 4:
+            raise RuntimeError("out of resource: shared memory, Required: 300000, Hardware limit: 232448")
         return "stepped wrong" if plan.pass1.row_chunk else None  # the fastest, but wrong
 
     monkeypatch.setattr(sweep.Checker, "mismatch", lambda self, plan: broken(plan))
@@ -121,6 +124,7 @@ def test_the_sweep_writes_the_fastest_setting_that_steps_right(
     _sweep_main(monkeypatch, sweep, timed, "--best", str(best), "--configs", ",".join(times))
     table = capsys.readouterr().out
     assert "steps unlike the default launch: stepped wrong" in table
+    assert "raised RuntimeError: out of resource: shared memory" in table
     assert stepped == list(times) and best.read_text() == "4:128:4:0:16:0:3\n"
 
 
@@ -194,3 +198,49 @@ def test_the_launch_nsight_compute_profiles_is_the_settings_own(monkeypatch: pyt
     default = triton_launch.pass1_launch(4, on_gpu=False).text()  # the interpreter's blocks of rows
     pass0 = triton_launch.PASS0[4].text()  # and the check_gradients launch it profiles: the default's
     assert launches[: int(skip.group(1)) + 1] == [(default, pass0)] * int(skip.group(1)) + [(config, pass0)]
+
+
+@pytest.mark.parametrize(
+    ("together_ms", "kept"), [(0.5, "4:0:2048:1:1:1"), (0.9, "4:0:2048:1:1:0"), (None, "4:0:2048:1:1:0")]
+)
+def test_the_fastest_pass0_is_kept_only_if_it_helps_the_fastest_pass1(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    together_ms: float | None,
+    kept: str,
+) -> None:
+    """Each sweep times its settings beside the other pass's default launch; the tuned stage runs the
+    two fastest together. The pair is checked and timed: a fastest pass 0 (here the queue, which
+    compiles into pass 1's kernel) that makes the fastest pass 1 slower (0.9 ms against 0.8), or that
+    steps wrong beside it (None), falls back to today's pass 0."""
+    sweep = benchmark_modules.load("pass1_sweep")
+    pass1, pass0 = "4:128:4:0:16:0:3", "4:0:2048:1:1:1"
+    if together_ms is None:  # the pair misses an inf that each setting alone finds
+
+        def misses(self: Any, plan: triton_backend.Plan) -> str | None:
+            return "missed it" if (plan.pass1.text(), plan.pass0.text()) == (pass1, pass0) else None
+
+        monkeypatch.setattr(sweep.Checker, "misses_nonfinite", misses)
+
+    def milliseconds(setting: tuple[str, str]) -> float:  # the default pass 1, or 4:96:4, takes 2.0 ms
+        if setting[1] == pass0:
+            return together_ms if setting[0] == pass1 else 1.5
+        return 0.8 if setting[0] == pass1 else 2.0
+
+    stepped: list[tuple[str, str]] = []
+    monkeypatch.setattr(triton_backend, "step", _recording(stepped, lambda p: (p.pass1.text(), p.pass0.text())))
+    best, best_pass0 = tmp_path / "best.txt", tmp_path / "best-pass0.txt"
+    argv = ["--configs", f"4:96:4,{pass1}", "--pass0-configs", f"4:0:2048:1,{pass0}"]
+    _sweep_main(
+        monkeypatch,
+        sweep,
+        lambda fn, **kwargs: fn() or milliseconds(stepped[-1]),
+        *argv,
+        *("--best", str(best), "--best-pass0", str(best_pass0)),
+    )
+    out = capsys.readouterr().out
+    result = "missed it" if together_ms is None else f"{together_ms:.3f} ms"
+    assert f"Together, pass 1 {pass1} and pass 0 {pass0}: {result}" in out
+    assert (pass1, pass0) in stepped  # checked (and timed) together
+    assert best.read_text() == f"{pass1}\n" and best_pass0.read_text() == f"{kept}\n"
