@@ -88,6 +88,7 @@ def _fake_measure(calls: list[tuple[str, str]]):  # type: ignore[no-untyped-def]
     ms = {("adamw-fused", 0): 2.0, ("adamw-fused", 1): 3.0, ("smmf", 0): 2.1, ("smmf", 1): 2.7}
 
     def run_worker(spec: dict, module: str, function: str) -> dict:  # type: ignore[type-arg]
+        assert spec["threads"] == 1  # --threads reaches every worker
         round_ = sum(name == spec["name"] and w == spec["workload"] for w, name in calls)
         calls.append((spec["workload"], spec["name"]))
         step = ms[spec["name"], round_]
@@ -106,10 +107,10 @@ def test_train_mode_rounds_alternate_the_order_and_pair_the_ratios(
     calls: list[tuple[str, str]] = []
     monkeypatch.setattr(bench_train, "run_worker", _fake_measure(calls))
     argv = ["--mode", "train", "--device", "cpu", "--set", "tiny-cnn", "--optimizers", "adamw-fused,smmf"]
-    assert main(["bench", *argv, "--rounds", "2", "--steps", "2", "--out", str(tmp_path)]) == 0
+    assert main(["bench", *argv, "--rounds", "2", "--steps", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
     assert [name for _, name in calls] == ["adamw-fused", "smmf", "smmf", "adamw-fused"]
     report = json.loads((tmp_path / "bench-train.json").read_text())
-    assert report["meta"]["rounds"] == 2 and report["meta"]["command"].endswith("--rounds 2")
+    assert report["meta"]["rounds"] == 2 and report["meta"]["command"].endswith("--rounds 2 --threads 1")
     fused, smmf = report["results"]
     assert fused["step_samples_ms"] == [2.0, 2.1, 3.0, 3.1] and fused["step_ms"] == pytest.approx(2.55)
     assert smmf["step_ms"] == pytest.approx(2.45) and smmf["full_step_ms"] == pytest.approx(24.0)
