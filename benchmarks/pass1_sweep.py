@@ -160,9 +160,7 @@ def parameters(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: str) -
     return params
 
 
-def _or_what_it_raised(
-    wrong: Check,
-) -> Callable[[triton_backend.Plan], str | None]:
+def _or_what_it_raised(wrong: Check) -> Check:
     """``wrong``, with a setting that cannot compile or run on this GPU (out of shared memory, say) reported
     as what it raised, so that one setting does not cost the rest of a sweep its device time."""
 
@@ -221,14 +219,14 @@ def _together(
         dataclasses.replace(plan, pass1=Pass1Launch.parse(pass1)), Pass0Launch.parse(pass0)
     )
     why = wrong(both)
-    ms = None if why else milliseconds(both)
+    ms = math.inf if why else milliseconds(both)
     print(f"\nTogether, pass 1 {pass1} and pass 0 {pass0}: {why or f'{ms:.3f} ms'}", end="", flush=True)
-    if why or ms is None or ms > pass1_times[pass1]:
-        print(f"; beside today's pass 0, {pass1_times[pass1]:.3f} ms: pass 0 stays {plan.pass0.text()}", flush=True)
-        if best_pass0:
-            best_pass0.write_text(plan.pass0.text() + "\n")
-    else:
+    if ms <= pass1_times[pass1]:
         print(flush=True)
+        return
+    print(f"; beside today's pass 0, {pass1_times[pass1]:.3f} ms: pass 0 stays {plan.pass0.text()}", flush=True)
+    if best_pass0:
+        best_pass0.write_text(plan.pass0.text() + "\n")
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -217,6 +217,9 @@ def _cell(value: float | None, digits: int = 1, scale: float = 1.0) -> str:
     return "-" if value is None else f"{value / scale:,.{digits}f}"
 
 
+_PER_ROUND = ("step_ms", "full_step_ms", "step_host_ms", "step_gpu_ms")  # kept for each round of a row
+
+
 def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One workload and optimizer's row from its rounds (fresh processes): ``step()`` the median of every
     round's steps, the full step and the host part the median of the rounds', the highest peak; each
@@ -232,9 +235,6 @@ def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         row["peak_bytes"] = max(r["peak_bytes"] for r in rounds)
     row["rounds"] = [{k: r[k] for k in _PER_ROUND} for r in rounds]
     return row
-
-
-_PER_ROUND = ("step_ms", "full_step_ms", "step_host_ms", "step_gpu_ms")
 
 
 def _ratio(row: dict[str, Any], base: dict[str, Any] | None, key: str) -> str:
