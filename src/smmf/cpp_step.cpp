@@ -110,7 +110,7 @@ struct RowBuffers {
     std::vector<uint8_t> new_bits;
     std::vector<T> v, magnitude;
     RowBuffers(int64_t m, int64_t width, bool momentum)
-        : new_bits(momentum ? width : 0), v(m), magnitude(momentum ? m : 0) {}
+        : new_bits(momentum ? width : 0), v(momentum ? m : 0), magnitude(momentum ? m : 0) {}
 };
 
 // One row. P: the parameter and gradient storage type; T: the arithmetic type; mode: a SignMode;
@@ -132,15 +132,15 @@ RowSums step_row(const Desc& d, const Scalars<T>& s, int64_t r, double* acc_v, d
     T* row_v = buf.v.data();
     T* row_magnitude = buf.magnitude.data();
     if (mode == kPacked) std::memset(new_bits, 0, width);
-    // Packed signs: bit k of byte j is column k * width + j, so each plane k is a contiguous run. The
-    // sums wait for the row's end (row_v, row_magnitude): a reduction in the element loop is finished
-    // at each run's end, which cost more than stepping a short run (a plane of m / 8 elements).
+    // Packed signs: bit k of byte j is column k * width + j, so each plane k is a contiguous run. With a
+    // first moment the sums wait for the row's end (row_v, row_magnitude): a reduction in the element
+    // loop is finished at each run's end, which cost more than stepping a short run (a plane of m / 8).
     const int planes = mode == kPacked ? 8 : 1;
     const int64_t run = mode == kPacked ? width : m;
     for (int k = 0; k < planes; ++k) {
         const int64_t c0 = k * run;
         const int64_t len = c0 >= m ? 0 : (m - c0 < run ? m - c0 : run);
-        const auto element = [&](int64_t j) __attribute__((always_inline)) {
+        const auto element = [&](int64_t j) __attribute__((always_inline)) -> T {  // returns V
             const int64_t c = c0 + j;
             T grad = static_cast<T>(load(g[c])) * s.direction;
             T param = static_cast<T>(load(p[c]));
@@ -166,23 +166,31 @@ RowSums step_row(const Desc& d, const Scalars<T>& s, int64_t r, double* acc_v, d
             const T result = param - s.lr * update;
             const uint32_t random = stochastic ? mix32((row_index + static_cast<uint32_t>(c)) ^ s.step_seed) : 0u;
             store<stochastic>(&p[c], result, random);
-            row_v[c] = v;
+            return v;
         };
+        if constexpr (mode == kNoMomentum) {  // one run of the whole row, no sign bytes: sum on the way
+            double sum_v = 0.0;
+#pragma omp simd reduction(+ : sum_v)
+            for (int64_t j = 0; j < len; ++j) {
+                const T v = element(j);
+                sum_v += v;
+                acc_v[j] += v;
+            }
+            return {sum_v, 0.0};
+        }
         const int64_t wide_end = len - len % kWideLanes;
 #pragma omp simd
-        for (int64_t j = 0; j < wide_end; ++j) element(j);
+        for (int64_t j = 0; j < wide_end; ++j) row_v[c0 + j] = element(j);
 #pragma omp simd simdlen(16)
-        for (int64_t j = wide_end; j < len; ++j) element(j);
+        for (int64_t j = wide_end; j < len; ++j) row_v[c0 + j] = element(j);
     }
     double sum_v = 0.0, sum_m = 0.0;
 #pragma omp simd reduction(+ : sum_v, sum_m)
     for (int64_t c = 0; c < m; ++c) {
         sum_v += row_v[c];
         acc_v[c] += row_v[c];
-        if (mode != kNoMomentum) {
-            sum_m += row_magnitude[c];
-            acc_m[c] += row_magnitude[c];
-        }
+        sum_m += row_magnitude[c];
+        acc_m[c] += row_magnitude[c];
     }
     return {sum_v, sum_m};
 }
