@@ -30,6 +30,16 @@ def test_bf16_parameters_equal_eager(stochastic: bool) -> None:
             torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"sign_bits": 8}, {"beta": None, "growth_rate": None}], ids=["1-bit", "8-bit", "no-momentum"]
+)
+def test_every_sign_layout_equals_eager_through_every_loop(kwargs: dict) -> None:
+    """float32, each of step_row's loops (the widest vectors, vectors of 16, single elements, a shorter
+    last plane) in each sign layout."""
+    shapes = [(421, 421), (300, 200), (97, 13)]
+    assert_same(run(shapes, backend="cpp", **kwargs), run(shapes, backend="eager", **kwargs))
+
+
 def _run_on_threads(threads: int) -> tuple[list[nn.Parameter], SMMF]:
     """A C++ run on ``threads`` threads, whatever the process was given (scripts/test.sh gives one)."""
     before = torch.get_num_threads()
