@@ -24,7 +24,11 @@ from torch.utils.benchmark import Timer
 from smmf import SMMF
 from smmf.commands.bench_worker import machine
 
-VARIANTS: dict[str, dict[str, Any]] = {"1-bit": {}, "8-bit": {"sign_bits": 8}, "beta=None": {"beta": None, "growth_rate": None}}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "1-bit": {},
+    "8-bit": {"sign_bits": 8},
+    "beta=None": {"beta": None, "growth_rate": None},
+}
 PARAMETERS_A_ROW = 1 << 20
 
 
