@@ -9,10 +9,11 @@ import warnings
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from torch.distributed.tensor import DTensor
+from torch.multiprocessing.spawn import start_processes
 
 
-def worker(rank, world, rdzv, out):
+def worker(rank: int, world: int, rdzv: str, out: str) -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)
@@ -30,7 +31,7 @@ def worker(rank, world, rdzv, out):
     ids = torch.randint(0, 8000, (2, 32))
     model(input_ids=ids, labels=ids).loss.backward()
     opt.step()
-    local = sum(p.to_local().numel() for p in model.parameters())
+    local = sum(p.to_local().numel() for p in model.parameters() if isinstance(p, DTensor))
     with open(f"{out}.{world}.{rank}", "w") as f:
         json.dump({"rank": rank, "state_bytes": optimizer_state_bytes(opt), "local_params": local}, f)
     dist.destroy_process_group()
@@ -39,7 +40,7 @@ def worker(rank, world, rdzv, out):
 if __name__ == "__main__":
     d = tempfile.mkdtemp()
     for world in (1, 2):
-        mp.start_processes(worker, args=(world, f"{d}/rdzv{world}", f"{d}/out"), nprocs=world, start_method="spawn")
+        start_processes(worker, args=(world, f"{d}/rdzv{world}", f"{d}/out"), nprocs=world, start_method="spawn")
         for r in range(world):
             with open(f"{d}/out.{world}.{r}") as f:
                 print(f"world {world}:", f.read())

@@ -67,9 +67,11 @@ def _captured_step(params: list[torch.Tensor]) -> tuple[smmf.SMMF, tuple[Any, ..
     seen: list[tuple[Any, ...]] = []
     step = triton_backend.step
 
-    def record(*args: Any) -> None:
-        seen.append(args)
-        step(*args)
+    def record(
+        plan: triton_backend.Plan, p_dtype: torch.dtype, g_dtype: torch.dtype, hp: torch.Tensor, lr: torch.Tensor
+    ) -> None:
+        seen.append((plan, p_dtype, g_dtype, hp, lr))
+        step(plan, p_dtype, g_dtype, hp, lr)
 
     triton_backend.step = record
     try:

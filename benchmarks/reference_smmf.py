@@ -56,7 +56,7 @@ class ReferenceSMMF(torch.optim.Optimizer):
         self.weight_decay_mode = weight_decay_mode  # not a group entry, as in the reference
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
