@@ -3,12 +3,14 @@ does not take, and refused with a clear error where it cannot be built."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
 
 from smmf import SMMF, cpp_backend, functional
-from step_helpers import assert_same, run
+from step_helpers import assert_bad_step_is_skipped, assert_same, run
 
 pytestmark = pytest.mark.skipif(not cpp_backend.available(), reason=cpp_backend.unavailable_reason())
 
@@ -54,6 +56,28 @@ def test_two_runs_are_bitwise_equal_and_thread_counts_agree_to_rounding() -> Non
     first, second = _run_on_threads(2), _run_on_threads(2)
     assert_same(first, second, rtol=0, atol=0)
     assert_same(_run_on_threads(1), first)
+
+
+def test_a_tensor_split_over_threads_is_checked_as_one() -> None:
+    """Each of 2 threads checks its own rows of a (300, 256) gradient before stepping them: a NaN in
+    either half skips the whole tensor, and so do squares of 1e19 that overflow fp32 only once the two
+    halves' sums are added (2e38 each, 4e38 together), while 2e38 in one half steps."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for at in ((10, 3), (250, 3)):
+            assert_bad_step_is_skipped("cpp", torch.float32, float("nan"), shape=(300, 256), at=at, steps=6)
+        for rows, skipped in (((0,), {}), ((0, 299), {0: 1})):
+            p = nn.Parameter(torch.ones(300, 256))
+            opt = SMMF([p], lr=0.1, backend="cpp")
+            p.grad = torch.zeros_like(p)
+            p.grad[list(rows), :2] = 1e19
+            with pytest.warns(RuntimeWarning) if skipped else contextlib.nullcontext():
+                opt.step()
+                assert opt.skipped_steps() == skipped
+            assert torch.equal(p, torch.ones(300, 256)) == bool(skipped)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_what_it_does_not_take_goes_to_the_torch_backends() -> None:

@@ -1,6 +1,7 @@
 """The C++ backend: every factorized CPU tensor of a bucket stepped in one native call, one pass each.
 
-``cpp_step.cpp`` reads each row of a tensor once and keeps the column sums per thread, so it needs no
+``cpp_step.cpp`` checks each thread's rows of a gradient for non-finite values, then steps them (one
+more read of each row, from cache where they fit) and keeps the column sums per thread, so it needs no
 temporaries of a tensor's size and no row blocks, and a step is one call from Python whatever the
 number of tensors (the compiled torch path costs tens of calls, each with guards, and re-reads each
 block's moments several times). It is compiled with the C++ compiler that inductor would use, at first
@@ -134,14 +135,16 @@ def _describe(items: list[Item]) -> ctypes.Array[_Desc]:
     return descs
 
 
-def step(items: list[Item], hp: Tensor, scheds: Tensor, allowed: Tensor) -> None:
-    """Step every item (all :func:`supports`, one parameter dtype, one sign layout) in one call:
-    ``scheds`` (k, 3) and ``allowed`` (k,) are :func:`smmf.kernels.schedules` and
-    :func:`smmf.kernels.step_allowed` of the items in order. Step counters are the caller's."""
+def step(items: list[Item], hp: Tensor, scheds: Tensor) -> Tensor:
+    """Step every item (all :func:`supports`, one parameter dtype, one sign layout) in one call, each
+    whose gradient passes :func:`smmf.kernels.step_allowed`'s check (made here, by the same rule, just
+    before the tensor steps, while its gradient may still be in cache); ``scheds`` (k, 3) is
+    :func:`smmf.kernels.schedules` of the items in order. Returns (k,) bool: which stepped. Step
+    counters are the caller's."""
     library, reason = _build()
     if library is None:
         raise RuntimeError(f"the C++ kernel is not available: {reason}")
-    scheds, allowed = scheds.contiguous(), allowed.to(torch.uint8).contiguous()
+    scheds, allowed = scheds.contiguous(), torch.ones(len(items), dtype=torch.uint8)
     fn = getattr(library, _ENTRY[items[0][0].dtype])
     addresses = (hp.data_ptr(), scheds.data_ptr(), allowed.data_ptr())
     # a channels-last weight, say: stepped in a contiguous copy, copied back
@@ -150,3 +153,4 @@ def step(items: list[Item], hp: Tensor, scheds: Tensor, allowed: Tensor) -> None
     for (p, _, _), (done, _, _) in zip(items, work, strict=True):
         if done is not p:
             p.copy_(done)
+    return allowed.bool()

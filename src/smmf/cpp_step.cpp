@@ -1,13 +1,15 @@
 // The SMMF step for CPU tensors in one pass over each tensor, compiled at first use by smmf.cpp_backend.
 //
-// Each row of a factorized (n, m) tensor is read once: the old moments are rebuilt from the factors and
-// signs, the parameter and the new signs are written, and the row's V and |M| go into a row buffer that
-// then adds to the row sums and this thread's column partial sums, so nothing of the tensor's size is
-// ever materialized.
-// Column factors are replaced only after every row has read the old ones; partial sums are combined in
-// thread order, so equal inputs and thread counts give bitwise equal results. The arithmetic is written
-// in the same order as smmf.kernels (the reference formulas); sums accumulate in double. Stochastic
-// rounding draws the same bits as smmf.rounding.
+// Each thread first checks its rows of a tensor's gradient (the tensor steps only if the sum of squares is
+// finite, smmf.kernels.step_allowed's rule; else it keeps its parameter and state), then steps those rows
+// while they may still be in its cache. A row of a factorized (n, m) tensor is stepped in one pass: the
+// old moments are rebuilt from the factors and signs, the parameter and the new signs are written, and
+// the row's V and |M| go into a row buffer that then adds to the row sums and this thread's column
+// partial sums, so nothing of the tensor's size is ever materialized. Column factors are replaced only
+// after every row has read the old ones; partial sums are combined in thread order, so equal inputs and
+// thread counts give bitwise equal results. The arithmetic is written in the same order as smmf.kernels
+// (the reference formulas); sums accumulate in double. Stochastic rounding draws the same bits as
+// smmf.rounding.
 
 #include <cmath>
 #include <cstdint>
@@ -209,27 +211,53 @@ void normalize_columns(T* col, const std::vector<double>& sums, int64_t m) {
     for (int64_t c = 0; c < m; ++c) col[c] = rounded[c] / divisor;
 }
 
+// The sum of squares of elements [begin, end) of a gradient, in T: it overflows to inf where the
+// gradient holds a NaN or inf, or an element whose square (or the sum) is too large for T.
+template <typename P, typename T>
+T sum_of_squares(const P* g, int64_t begin, int64_t end) {
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = begin; i < end; ++i) {
+        const T x = static_cast<T>(load(g[i]));
+        sum += x * x;
+    }
+    return sum;
+}
+
+// Returns whether the tensor stepped: not where its gradient's sum of squares is not finite (each
+// thread sums its own rows, which it then steps while they may still be in its cache).
 template <typename P, typename T, int mode, bool stochastic>
-void step_tensor(const Desc& d, const Scalars<T>& s, int threads) {
+bool step_tensor(const Desc& d, const Scalars<T>& s, int threads) {
     const int64_t n = d.rows, m = d.cols;
     const int64_t width = mode == kPacked ? (m + 7) / 8 : m;
     std::vector<double> acc(static_cast<size_t>(threads) * 2 * m, 0.0);
     std::vector<T> row_sum_v(n), row_sum_m(n);
+    std::vector<T> squares(threads, T(0));
+    bool finite = true;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         const int tid = omp_get_thread_num();
         const int count = omp_get_num_threads();
+        const int64_t begin = n * tid / count, end = n * (tid + 1) / count;
+        squares[tid] = sum_of_squares<P, T>(static_cast<const P*>(d.g), begin * m, end * m);
+#pragma omp barrier
+#pragma omp single
+        {
+            T total = 0;
+            for (int t = 0; t < count; ++t) total += squares[t];
+            finite = std::isfinite(total);
+        }  // the implied barrier: every thread reads the same answer
         double* acc_v = acc.data() + static_cast<size_t>(tid) * 2 * m;
         double* acc_m = acc_v + m;
         RowBuffers<T> buf(m, width, mode != kNoMomentum);
-        const int64_t begin = n * tid / count, end = n * (tid + 1) / count;
-        for (int64_t r = begin; r < end; ++r) {
+        for (int64_t r = finite ? begin : end; r < end; ++r) {
             const RowSums sums = step_row<P, T, mode, stochastic>(d, s, r, acc_v, acc_m, buf);
             row_sum_v[r] = static_cast<T>(sums.v);
             row_sum_m[r] = static_cast<T>(sums.m);
             if (mode != kNoMomentum) std::memcpy(d.sign + r * width, buf.new_bits.data(), width);
         }
     }
+    if (!finite) return false;
     // Every row has read the old row and column factors: replace them.
     std::memcpy(d.row_v, row_sum_v.data(), n * sizeof(T));
     std::vector<double> col_v(m, 0.0), col_m(m, 0.0);
@@ -245,6 +273,7 @@ void step_tensor(const Desc& d, const Scalars<T>& s, int threads) {
         std::memcpy(d.row_m, row_sum_m.data(), n * sizeof(T));
         normalize_columns(static_cast<T*>(d.col_m), col_m, m);
     }
+    return true;
 }
 
 template <typename T>
@@ -267,35 +296,35 @@ Scalars<T> scalars(const Desc& d, const T* hp, const T* sched) {
 
 // A tensor with a seed rounds to bf16 stochastically (only bf16 tensors are given one).
 template <typename P, typename T, int mode>
-void step_tensor_as(const Desc& d, const Scalars<T>& s, int threads) {
+bool step_tensor_as(const Desc& d, const Scalars<T>& s, int threads) {
     if constexpr (std::is_same_v<P, uint16_t>) {
         if (d.seed >= 0) return step_tensor<P, T, mode, true>(d, s, threads);
     }
-    step_tensor<P, T, mode, false>(d, s, threads);
+    return step_tensor<P, T, mode, false>(d, s, threads);
 }
 
 // Small tensors a thread each, many at once; then large ones, each split by rows over the threads.
 template <typename P, typename T, int mode>
-void step_all(const Desc* descs, int64_t count, const T* hp, const T* sched, const uint8_t* allowed, int threads) {
+void step_all(const Desc* descs, int64_t count, const T* hp, const T* sched, uint8_t* allowed, int threads) {
     std::vector<int64_t> small, large;
     for (int64_t i = 0; i < count; ++i) {
-        if (!allowed[descs[i].index] || descs[i].rows * descs[i].cols == 0) continue;
+        if (descs[i].rows * descs[i].cols == 0) continue;
         (descs[i].rows * descs[i].cols < kParallelNumel ? small : large).push_back(i);
     }
     const int64_t n_small = static_cast<int64_t>(small.size());
 #pragma omp parallel for num_threads(threads) schedule(dynamic) if (threads > 1 && n_small > 1)
     for (int64_t k = 0; k < n_small; ++k) {
         const Desc& d = descs[small[k]];
-        step_tensor_as<P, T, mode>(d, scalars(d, hp, sched), 1);
+        allowed[d.index] = step_tensor_as<P, T, mode>(d, scalars(d, hp, sched), 1);
     }
     for (const int64_t i : large) {
         const Desc& d = descs[i];
-        step_tensor_as<P, T, mode>(d, scalars(d, hp, sched), threads);
+        allowed[d.index] = step_tensor_as<P, T, mode>(d, scalars(d, hp, sched), threads);
     }
 }
 
 template <typename P, typename T>
-void step_mode(const Desc* descs, int64_t count, const T* hp, const T* sched, const uint8_t* allowed, int mode,
+void step_mode(const Desc* descs, int64_t count, const T* hp, const T* sched, uint8_t* allowed, int mode,
                int threads) {
     if (mode == kPacked) {
         step_all<P, T, kPacked>(descs, count, hp, sched, allowed, threads);
@@ -313,17 +342,17 @@ extern "C" {
 int smmf_abi_version() { return 1; }
 
 void smmf_step_float32(const Desc* descs, int64_t count, const float* hp, const float* sched,
-                       const uint8_t* allowed, int mode, int threads) {
+                       uint8_t* allowed, int mode, int threads) {
     step_mode<float, float>(descs, count, hp, sched, allowed, mode, threads);
 }
 
 void smmf_step_float64(const Desc* descs, int64_t count, const double* hp, const double* sched,
-                       const uint8_t* allowed, int mode, int threads) {
+                       uint8_t* allowed, int mode, int threads) {
     step_mode<double, double>(descs, count, hp, sched, allowed, mode, threads);
 }
 
 void smmf_step_bfloat16(const Desc* descs, int64_t count, const float* hp, const float* sched,
-                        const uint8_t* allowed, int mode, int threads) {
+                        uint8_t* allowed, int mode, int threads) {
     step_mode<uint16_t, float>(descs, count, hp, sched, allowed, mode, threads);
 }
 }

@@ -215,9 +215,8 @@ def _cpp_bucket(items: list[Item], hp: Tensor) -> list[Item]:
     ready, rest = _partition(items, cpp_backend.supports)
     if ready:
         states = [state for _, _, state in ready]
-        scheds, allowed = kernels.step_inputs(hp, states, [grad for _, grad, _ in ready])
-        cpp_backend.step(ready, hp, scheds, allowed)
-        kernels.count_steps(states, allowed)
+        scheds = kernels.schedules(hp, torch.stack([state["step"] for state in states]) + 1)
+        kernels.count_steps(states, cpp_backend.step(ready, hp, scheds))
     return rest
 
 
