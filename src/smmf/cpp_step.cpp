@@ -115,6 +115,20 @@ struct RowBuffers {
         : new_bits(momentum ? width : 0), v(momentum ? m : 0), magnitude(momentum ? m : 0) {}
 };
 
+// A row's V and |M|, added into its sums (returned) and into the thread's column partials.
+template <typename T>
+RowSums add_row(const T* v, const T* magnitude, int64_t m, double* acc_v, double* acc_m) {
+    double sum_v = 0.0, sum_m = 0.0;
+#pragma omp simd reduction(+ : sum_v, sum_m)
+    for (int64_t c = 0; c < m; ++c) {
+        sum_v += v[c];
+        acc_v[c] += v[c];
+        sum_m += magnitude[c];
+        acc_m[c] += magnitude[c];
+    }
+    return {sum_v, sum_m};
+}
+
 // One row. P: the parameter and gradient storage type; T: the arithmetic type; mode: a SignMode;
 // stochastic: round to bf16 stochastically (template arguments, so that each loop is compiled and
 // vectorized without the branches of the others).
@@ -186,15 +200,7 @@ RowSums step_row(const Desc& d, const Scalars<T>& s, int64_t r, double* acc_v, d
 #pragma omp simd simdlen(16)
         for (int64_t j = wide_end; j < len; ++j) row_v[c0 + j] = element(j);
     }
-    double sum_v = 0.0, sum_m = 0.0;
-#pragma omp simd reduction(+ : sum_v, sum_m)
-    for (int64_t c = 0; c < m; ++c) {
-        sum_v += row_v[c];
-        acc_v[c] += row_v[c];
-        sum_m += row_magnitude[c];
-        acc_m[c] += row_magnitude[c];
-    }
-    return {sum_v, sum_m};
+    return add_row(row_v, row_magnitude, m, acc_v, acc_m);
 }
 
 // col <- col_sum / sum(col_sum) in T (left as the sums where the total is 0), as
