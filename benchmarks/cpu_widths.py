@@ -23,6 +23,7 @@ from torch.utils.benchmark import Timer
 
 from smmf import SMMF
 from smmf.commands.bench_worker import machine
+from smmf.signpack import row_bytes
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "1-bit": {},
@@ -64,7 +65,7 @@ def main() -> None:
     print(f"| ---: | {' | '.join('---:' for _ in VARIANTS)} |")
     for width in widths:
         times = [f"{ns_a_parameter(width, options):.2f}" for options in VARIANTS.values()]
-        print(f"| {width} ({math.ceil(width / 8)}) | {' | '.join(times)} |")
+        print(f"| {width} ({row_bytes(width)}) | {' | '.join(times)} |")
 
 
 if __name__ == "__main__":

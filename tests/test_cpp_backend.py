@@ -4,6 +4,7 @@ does not take, and refused with a clear error where it cannot be built."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -42,14 +43,21 @@ def test_every_sign_layout_equals_eager_through_every_loop(kwargs: dict) -> None
     assert_same(run(shapes, backend="cpp", **kwargs), run(shapes, backend="eager", **kwargs))
 
 
-def _run_on_threads(threads: int) -> tuple[list[nn.Parameter], SMMF]:
-    """A C++ run on ``threads`` threads, whatever the process was given (scripts/test.sh gives one)."""
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """``threads`` torch threads within the block, whatever the process was given (scripts/test.sh gives one)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return run(SHAPES, backend="cpp")
+        yield
     finally:
         torch.set_num_threads(before)
+
+
+def _run_on_threads(threads: int) -> tuple[list[nn.Parameter], SMMF]:
+    """A C++ run on ``threads`` threads."""
+    with _torch_threads(threads):
+        return run(SHAPES, backend="cpp")
 
 
 def test_two_runs_are_bitwise_equal_and_thread_counts_agree_to_rounding() -> None:
@@ -62,9 +70,7 @@ def test_a_tensor_split_over_threads_is_checked_as_one() -> None:
     """Each of 2 threads checks its own rows of a (300, 256) gradient before stepping them: a NaN in
     either half skips the whole tensor, and so do squares of 1e19 that overflow fp32 only once the two
     halves' sums are added (2e38 each, 4e38 together), while 2e38 in one half steps."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with _torch_threads(2):
         for at in ((10, 3), (250, 3)):
             assert_bad_step_is_skipped("cpp", torch.float32, float("nan"), shape=(300, 256), at=at, steps=6)
         for rows, skipped in (((0,), {}), ((0, 299), {0: 1})):
@@ -76,8 +82,6 @@ def test_a_tensor_split_over_threads_is_checked_as_one() -> None:
                 opt.step()
                 assert opt.skipped_steps() == skipped
             assert torch.equal(p, torch.ones(300, 256)) == bool(skipped)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_what_it_does_not_take_goes_to_the_torch_backends() -> None:

@@ -215,8 +215,7 @@ def _cpp_bucket(items: list[Item], hp: Tensor) -> list[Item]:
     ready, rest = _partition(items, cpp_backend.supports)
     if ready:
         states = [state for _, _, state in ready]
-        scheds = kernels.schedules(hp, torch.stack([state["step"] for state in states]) + 1)
-        kernels.count_steps(states, cpp_backend.step(ready, hp, scheds))
+        kernels.count_steps(states, cpp_backend.step(ready, hp, kernels.next_schedules(hp, states)))
     return rest
 
 

@@ -100,6 +100,9 @@ def _markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 
+_TIMING_DEFAULTS = {"steps": 15, "warmup": 3, "rounds": 1}
+
+
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mode",
@@ -124,20 +127,24 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: {','.join(DEFAULT_OPTIMIZERS)}, plus adamw-fused on CUDA)",
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="step and train modes: timed steps; the median is reported (default 15)"
+        "--steps",
+        type=int,
+        default=None,
+        help=f"step and train modes: timed steps; the median is reported (default {_TIMING_DEFAULTS['steps']})",
     )
     parser.add_argument(
         "--warmup",
         type=int,
         default=None,
-        help="step and train modes: untimed steps first, which include compilation (default 3)",
+        help="step and train modes: untimed steps first, which include compilation "
+        f"(default {_TIMING_DEFAULTS['warmup']})",
     )
     parser.add_argument(
         "--rounds",
         type=int,
         default=None,
         help="step and train modes: repeat the timing runs round-robin over the optimizers, each in a fresh process, "
-        "and pool the steps (default 1)",
+        f"and pool the steps (default {_TIMING_DEFAULTS['rounds']})",
     )
     parser.add_argument(
         "--threads",
@@ -244,9 +251,6 @@ def _rows(names: Sequence[str], results: dict[str, Any], meta: dict[str, Any]) -
         if "error" not in r:
             r["ratio_to_adam"] = r["step_ms"] / adam_ms if adam_ms else None
     return rows
-
-
-_TIMING_DEFAULTS = {"steps": 15, "warmup": 3, "rounds": 1}
 
 
 def _timing_options(args: argparse.Namespace) -> None:
