@@ -4,6 +4,7 @@ does not take, and refused with a clear error where it cannot be built."""
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 import pytest
@@ -93,11 +94,63 @@ def test_what_it_does_not_take_goes_to_the_torch_backends() -> None:
     for backend in ("cpp", "eager"):
         torch.manual_seed(0)
         weight = nn.Parameter(torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last))
-        opt = SMMF([weight], lr=0.01, backend=backend)
-        weight.grad = torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last)
-        opt.step()
-        results.append(weight.detach().clone())
+        bias = nn.Parameter(torch.randn(40, 30))
+        opt = SMMF([weight, bias], lr=0.01, backend=backend)
+        for _ in range(3):
+            weight.grad = torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last)
+            bias.grad = torch.randn(40, 30)
+            opt.step()
+        results.append((weight.detach().clone(), bias.detach().clone(), opt.state[weight]["step"].item()))
     torch.testing.assert_close(*results)
+
+
+def _replay_with_changes(backend: str) -> tuple[list[nn.Parameter], SMMF]:
+    """Steps through what makes the C++ kernel's kept plan stale: a parameter without a gradient, a
+    parameter moved to new memory, state tensors replaced by load_state_dict, a skipped step."""
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(s)) for s in ((64, 48), (97, 13), (30,))]
+    opt = SMMF(params, lr=0.01, backend=backend)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(7):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        if step == 2:
+            params[1].grad = None
+        if step == 3:
+            params[0].data = params[0].data.clone()
+        if step == 4:
+            opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        if step == 5:
+            params[2].grad[0] = float("nan")
+        opt.step()
+    return params, opt
+
+
+def test_the_kept_plan_follows_what_changes_between_steps(recwarn: pytest.WarningsRecorder) -> None:
+    """The kernel keeps each bucket's descriptors between steps and rewrites only the gradients'
+    addresses; whatever else changes, it steps as eager does, counters included."""
+    mine, eager = _replay_with_changes("cpp"), _replay_with_changes("eager")
+    assert_same(mine, eager)
+    assert mine[1].skipped_steps() == eager[1].skipped_steps() == {2: 1}
+    assert [mine[1].state[p]["step"].item() for p in mine[0]] == [7.0, 6.0, 6.0]
+
+
+@pytest.mark.parametrize("saved", [3, 3.0, torch.tensor([3.0], dtype=torch.float64)], ids=["int", "float", "f64"])
+def test_a_checkpoint_skipped_counter_of_another_type_is_converted(saved: object) -> None:
+    """The kernel advances the skipped-step counter through its address, so one saved as a number or
+    as a float64 tensor becomes a float32 scalar before the step."""
+    p = nn.Parameter(torch.ones(16, 16))
+    opt = SMMF([p], lr=0.1, backend="cpp")
+    p.grad = torch.ones(16, 16)
+    opt.step()
+    state = opt.state_dict()
+    state["state"][0]["skipped"] = saved
+    opt.load_state_dict(state)
+    p.grad = torch.full((16, 16), float("inf"))
+    with pytest.warns(RuntimeWarning):
+        opt.step()
+        assert opt.skipped_steps() == {0: 4}
+    assert opt.state[p]["skipped"].dtype == torch.float32 and opt.state[p]["step"].item() == 1
 
 
 def test_an_unbuildable_kernel_is_refused_by_name_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ import os
 import platform
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from .matricization import square_matricize
 
-__all__ = ["available", "unavailable_reason", "supports", "step"]
+__all__ = ["Plan", "available", "unavailable_reason", "supports", "step"]
 
 Item = tuple[Tensor, Tensor, dict[str, Any]]
 
@@ -41,11 +42,13 @@ _NO_MOMENTUM, _PACKED, _BYTES = 0, 1, 8
 
 
 class _Desc(ctypes.Structure):
-    """cpp_step.cpp's ``Desc``: one tensor's addresses, its (rows, cols) view, seed and index."""
+    """cpp_step.cpp's ``Desc``: one tensor's addresses (its state's step counters among them), its
+    (rows, cols) view and seed."""
 
     _fields_ = [
         *((name, ctypes.c_void_p) for name in ("p", "g", "sign", "row_m", "col_m", "row_v", "col_v")),
-        *((name, ctypes.c_int64) for name in ("rows", "cols", "seed", "index")),
+        *((name, ctypes.c_void_p) for name in ("step", "skipped")),
+        *((name, ctypes.c_int64) for name in ("rows", "cols", "seed")),
     ]
 
 
@@ -93,7 +96,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     for name in _ENTRY.values():
         fn = getattr(library, name)
         fn.restype = None
-        fn.argtypes = [ctypes.POINTER(_Desc), ctypes.c_int64, *(ctypes.c_void_p,) * 3, ctypes.c_int, ctypes.c_int]
+        fn.argtypes = [ctypes.POINTER(_Desc), ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     return library, ""
 
 
@@ -109,9 +112,13 @@ def unavailable_reason() -> str:
 
 def supports(item: Item) -> bool:
     """Whether the C++ kernel steps this (parameter, gradient, state): a factorized CPU tensor of a
-    supported dtype, with a gradient of the same dtype."""
+    supported dtype, with a gradient of the same dtype and float32 step counters (as
+    :func:`smmf.state_format.init_state` makes them)."""
     p, grad, state = item
-    return p.device.type == "cpu" and p.dtype in _ENTRY and grad.dtype == p.dtype and "row_v" in state
+    return (
+        p.device.type == "cpu" and p.dtype in _ENTRY and grad.dtype == p.dtype and "row_v" in state
+        and state["step"].dtype == torch.float32 and state["skipped"].dtype == torch.float32
+    )  # fmt: skip
 
 
 def _sign_mode(items: list[Item]) -> int:
@@ -121,36 +128,58 @@ def _sign_mode(items: list[Item]) -> int:
     return _PACKED if sign.dtype == torch.uint8 else _BYTES
 
 
+def _address(state: dict[str, Any], key: str) -> int:
+    tensor = state.get(key)
+    return 0 if tensor is None else tensor.data_ptr()
+
+
 def _describe(items: list[Item]) -> ctypes.Array[_Desc]:
     descs = (_Desc * len(items))()
     for i, (p, grad, state) in enumerate(items):
         rows, cols = square_matricize(p.numel())
         seed = state.get("seed")
         descs[i] = _Desc(
-            *(p.data_ptr(), grad.data_ptr()),
-            *(0 if state.get(key) is None else state[key].data_ptr() for key in ("sign", "row_m", "col_m")),
-            *(state["row_v"].data_ptr(), state["col_v"].data_ptr()),
-            *(rows, cols, -1 if seed is None else int(seed), i),
-        )
+            p.data_ptr(), grad.data_ptr(),
+            *(_address(state, key) for key in ("sign", "row_m", "col_m", "row_v", "col_v", "step", "skipped")),
+            rows, cols, -1 if seed is None else int(seed),
+        )  # fmt: skip
     return descs
 
 
-def step(items: list[Item], hp: Tensor, scheds: Tensor) -> Tensor:
-    """Step every item (all :func:`supports`, one parameter dtype, one sign layout) in one call, each
+@dataclass(frozen=True)
+class Plan:
+    """A bucket's descriptors, kept from step to step as a Triton plan is: valid for one ``layout``
+    (:func:`smmf.functional.layout_key`: the parameters' addresses, which states have seeds, the state
+    epoch); a step with the same layout rewrites only the gradients' addresses, as describing every
+    tensor anew cost a fifth of a small model's step."""
+
+    layout: tuple[Any, ...]
+    descs: ctypes.Array[_Desc]
+
+
+def step(items: list[Item], hp: Tensor, layout: tuple[Any, ...], plan: Plan | None = None) -> Plan | None:
+    """Step every item (all :func:`supports`, one parameter dtype, one sign layout) in one call: each
     whose gradient passes :func:`smmf.kernels.step_allowed`'s check (made here, by the same rule, just
-    before the tensor steps, while its gradient may still be in cache); ``scheds`` (k, 3) is
-    :func:`smmf.kernels.schedules` of the items in order. Returns (k,) bool: which stepped. Step
-    counters are the caller's."""
+    before the tensor steps, while its gradient may still be in cache) steps and advances its state's
+    step counter; the others keep their parameter and state and advance their skipped-step counter.
+    Returns the plan to pass with the next step's items (None where a tensor was not contiguous)."""
     library, reason = _build()
     if library is None:
         raise RuntimeError(f"the C++ kernel is not available: {reason}")
-    scheds, allowed = scheds.contiguous(), torch.ones(len(items), dtype=torch.uint8)
     fn = getattr(library, _ENTRY[items[0][0].dtype])
-    addresses = (hp.data_ptr(), scheds.data_ptr(), allowed.data_ptr())
-    # a channels-last weight, say: stepped in a contiguous copy, copied back
-    work = [(p.contiguous(), grad.contiguous(), state) for p, grad, state in items]
-    fn(_describe(work), len(work), *addresses, _sign_mode(items), torch.get_num_threads())
-    for (p, _, _), (done, _, _) in zip(items, work, strict=True):
-        if done is not p:
-            p.copy_(done)
-    return allowed.bool()
+    args = (len(items), hp.data_ptr(), _sign_mode(items), torch.get_num_threads())
+    if not all(p.is_contiguous() and grad.is_contiguous() for p, grad, _ in items):
+        # a channels-last weight, say: stepped in a contiguous copy, copied back
+        work = [(p.contiguous(), grad.contiguous(), state) for p, grad, state in items]
+        fn(_describe(work), *args)
+        for (p, _, _), (done, _, _) in zip(items, work, strict=True):
+            if done is not p:
+                p.copy_(done)
+        return None
+    if plan is None or plan.layout != layout:
+        plan = Plan(layout, _describe(items))
+    else:
+        for desc, (_, grad, _) in zip(plan.descs, items, strict=True):
+            desc.g = grad.data_ptr()
+    fn(plan.descs, *args)
+    return plan

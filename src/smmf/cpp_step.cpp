@@ -9,7 +9,8 @@
 // after every row has read the old ones; partial sums are combined in thread order, so equal inputs and
 // thread counts give bitwise equal results. The arithmetic is written in the same order as smmf.kernels
 // (the reference formulas); sums accumulate in double. Stochastic rounding draws the same bits as
-// smmf.rounding.
+// smmf.rounding. The step's schedules come from each tensor's step counter, which the kernel then advances
+// (or its skipped-step counter), so that a step costs one call from Python and no small torch operations.
 
 #include <cmath>
 #include <cstdint>
@@ -30,10 +31,11 @@ struct Desc {
     void* col_m;
     void* row_v;
     void* col_v;
+    float* step;  // the state's step counter (a float32 scalar): steps taken
+    float* skipped;  // and steps skipped for a non-finite gradient
     int64_t rows;
     int64_t cols;
     int64_t seed;  // stochastic rounding's per-parameter seed, or -1
-    int64_t index;  // the tensor's row in the schedule and allowed arrays
 };
 
 enum SignMode { kNoMomentum = 0, kPacked = 1, kBytes = 8 };
@@ -282,21 +284,23 @@ bool step_tensor(const Desc& d, const Scalars<T>& s, int threads) {
     return true;
 }
 
+// The tensor's hyperparameters for its next step t (its counter + 1, in float32 as the state keeps it),
+// with smmf.kernels.schedules' beta1_t = beta * growth^(t-1) and beta2_t = 1 - t^decay.
 template <typename T>
-Scalars<T> scalars(const Desc& d, const T* hp, const T* sched) {
+Scalars<T> scalars(const Desc& d, const T* hp) {
     // hp slots as smmf.kernels.Hyperparameters: lr, beta, growth, decay, eps, wd_decoupled, wd_coupled, direction
-    const T* row = sched + 3 * d.index;
+    const T t = static_cast<T>(*d.step + 1.0f);
     Scalars<T> s;
     s.lr = hp[0];
     s.eps = hp[4];
     s.wd_coupled = hp[6];
     s.decay = T(1) - hp[0] * hp[5];
     s.direction = hp[7];
-    s.beta1 = row[0];
-    s.beta2 = row[1];
-    s.one_minus_beta1 = T(1) - row[0];
-    s.one_minus_beta2 = T(1) - row[1];
-    s.step_seed = d.seed >= 0 ? static_cast<uint32_t>(mix(d.seed ^ mix(static_cast<int64_t>(row[2])))) : 0u;
+    s.beta1 = hp[1] * std::pow(hp[2], t - T(1));
+    s.beta2 = T(1) - std::pow(t, hp[3]);
+    s.one_minus_beta1 = T(1) - s.beta1;
+    s.one_minus_beta2 = T(1) - s.beta2;
+    s.step_seed = d.seed >= 0 ? static_cast<uint32_t>(mix(d.seed ^ mix(static_cast<int64_t>(t)))) : 0u;
     return s;
 }
 
@@ -309,35 +313,34 @@ bool step_tensor_as(const Desc& d, const Scalars<T>& s, int threads) {
     return step_tensor<P, T, mode, false>(d, s, threads);
 }
 
+// Steps a tensor and counts the step as taken or skipped (a zero-size tensor always takes it).
+template <typename P, typename T, int mode>
+void step_and_count(const Desc& d, const T* hp, int threads) {
+    const bool stepped = d.rows * d.cols == 0 || step_tensor_as<P, T, mode>(d, scalars(d, hp), threads);
+    *(stepped ? d.step : d.skipped) += 1.0f;
+}
+
 // Small tensors a thread each, many at once; then large ones, each split by rows over the threads.
 template <typename P, typename T, int mode>
-void step_all(const Desc* descs, int64_t count, const T* hp, const T* sched, uint8_t* allowed, int threads) {
+void step_all(const Desc* descs, int64_t count, const T* hp, int threads) {
     std::vector<int64_t> small, large;
     for (int64_t i = 0; i < count; ++i) {
-        if (descs[i].rows * descs[i].cols == 0) continue;
         (descs[i].rows * descs[i].cols < kParallelNumel ? small : large).push_back(i);
     }
     const int64_t n_small = static_cast<int64_t>(small.size());
 #pragma omp parallel for num_threads(threads) schedule(dynamic) if (threads > 1 && n_small > 1)
-    for (int64_t k = 0; k < n_small; ++k) {
-        const Desc& d = descs[small[k]];
-        allowed[d.index] = step_tensor_as<P, T, mode>(d, scalars(d, hp, sched), 1);
-    }
-    for (const int64_t i : large) {
-        const Desc& d = descs[i];
-        allowed[d.index] = step_tensor_as<P, T, mode>(d, scalars(d, hp, sched), threads);
-    }
+    for (int64_t k = 0; k < n_small; ++k) step_and_count<P, T, mode>(descs[small[k]], hp, 1);
+    for (const int64_t i : large) step_and_count<P, T, mode>(descs[i], hp, threads);
 }
 
 template <typename P, typename T>
-void step_mode(const Desc* descs, int64_t count, const T* hp, const T* sched, uint8_t* allowed, int mode,
-               int threads) {
+void step_mode(const Desc* descs, int64_t count, const T* hp, int mode, int threads) {
     if (mode == kPacked) {
-        step_all<P, T, kPacked>(descs, count, hp, sched, allowed, threads);
+        step_all<P, T, kPacked>(descs, count, hp, threads);
     } else if (mode == kBytes) {
-        step_all<P, T, kBytes>(descs, count, hp, sched, allowed, threads);
+        step_all<P, T, kBytes>(descs, count, hp, threads);
     } else {
-        step_all<P, T, kNoMomentum>(descs, count, hp, sched, allowed, threads);
+        step_all<P, T, kNoMomentum>(descs, count, hp, threads);
     }
 }
 
@@ -345,20 +348,17 @@ void step_mode(const Desc* descs, int64_t count, const T* hp, const T* sched, ui
 
 extern "C" {
 
-int smmf_abi_version() { return 1; }
+int smmf_abi_version() { return 2; }
 
-void smmf_step_float32(const Desc* descs, int64_t count, const float* hp, const float* sched,
-                       uint8_t* allowed, int mode, int threads) {
-    step_mode<float, float>(descs, count, hp, sched, allowed, mode, threads);
+void smmf_step_float32(const Desc* descs, int64_t count, const float* hp, int mode, int threads) {
+    step_mode<float, float>(descs, count, hp, mode, threads);
 }
 
-void smmf_step_float64(const Desc* descs, int64_t count, const double* hp, const double* sched,
-                       uint8_t* allowed, int mode, int threads) {
-    step_mode<double, double>(descs, count, hp, sched, allowed, mode, threads);
+void smmf_step_float64(const Desc* descs, int64_t count, const double* hp, int mode, int threads) {
+    step_mode<double, double>(descs, count, hp, mode, threads);
 }
 
-void smmf_step_bfloat16(const Desc* descs, int64_t count, const float* hp, const float* sched,
-                        uint8_t* allowed, int mode, int threads) {
-    step_mode<uint16_t, float>(descs, count, hp, sched, allowed, mode, threads);
+void smmf_step_bfloat16(const Desc* descs, int64_t count, const float* hp, int mode, int threads) {
+    step_mode<uint16_t, float>(descs, count, hp, mode, threads);
 }
 }

@@ -40,11 +40,12 @@ Item = tuple[Tensor, Tensor, dict[str, Any]]
 @dataclass
 class StepCache:
     """What a step keeps for the next one (never saved): hyperparameter tensors per (device, dtype),
-    Triton plans per bucket, and ``state_epoch``, which the caller bumps whenever it creates or replaces
+    Triton and C++ plans per bucket, and ``state_epoch``, which the caller bumps whenever it creates or replaces
     state tensors so that plans holding their addresses are rebuilt."""
 
     hyperparameters: dict[tuple[Any, ...], tuple[tuple[float, ...], Tensor]] = field(default_factory=dict)
     plans: dict[tuple[Any, ...], triton_backend.Plan] = field(default_factory=dict)
+    cpp_plans: dict[tuple[Any, ...], cpp_backend.Plan | None] = field(default_factory=dict)
     state_epoch: int = 0
     # the SMMF class's bookkeeping: states (by id of their parameter) already created or converted
     # under the group settings ``checked_under``, which it need not check again
@@ -195,7 +196,7 @@ def smmf(
             if items and isinstance(lr, Tensor):
                 hp[kernels.HP_LR].copy_(lr.reshape(()))
         elif chosen == "cpp":
-            items = _cpp_bucket(items, hp)
+            items = _cpp_bucket(items, (device, p_dtype, g_dtype), hp, cache)
         if items:  # all of them (eager, inductor), or those the Triton or C++ kernel does not take
             compiled = chosen == "inductor" or (chosen != "eager" and not compilers.inductor_unavailable_reason(device))
             torch_backend.step(items, hp, block_size, compiled=compiled)
@@ -210,12 +211,22 @@ def _partition(items: list[Item], takes: Callable[[Item], bool]) -> tuple[list[I
     return ready, rest
 
 
-def _cpp_bucket(items: list[Item], hp: Tensor) -> list[Item]:
+def layout_key(
+    items: list[Item], state_epoch: int, addresses: tuple[int, ...], strides: tuple[Any, ...] = ()
+) -> tuple[Any, ...]:
+    """What a Triton or C++ plan's layout depends on: the parameters' ``addresses``, the strides of
+    those not in row-major order (:func:`smmf.triton_backend.strided_ready`) and the optimizer's state
+    epoch (bumped whenever state tensors are created or replaced)."""
+    seeded = all("seed" in state for _, _, state in items)  # stochastic rounding can be switched off
+    return (state_epoch, seeded, addresses, strides)
+
+
+def _cpp_bucket(items: list[Item], bucket: tuple[Any, ...], hp: Tensor, cache: StepCache) -> list[Item]:
     """Step the tensors of a bucket that the C++ kernel takes; returns the others."""
     ready, rest = _partition(items, cpp_backend.supports)
     if ready:
-        states = [state for _, _, state in ready]
-        kernels.count_steps(states, cpp_backend.step(ready, hp, kernels.next_schedules(hp, states)))
+        layout = layout_key(ready, cache.state_epoch, tuple(p.data_ptr() for p, _, _ in ready))
+        cache.cpp_plans[bucket] = cpp_backend.step(ready, hp, layout, cache.cpp_plans.get(bucket))
     return rest
 
 
@@ -242,7 +253,7 @@ def _triton_bucket(
         else:
             rest.append(item)
     if ready:
-        layout = triton_backend.layout_key(ready, cache.state_epoch, tuple(params), tuple(strides))
+        layout = layout_key(ready, cache.state_epoch, tuple(params), tuple(strides))
         gradients = tuple(grads)
         plan = cache.plans.get(bucket)
         if plan is None or plan.layout != layout:

@@ -32,7 +32,6 @@ __all__ = [
     "HP_SIZE",
     "schedules",
     "step_allowed",
-    "next_schedules",
     "step_inputs",
     "count_steps",
     "factored_block_step",
@@ -101,16 +100,13 @@ def step_allowed(grads: list[Tensor], dtype: torch.dtype) -> Tensor:
     return torch.stack(torch._foreach_norm(grads, 2, dtype=dtype)) < limit
 
 
-def next_schedules(hp: Tensor, states: list[dict[str, Any]]) -> Tensor:
-    """:func:`schedules` (k, 3) of the step k tensors take next, from their states' step counters."""
-    return schedules(hp, torch.stack([state["step"] for state in states]) + 1)
-
-
 def step_inputs(hp: Tensor, states: list[dict[str, Any]], grads: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """What the torch backends' step reads besides the tensors: :func:`next_schedules` (k, 3) and
-    :func:`step_allowed` (k,) for k tensors (detached: their rows are aliases without a view base, so
-    that dynamo does not guard on the base's shape). The C++ backend checks the gradients itself."""
-    return next_schedules(hp, states).detach(), step_allowed(grads, hp.dtype).detach()
+    """What the torch backends' step reads besides the tensors: :func:`schedules` (k, 3) of the step k
+    tensors take next, from their states' step counters, and :func:`step_allowed` (k,) (detached: their
+    rows are aliases without a view base, so that dynamo does not guard on the base's shape). The C++
+    backend computes both itself."""
+    scheds = schedules(hp, torch.stack([state["step"] for state in states]) + 1)
+    return scheds.detach(), step_allowed(grads, hp.dtype).detach()
 
 
 def count_steps(states: list[dict[str, Any]], allowed: Tensor) -> None:

@@ -69,10 +69,14 @@ def init_state(p: Tensor, vector_reshape: bool, sign_bits: int) -> dict[str, Any
 
 
 def ensure_skipped(p: Tensor, state: dict[str, Any]) -> bool:
-    """Add the skipped-step counter to a state saved before it existed; returns whether it was added."""
-    if "skipped" in state:
+    """Give a state the skipped-step counter as the kernels keep it, a float32 0-d tensor on the
+    parameter's device: added where it was saved before it existed, converted where a checkpoint holds
+    another number (the C++ kernel advances it through its address). Returns whether it changed."""
+    skipped = state.get("skipped", 0.0)
+    device = sharding.local(p).device
+    if isinstance(skipped, Tensor) and (skipped.dtype, skipped.dim(), skipped.device) == (torch.float32, 0, device):
         return False
-    state["skipped"] = torch.zeros((), dtype=torch.float32, device=sharding.local(p).device)
+    state["skipped"] = torch.as_tensor(skipped, dtype=torch.float32, device=device).reshape(())
     return True
 
 

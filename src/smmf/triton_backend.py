@@ -26,7 +26,7 @@ from .signpack import row_bytes
 from .triton_launch import BLOCK_J, BLOCK_R, Pass0Launch, Pass1Launch, pass0_launch, pass1_launch, queue_items
 
 __all__ = [
-    "Plan", "layout_key", "scratch_budget", "strided_ready", "vector_ready", "build_plan", "with_gradients",
+    "Plan", "scratch_budget", "strided_ready", "vector_ready", "build_plan", "with_gradients",
     "with_pass0", "step",
 ]  # fmt: skip
 
@@ -78,16 +78,6 @@ class Plan:
     # per kernel: (its launch: key, constexprs and options; the compiled kernel's launcher); shared by the
     # plans with_gradients makes
     launches: dict[Any, tuple[tuple[Any, ...], Any]] = field(default_factory=dict, compare=False, repr=False)
-
-
-def layout_key(
-    items: list[Item], state_epoch: int, addresses: tuple[int, ...], strides: tuple[Any, ...]
-) -> tuple[Any, ...]:
-    """What a plan's layout depends on: the parameters' ``addresses``, the strides of those not in
-    row-major order (:func:`strided_ready`) and the optimizer's state epoch (bumped whenever state
-    tensors are created or replaced)."""
-    seeded = all("seed" in state for _, _, state in items)  # stochastic rounding can be switched off
-    return (state_epoch, seeded, addresses, strides)
 
 
 def strided_ready(p: Tensor, g: Tensor, state: dict[str, Any]) -> bool:
