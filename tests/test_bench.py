@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import benchmark_modules
 from smmf.commands import bench, bench_train
 from smmf.commands.main import main
 
@@ -219,3 +221,21 @@ def test_memory_table_of_a_run_cut_short_marks_what_did_not_run() -> None:
     assert "12.0 GiB, 10 ms" in report
     assert "Largest that fits 16 GiB: SMMF" in report and "llama-1b" in report
     assert report.index("| llama-1b") < report.index("| llama-7b")  # smallest first, whatever the run order
+
+
+def test_loop_step_times_each_optimizer_inside_a_training_loop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/loop_step.py: a row per task and optimizer with each round's median, the first
+    optimizer's ratio 1.00; an unknown name is refused in one line."""
+    loop_step = benchmark_modules.load("loop_step")
+    argv = ["loop_step.py", "--tasks", "digits", "--optimizers", "adam,smmf", "--steps", "12", "--rounds", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    loop_step.main()
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| digits")]
+    assert [row[1] for row in rows] == ["adam", "smmf"]
+    assert all(len(row[2].split()) == 2 and float(row[3]) > 0 for row in rows) and rows[0][4] == "1.00 |"
+    monkeypatch.setattr(sys, "argv", ["loop_step.py", "--optimizers", "adamx"])
+    with pytest.raises(SystemExit):
+        loop_step.main()
+    assert "unknown task or optimizer: 'adamx'" in capsys.readouterr().err
