@@ -4,10 +4,11 @@ between steps.
 ``smmf bench`` times steps back to back on fixed gradients, where the host's caches stay warm. In
 training, each step comes after a forward and a backward pass, and a small model's step is then mostly
 host work run from cold caches (on the 2-core CPU at commit 7038242, SMMF's step on the digits CNN took
-0.16 ms back to back and 0.39 ms in the loop: docs/benchmarks.md). This runs the task's loop (its model, batches and warm-up-cosine schedule at
-a fixed peak lr) for each optimizer in turn, ``--rounds`` times round-robin in one process, and prints
-each round's median step time (steps 10 onward). ``smmf compare`` reports the same median over its
-chosen runs, among its other work; this takes a fraction of the time, for before/after comparisons.
+0.16 ms back to back and 0.39 ms in the loop: docs/benchmarks.md). This runs the task's loop (its model,
+batches and warm-up-cosine schedule at a fixed peak lr) for each optimizer in turn, ``--rounds`` times
+round-robin in one process, and prints each round's median step time (steps 10 onward). ``smmf compare``
+reports the same median over its chosen runs, among its other work; this takes a fraction of the time,
+for before/after comparisons.
 
     python benchmarks/loop_step.py                                   # digits and text, adam and smmf
     python benchmarks/loop_step.py --tasks text --optimizers adam,smmf,smmf8 --steps 300

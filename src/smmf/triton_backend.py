@@ -49,6 +49,7 @@ MAX_SLOTS = 32
 LONE_TENSOR_MAX_SLOTS = 64
 
 Item = tuple[Tensor, Tensor, dict[str, Any]]
+Shape = tuple[int, int, int, bool]  # (n, m, bytes per sign row, dense): _tensor_shape
 
 
 @dataclass(frozen=True)
@@ -131,20 +132,18 @@ def _aligned_column(aligned: tuple[bool, ...], gradients: tuple[int, ...]) -> li
     return [int(ok and g % _VECTOR_BYTES == 0) for ok, g in zip(aligned, gradients, strict=True)]
 
 
-def _tensor_shape(p: Tensor, state: dict[str, Any]) -> tuple[int, int, int, bool]:
+def _tensor_shape(p: Tensor, state: dict[str, Any]) -> Shape:
     """(n, m, bytes per sign row, dense) of a tensor as the kernels see it."""
     n, m = square_matricize(p.numel())
     return n, m, row_bytes(m), "row_v" not in state
 
 
-def _counts(shape: tuple[int, int, int, bool], tile_rows: int, tile_bytes: int) -> tuple[int, int]:
+def _counts(shape: Shape, tile_rows: int, tile_bytes: int) -> tuple[int, int]:
     n, _, width, _ = shape
     return math.ceil(n / tile_rows), math.ceil(width / tile_bytes)
 
 
-def _extra_numel(
-    shapes: list[tuple[int, int, int, bool]], tile_rows: int, tile_bytes: int, moments: int
-) -> tuple[int, int]:
+def _extra_numel(shapes: list[Shape], tile_rows: int, tile_bytes: int, moments: int) -> tuple[int, int]:
     """(scratch elements, tiles) of a tiling."""
     scratch = tiles = 0
     for shape in shapes:
@@ -161,7 +160,7 @@ def scratch_budget(largest_bytes: int) -> int:
 
 
 def _tiling(
-    shapes: list[tuple[int, int, int, bool]],
+    shapes: list[Shape],
     moments: int,
     acc_bytes: int,
     budget: int,
@@ -197,6 +196,36 @@ def _tiling(
             return tile_rows, tile_bytes
 
 
+def _table_rows(
+    items: list[Item], shapes: list[Shape], gradients: tuple[int, ...], tile: tuple[int, int], moments: int
+) -> tuple[list[list[int]], list[bool], list[int], int]:
+    """Each tensor's table row, whether it is aligned for vector loads, its tile count, and the scratch
+    elements of all partial sums: the row and column partials of each tensor laid out one after another."""
+    from . import triton_kernels as tk
+
+    rows: list[list[int]] = []
+    aligned: list[bool] = []
+    tile_counts: list[int] = []
+    scratch = 0
+    vector_columns = (tk.COL_P, tk.COL_SIGN, tk.COL_ROW_M, tk.COL_COL_M, tk.COL_ROW_V, tk.COL_COL_V)
+    for (p, _, state), shape, gradient in zip(items, shapes, gradients, strict=True):
+        n, m, _, dense = shape
+        row_tiles, col_tiles = _counts(shape, *tile)
+        entry = _table_entry(p, state, shape, gradient, (row_tiles, col_tiles))
+        entry[tk.COL_TILE0] = sum(tile_counts)
+        tile_counts.append(row_tiles * col_tiles)
+        aligned.append(vector_ready([entry[c] for c in vector_columns], m, dense) and not entry[tk.COL_PLACE_K])
+        if not dense:
+            entry[tk.COL_ROW_PART] = scratch
+            scratch += moments * n * col_tiles
+            entry[tk.COL_COL_PART] = scratch
+            scratch += moments * m * row_tiles
+        rows.append(entry)
+    for entry, flag in zip(rows, _aligned_column(tuple(aligned), gradients), strict=True):
+        entry[tk.COL_ALIGNED] = flag
+    return rows, aligned, tile_counts, scratch
+
+
 def build_plan(
     items: list[Item],
     layout: tuple[Any, ...],
@@ -207,7 +236,6 @@ def build_plan(
 ) -> Plan:
     """The table, tile map and tiling for ``items`` (all on one device), whose gradients are at
     ``gradients``."""
-    from . import triton_kernels as tk
 
     device = items[0][0].device
     shapes = [_tensor_shape(p, state) for p, _, state in items]
@@ -218,26 +246,7 @@ def build_plan(
     pass0 = pass0_launch(items[0][1].element_size())
     tiling = (pass1.block_rows, pass1.block_bytes, pass0.map_bytes())
     tile_rows, tile_bytes = _tiling(shapes, moments, acc_bytes, budget, *tiling)
-    rows: list[list[int]] = []
-    aligned: list[bool] = []
-    tile_counts: list[int] = []
-    scratch = 0
-    for (p, _, state), shape, gradient in zip(items, shapes, gradients, strict=True):
-        n, m, _, dense = shape
-        row_tiles, col_tiles = _counts(shape, tile_rows, tile_bytes)
-        entry = _table_entry(p, state, shape, gradient, (row_tiles, col_tiles))
-        entry[tk.COL_TILE0] = sum(tile_counts)
-        tile_counts.append(row_tiles * col_tiles)
-        vector_columns = (tk.COL_P, tk.COL_SIGN, tk.COL_ROW_M, tk.COL_COL_M, tk.COL_ROW_V, tk.COL_COL_V)
-        aligned.append(vector_ready([entry[c] for c in vector_columns], m, dense) and not entry[tk.COL_PLACE_K])
-        if not dense:
-            entry[tk.COL_ROW_PART] = scratch
-            scratch += moments * n * col_tiles
-            entry[tk.COL_COL_PART] = scratch
-            scratch += moments * m * row_tiles
-        rows.append(entry)
-    for entry, flag in zip(rows, _aligned_column(tuple(aligned), gradients), strict=True):
-        entry[tk.COL_ALIGNED] = flag
+    rows, aligned, tile_counts, scratch = _table_rows(items, shapes, gradients, (tile_rows, tile_bytes), moments)
     owners = torch.repeat_interleave(torch.arange(len(items), dtype=torch.int32), torch.tensor(tile_counts))
     return Plan(
         layout=layout,
@@ -260,9 +269,7 @@ def build_plan(
     )
 
 
-def _table_entry(
-    p: Tensor, state: dict[str, Any], shape: tuple[int, int, int, bool], gradient: int, tiles: tuple[int, int]
-) -> list[int]:
+def _table_entry(p: Tensor, state: dict[str, Any], shape: Shape, gradient: int, tiles: tuple[int, int]) -> list[int]:
     """A tensor's table row, but for what depends on the tensors before it (its first tile, its scratch
     slots) and on every address's alignment; ``tiles``: (row tiles, column tiles)."""
     from . import triton_kernels as tk
