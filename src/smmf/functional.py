@@ -179,10 +179,11 @@ def smmf(
     cache: StepCache | None = None,
 ) -> None:
     """One SMMF step for plain (local, real) tensors: ``params[i]`` is updated with ``grads[i]`` and
-    ``states[i]`` in place, and every state's ``step`` advances by one. ``cache`` carries device
-    hyperparameters and Triton plans from step to step (pass the same one each step).
-    ``stochastic_rounding`` rounds bf16 parameters stochastically where their state holds a ``seed``
-    (:func:`smmf.state_format.ensure_seed`)."""
+    ``states[i]`` in place, and each state's ``step`` advances by one (its ``skipped`` instead where the
+    gradient is not finite: docs/safety.md). ``cache`` carries device hyperparameters and the Triton and
+    C++ plans from step to step (pass the same one each step, and bump its ``state_epoch`` when state
+    tensors are created or replaced). ``stochastic_rounding`` rounds bf16 parameters stochastically where
+    their state holds a ``seed`` (:func:`smmf.state_format.ensure_seed`)."""
     if not stochastic_rounding:
         states = [s if "seed" not in s else {k: v for k, v in s.items() if k != "seed"} for s in states]
     cache = StepCache() if cache is None else cache
