@@ -4,11 +4,11 @@ between steps.
 ``smmf bench`` times steps back to back on fixed gradients, where the host's caches stay warm. In
 training, each step comes after a forward and a backward pass, and a small model's step is then mostly
 host work run from cold caches (on the 2-core CPU at commit 7038242, SMMF's step on the digits CNN took
-0.16 ms back to back and 0.39 ms in the loop: docs/benchmarks.md). This runs the task's loop (its model,
-batches and warm-up-cosine schedule at a fixed peak lr) for each optimizer in turn, ``--rounds`` times
-round-robin in one process, and prints each round's median step time (steps 10 onward). ``smmf compare``
-reports the same median over its chosen runs, among its other work; this takes a fraction of the time,
-for before/after comparisons.
+0.16 ms back to back and 0.39 ms in the loop: docs/benchmarks.md). This runs ``smmf compare``'s own
+training run (its model, batches and warm-up-cosine schedule, at one peak lr and a short budget) for each
+optimizer in turn, ``--rounds`` times round-robin in one process, and prints each run's median step time
+(steps 10 onward), the figure ``smmf compare`` reports, without its search: a fraction of the time, for
+before/after comparisons.
 
     python benchmarks/loop_step.py                                   # digits and text, adam and smmf
     python benchmarks/loop_step.py --tasks text --optimizers adam,smmf,smmf8 --steps 300
@@ -18,34 +18,22 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from smmf.commands import registry
 from smmf.commands.bench_worker import machine
-from smmf.commands.compare_search import TIMING_WARMUP, warmup_cosine
+from smmf.commands.compare_search import TIMING_WARMUP, RunSpec, train_one
 from smmf.commands.compare_tasks import TASKS
+
+CPU = RunSpec(device=torch.device("cpu"), progress=False)
 
 
 def step_ms(task_name: str, optimizer: str, steps: int, lr: float) -> float:
-    """The median ``optimizer.step()`` time, in ms, over steps 10 onward of one training run."""
-    task = TASKS[task_name](steps, 0, torch.device("cpu"))
-    torch.manual_seed(0)
-    model = task.model()
-    opt = registry.build(optimizer, model.parameters(), lr=lr, decay_rate=task.decay_rate)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps))
-    times = []
-    for step in range(steps):
-        loss = task.loss(model, task.batch(step))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        start = time.perf_counter()
-        opt.step()
-        times.append(time.perf_counter() - start)
-        schedule.step()
-        loss.item()
-    return 1e3 * statistics.median(times[TIMING_WARMUP:])
+    """The median ``optimizer.step()`` time, in ms, over steps 10 onward of one training run: ``smmf
+    compare``'s own run (:func:`smmf.commands.compare_search.train_one`), scored on validation after."""
+    result, _ = train_one(TASKS[task_name](steps, 0, CPU.device), optimizer, lr, 0, steps, CPU)
+    return result.step_ms
 
 
 def main() -> None:
@@ -57,9 +45,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     args = parser.parse_args()
     tasks, optimizers = args.tasks.split(","), args.optimizers.split(",")
-    for name in (*tasks, *optimizers):
-        if name not in (*TASKS, *registry.OPTIMIZERS):
-            parser.error(f"unknown task or optimizer: {name!r}")
+    unknown = [t for t in tasks if t not in TASKS] + [o for o in optimizers if o not in registry.OPTIMIZERS]
+    if unknown:
+        parser.error(f"unknown task or optimizer: {unknown[0]!r}")
     if args.steps <= TIMING_WARMUP or args.rounds < 1:
         parser.error(f"--steps must exceed {TIMING_WARMUP} and --rounds be at least 1")
     print(f"# {machine('cpu', None)}; torch {torch.__version__}; {args.steps} steps a run, lr {args.lr:g}")

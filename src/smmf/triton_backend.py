@@ -236,7 +236,6 @@ def build_plan(
 ) -> Plan:
     """The table, tile map and tiling for ``items`` (all on one device), whose gradients are at
     ``gradients``."""
-
     device = items[0][0].device
     shapes = [_tensor_shape(p, state) for p, _, state in items]
     acc_bytes = torch.finfo(acc_dtype).bits // 8

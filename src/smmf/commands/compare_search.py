@@ -33,7 +33,6 @@ __all__ = [
     "lr_at",
     "train_one",
     "search",
-    "warmup_cosine",
 ]
 
 TIMING_WARMUP = 10  # steps excluded from step-time medians (compilation, allocator warm-up)
@@ -146,7 +145,7 @@ class RunResult:
     losses: list[float] = field(repr=False)
 
 
-def warmup_cosine(total: int) -> Callable[[int], float]:
+def _warmup_cosine(total: int) -> Callable[[int], float]:
     """Linear warm-up over 5% of the steps, then cosine decay to zero: the same for every optimizer."""
     warmup = max(1, total // 20)
 
@@ -185,7 +184,7 @@ def train_one(
     torch.manual_seed(seed)
     model = task.model().to(spec.device, spec.dtype)
     opt = registry.build(name, model.parameters(), lr=lr, decay_rate=task.decay_rate, fused=spec.smmf_fused)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps))
     losses: list[float] = []
     step_times: list[float] = []
     iter_times: list[float] = []
