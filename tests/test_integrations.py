@@ -1,4 +1,5 @@
-"""Drop-in use: Hugging Face Trainer, Lightning, torch.compile(model), accumulation, GradScaler."""
+"""Drop-in use: Hugging Face Trainer, Lightning, torch.compile (of the model, the step, a training step),
+accumulation, GradScaler."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.testing import CompileCounter
 
-from smmf import SMMF
+from smmf import SMMF, functional, state_format
 
 
 def _mlp() -> nn.Module:
@@ -122,6 +124,63 @@ def test_compiled_model_trains_like_the_eager_model():
             opt.step()
     for a, b in zip(eager.parameters(), compiled_source.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_of_the_step_traces_none_of_it():
+    """torch.compile(opt.step), PyTorch's recipe for its own optimizers: dynamo compiles no operation of
+    SMMF's step (its backends are kernels of their own: traced, a CPU step took 700x as long) and the
+    compiled call steps as the plain one does, to the bit."""
+    torch._dynamo.reset()
+    plain, compiled = _mlp(), _mlp()
+    opts = [SMMF(m.parameters(), lr=1e-2) for m in (plain, compiled)]
+    counter = CompileCounter()
+    steps = (opts[0].step, torch.compile(opts[1].step, backend=counter))
+    for x, y in _data(3):
+        for model, step in zip((plain, compiled), steps, strict=True):
+            model.zero_grad()
+            _loss(model, x, y).backward()
+            step()
+    assert counter.op_count == 0
+    for a, b in zip(plain.parameters(), compiled.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_torch_compile_of_the_functional_step_traces_none_of_it():
+    """The public functional step compiled as a trainer of its own might: no operation compiled, the
+    same update as the plain call."""
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled_step = torch.compile(functional.smmf, backend=counter)
+    hyper = {"lr": 1e-2, "beta": 0.9, "eps": 1e-8, "weight_decay": 0.0, "decay_rate": -0.5, "growth_rate": 0.999}
+    results = []
+    for step in (functional.smmf, compiled_step):
+        p = torch.ones(8, 6)
+        state = state_format.init_state(p, True, 1)
+        step([p], [torch.linspace(-1, 1, 48).reshape(8, 6)], [state], **hyper)
+        results.append(p)
+    assert counter.op_count == 0
+    assert torch.equal(*results)
+
+
+@pytest.mark.parametrize("backend", ["auto", "eager"])
+def test_a_compiled_training_step_calls_the_optimizer_step_as_it_is(backend):
+    """A whole training step compiled, opt.step() inside: a graph break there, and the parameters equal
+    those of the same steps uncompiled."""
+    torch._dynamo.reset()
+    plain, compiled = _mlp(), _mlp()
+    opts = [SMMF(m.parameters(), lr=1e-2, backend=backend) for m in (plain, compiled)]
+
+    def train_step(model: nn.Module, opt: SMMF, x: torch.Tensor, y: torch.Tensor) -> None:
+        opt.zero_grad()
+        _loss(model, x, y).backward()
+        opt.step()
+
+    compiled_step = torch.compile(train_step, backend="eager")
+    for x, y in _data(3):
+        train_step(plain, opts[0], x, y)
+        compiled_step(compiled, opts[1], x, y)
+    for a, b in zip(plain.parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_gradient_accumulation_equals_the_full_batch():

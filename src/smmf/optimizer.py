@@ -115,6 +115,7 @@ class SMMF(Optimizer):
 
     # ------------------------------------------------------------------ step
 
+    @functional.outside_graphs
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -126,6 +127,7 @@ class SMMF(Optimizer):
             self.step_group(group, cache)
         return loss
 
+    @functional.outside_graphs
     @torch.no_grad()
     def step_group(self, group: dict[str, Any], cache: functional.StepCache, only: list[Tensor] | None = None) -> None:
         """Step the group's parameters that have gradients (or just those of ``only``), with ``cache``
