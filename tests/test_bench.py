@@ -239,3 +239,16 @@ def test_loop_step_times_each_optimizer_inside_a_training_loop(
     with pytest.raises(SystemExit):
         loop_step.main()
     assert "unknown task or optimizer: 'adamx'" in capsys.readouterr().err
+
+
+def test_compiled_step_times_the_step_plain_and_through_torch_compile(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/compiled_step.py: a row per optimizer and way of calling its step, with the first
+    steps' time and the later steps' median; an unknown name is refused in one line naming it."""
+    compiled_step = benchmark_modules.load("compiled_step")
+    compiled_step.main(["--optimizers", "smmf", "--width", "8", "--warmup", "2", "--steps", "3"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| smmf")]
+    assert [row[1] for row in rows] == ["`opt.step()`", "`torch.compile(opt.step)()`"]
+    assert all(float(row[2]) > 0 and float(row[3].rstrip(" |")) > 0 for row in rows)
+    with pytest.raises(SystemExit):
+        compiled_step.main(["--optimizers", "smmf,adamx"])
+    assert "unknown adamx" in capsys.readouterr().err
