@@ -15,20 +15,14 @@ dynamo recompiles a traced function whose guards fail, up to its recompile limit
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
-import smmf
-
-OPTIMIZERS: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
-    "smmf": lambda params: smmf.SMMF(params, lr=1e-3),
-    "adam": lambda params: torch.optim.Adam(params, lr=1e-3, foreach=True),
-}
+from smmf.commands import registry
+from smmf.commands.bench_worker import machine
 
 
 def _model(width: int) -> nn.Module:
@@ -42,7 +36,7 @@ def time_step(name: str, compiled: bool, width: int, warmup: int, steps: int) ->
     ``name``, plain or through torch.compile, each step after a forward and backward pass."""
     torch._dynamo.reset()
     model = _model(width)
-    opt = OPTIMIZERS[name](list(model.parameters()))
+    opt = registry.build(name, model.parameters(), lr=1e-3, foreach=True)
     step = torch.compile(opt.step) if compiled else opt.step
     data = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
     seconds = []
@@ -57,17 +51,17 @@ def time_step(name: str, compiled: bool, width: int, warmup: int, steps: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--optimizers", default="smmf,adam", help=f"comma-separated, of {', '.join(OPTIMIZERS)}")
+    parser.add_argument("--optimizers", default="smmf,adam", help="comma-separated, as smmf bench's")
     parser.add_argument("--width", type=int, default=128, help="the MLP's hidden width")
     parser.add_argument("--warmup", type=int, default=10, help="first steps, timed together (compilation)")
     parser.add_argument("--steps", type=int, default=200, help="timed steps of each optimizer and way")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
-    if unknown := [n for n in names if n not in OPTIMIZERS]:
-        parser.error(f"--optimizers: unknown {', '.join(unknown)} (expected some of {', '.join(OPTIMIZERS)})")
+    if unknown := [n for n in names if n not in registry.OPTIMIZERS]:
+        parser.error(f"--optimizers: unknown {', '.join(unknown)} (expected some of {', '.join(registry.OPTIMIZERS)})")
     if min(args.width, args.warmup, args.steps) < 1:
         parser.error("--width, --warmup and --steps must be >= 1")
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"# {machine('cpu', None)}; torch {torch.__version__}")
     print(f"| optimizer | `step()` called | first {args.warmup} steps, s | later steps, median ms |")
     print("| --- | --- | ---: | ---: |")
     for name in names:
