@@ -7,6 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -79,6 +80,7 @@ def test_train_mode_times_whole_steps_of_a_real_model_on_cpu(tmp_path: Path, mon
     for row in rows:
         assert row["fits"] and row["step_ms"] > 0 and row["full_step_ms"] > 0 and row["params"] > 0
         assert 0 < row["step_host_ms"] <= row["step_ms"]  # on CPU step() returns when done: nearly equal
+        assert row["step_event_ms"] is None  # CUDA events only on CUDA
     assert rows[1]["state_bytes"] < rows[0]["state_bytes"] / 4
     assert all(row["step_gpu_ms"] is None and row["launches_per_step"] is None for row in rows)  # no GPU here
     assert "x AdamW(fused)" in (tmp_path / "bench-train.md").read_text()
@@ -122,6 +124,55 @@ def test_train_mode_rounds_alternate_the_order_and_pair_the_ratios(
         "| SMMF (1-bit) | 2.45 | 0.96 (0.90-1.05) | 24.0 | 0.96 (0.90-1.05) |"
         in (tmp_path / "bench-train.md").read_text()
     )
+
+
+class _Event:
+    """Stands in for ``torch.cuda.Event``: each ``record()`` is logged, and a span is 0.25 ms per log entry
+    between its two events."""
+
+    log: ClassVar[list[str]] = []
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        assert enable_timing
+        self.at = -1
+
+    def record(self) -> None:
+        self.at = len(self.log)
+        self.log.append("record")
+
+    def elapsed_time(self, end: _Event) -> float:
+        assert 0 <= self.at < end.at
+        return 0.25 * (end.at - self.at)
+
+
+def test_train_mode_times_step_between_cuda_events_recorded_around_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    log: list[str] = []
+    monkeypatch.setattr(_Event, "log", log)
+    monkeypatch.setattr(torch.cuda, "Event", _Event)
+
+    class Opt:
+        def step(self) -> None:
+            log.append("step")
+
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            log.append("zero_grad")
+
+    opt: Any = Opt()
+    times = bench_train._time_steps(lambda: log.append("backward"), opt, 3, lambda: log.append("sync"), cuda=True)
+    assert log == ["backward", "sync", "record", "step", "record", "sync", "zero_grad"] * 3
+    assert times["step_event_ms"] == 0.5 and len(times["step_samples_ms"]) == 3
+    assert 0 < times["step_host_ms"] <= times["step_ms"]
+    log.clear()
+    assert bench_train._time_steps(lambda: None, opt, 1, lambda: None, cuda=False)["step_event_ms"] is None
+    assert log == ["step", "zero_grad"]  # no events off CUDA
+
+
+def test_train_mode_pools_the_event_spans_only_where_every_round_has_one() -> None:
+    ok = {"step_ms": 1.0, "step_samples_ms": [1.0], "full_step_ms": 2.0, "step_host_ms": 0.1, "peak_bytes": 10}
+    assert bench_train.pooled([{**ok, "step_event_ms": 0.4}, {**ok, "step_event_ms": 0.6}])["step_event_ms"] == 0.5
+    assert bench_train.pooled([{**ok, "step_event_ms": 0.4}, {**ok, "step_event_ms": None}])["step_event_ms"] is None
+    row = bench_train.pooled([ok, {**ok, "step_event_ms": 0.6}])  # a row measured before the field existed
+    assert row["step_event_ms"] is None and [r["step_event_ms"] for r in row["rounds"]] == [None, 0.6]
 
 
 def test_train_mode_keeps_a_failed_round_as_the_rows_error(monkeypatch: pytest.MonkeyPatch) -> None:

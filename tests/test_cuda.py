@@ -254,6 +254,16 @@ def test_bench_runs_on_cuda(tmp_path: Path) -> None:
     assert all("error" not in r and r["peak_extra_bytes"] >= 0 for r in rows), rows
 
 
+def test_train_bench_times_step_between_cuda_events_within_its_wall_time(tmp_path: Path) -> None:
+    argv = ["--mode", "train", "--set", "tiny-cnn", "--device", "cuda", "--optimizers", "adamw-fused,smmf"]
+    assert main(["bench", *argv, "--steps", "3", "--warmup", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench-train.json").read_text())["results"]
+    for row in rows:
+        assert "error" not in row, row
+        assert 0 < row["step_host_ms"] <= row["step_ms"] and 0 < row["step_event_ms"] <= row["step_ms"], row
+        assert row["launches_per_step"] > 0 and row["step_gpu_ms"] > 0, row
+
+
 @pytest.mark.parametrize("backend", ["triton", "inductor"])
 def test_step_peak_memory_is_bounded_on_cuda(backend: str) -> None:
     """One step's extra memory stays under a quarter of the largest parameter (GPT-2's embedding

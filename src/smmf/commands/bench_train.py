@@ -3,11 +3,13 @@
 For each workload and optimizer, in a fresh process of its own: the model is built from a config with
 random weights directly on the device (nothing downloaded), trained for warm-up steps, then timed two
 ways: full steps back to back (one sync at the end, as training runs) and ``step()`` alone (synced
-before and after; with the time until it returns, its host part on CUDA). Peak memory is the allocator's
-high-water mark over the timed steps, state memory counts the optimizer's tensors, and on CUDA
-``torch.profiler`` counts the kernels one ``step()`` launches and adds up the GPU's busy time in one
-``step()`` and in one full step (well below the wall time, the step waits on the host). A workload that
-runs out of memory is reported as "does not fit", not as a crash.
+before and after; with the time until it returns, its host part on CUDA, and on CUDA the span between
+events recorded around it on the GPU's clock). Peak memory is the allocator's high-water mark over the
+timed steps, state memory counts the optimizer's tensors, and on CUDA ``torch.profiler`` counts the
+kernels one ``step()`` launches and adds up the GPU's busy time in one ``step()`` and in one full step.
+On an H100 (2026-11-27) every optimizer's ``step()`` took 0.8-2.7 ms longer than its GPU was busy; the time
+until it returns and the events' span tell how much of that is host work and how much the synchronize.
+A workload that runs out of memory is reported as "does not fit", not as a crash.
 
 ``--rounds N`` repeats the whole grid N times, each pair again in a fresh process, the optimizers'
 order reversed every other round: a process's wall times can differ from the next one's by more than
@@ -171,16 +173,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         sync()
         full_s = (time.perf_counter() - start) / spec["steps"]
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        step_s, host_s = [], []
-        for _ in range(spec["steps"]):
-            forward_backward()
-            sync()
-            start = time.perf_counter()
-            opt.step()
-            host_s.append(time.perf_counter() - start)  # until step() returns: on CUDA its kernels run on
-            sync()
-            step_s.append(time.perf_counter() - start)
-            opt.zero_grad(set_to_none=True)
+        step_times = _time_steps(forward_backward, opt, spec["steps"], sync, device.type == "cuda")
         full_profile = profile_kernels(lambda: _train_step(forward_backward, opt), device)
         forward_backward()
         step_profile = profile_kernels(opt.step, device)
@@ -190,14 +183,44 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("non-finite parameters after the benchmark steps")
     return {
         "full_step_ms": full_s * 1e3,
-        "step_ms": statistics.median(step_s) * 1e3,
-        "step_samples_ms": [s * 1e3 for s in step_s],
-        "step_host_ms": statistics.median(host_s) * 1e3,
+        **step_times,
         "peak_bytes": peak,
         "state_bytes": optimizer_state_bytes(opt),
         **_gpu_fields(step_profile, full_profile),
         "params": sum(p.numel() for p in model.parameters()),
         "fits": True,
+    }
+
+
+def _time_steps(
+    forward_backward: Callable[[], None], opt: torch.optim.Optimizer, steps: int, sync: Callable[[], None], cuda: bool
+) -> dict[str, Any]:
+    """``step()`` alone, ``steps`` times, each after a forward and backward pass and a sync: the median
+    time until the device is done (synced again), the time until ``step()`` returns (on CUDA its host
+    part: the kernels run on), and on CUDA the span on the GPU's clock between events recorded just
+    before and just after the call: the same work, without the time the synchronize takes to return."""
+    step_s, host_s, event_ms = [], [], []
+    for _ in range(steps):
+        forward_backward()
+        sync()
+        before, after = (torch.cuda.Event(enable_timing=True) for _ in range(2)) if cuda else (None, None)
+        start = time.perf_counter()
+        if before is not None:
+            before.record()  # after ``start``: the span lies inside the wall time
+        opt.step()
+        host_s.append(time.perf_counter() - start)
+        if after is not None:
+            after.record()
+        sync()
+        step_s.append(time.perf_counter() - start)
+        if before is not None and after is not None:
+            event_ms.append(before.elapsed_time(after))
+        opt.zero_grad(set_to_none=True)
+    return {
+        "step_ms": statistics.median(step_s) * 1e3,
+        "step_samples_ms": [s * 1e3 for s in step_s],
+        "step_host_ms": statistics.median(host_s) * 1e3,
+        "step_event_ms": statistics.median(event_ms) if event_ms else None,
     }
 
 
@@ -217,7 +240,7 @@ def _cell(value: float | None, digits: int = 1, scale: float = 1.0) -> str:
     return "-" if value is None else f"{value / scale:,.{digits}f}"
 
 
-_PER_ROUND = ("step_ms", "full_step_ms", "step_host_ms", "step_gpu_ms")  # kept for each round of a row
+_PER_ROUND = ("step_ms", "full_step_ms", "step_host_ms", "step_event_ms", "step_gpu_ms")  # kept for each round of a row
 
 
 def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -229,11 +252,12 @@ def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         return failed
     row = {**rounds[-1], "step_samples_ms": [ms for r in rounds for ms in r["step_samples_ms"]]}
     row["step_ms"] = statistics.median(row["step_samples_ms"])
-    for key in ("full_step_ms", "step_host_ms"):
-        row[key] = statistics.median(r[key] for r in rounds)
+    for key in ("full_step_ms", "step_host_ms", "step_event_ms"):
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        row[key] = statistics.median(values) if len(values) == len(rounds) else None
     if row["peak_bytes"] is not None:
         row["peak_bytes"] = max(r["peak_bytes"] for r in rounds)
-    row["rounds"] = [{k: r[k] for k in _PER_ROUND} for r in rounds]
+    row["rounds"] = [{k: r.get(k) for k in _PER_ROUND} for r in rounds]
     return row
 
 
@@ -251,7 +275,7 @@ def _table(group: list[dict[str, Any]]) -> str:
     base = next((r for r in group if r["name"] == "adamw-fused" and "error" not in r), None)
     header = (
         "optimizer", "`step()` ms", "x AdamW(fused)", "full step ms", "x AdamW(fused)", "peak GiB", "state MiB",
-        "launches / step", "`step()` returns, ms", "`step()` GPU ms", "full step GPU ms",
+        "launches / step", "`step()` returns, ms", "`step()` by CUDA events, ms", "`step()` GPU ms", "full step GPU ms",
     )  # fmt: skip
     body: list[tuple[str, ...]] = []
     for r in group:
@@ -270,6 +294,7 @@ def _table(group: list[dict[str, Any]]) -> str:
                 _cell(r["state_bytes"], 1, 1024**2),
                 str(launches) if launches is not None else "-",
                 _cell(r.get("step_host_ms"), 2),
+                _cell(r.get("step_event_ms"), 2),
                 _cell(r.get("step_gpu_ms"), 2),
                 _cell(r.get("full_step_gpu_ms")),
             )
@@ -283,8 +308,9 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}. Command: `{meta['command']}`",
         f"Full step: mean of {meta['steps']} back-to-back steps after {meta['warmup']} warm-up steps (bf16 autocast); "
         "`step()`: median of as many, synced before and after; `step()` returns: the median time until it returns "
-        "(on CUDA, its host part: the kernels run on). Each row in a fresh process. GPU ms: the kernels' "
-        "busy time in one profiled step (torch.profiler).",
+        "(on CUDA, its host part: the kernels run on); by CUDA events: the median span on the GPU's clock between "
+        "events recorded just before and after `step()` (its host part and its kernels, not the synchronize's return). "
+        "Each row in a fresh process. GPU ms: the kernels' busy time in one profiled step (torch.profiler).",
     ]
     if meta["rounds"] > 1:
         lines[-1] += (
