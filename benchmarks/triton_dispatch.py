@@ -24,8 +24,9 @@ from triton.runtime import driver
 from smmf import triton_tile
 
 
-class _Driver:
-    """Stands in for the CUDA driver: the one thing dispatch asks of it is where and for what to run."""
+class StandInDriver:
+    """Stands in for the CUDA driver: the one thing dispatch asks of it is where and for what to run
+    (tests/test_triton_launch_path.py adds loading and launching)."""
 
     def get_current_device(self) -> int:
         return 0
@@ -61,7 +62,7 @@ def _per_call_us(call: Any, calls: int) -> float:
 
 
 def main() -> None:
-    driver.set_active(_Driver())
+    driver.set_active(StandInDriver())
     kernel = triton_tile.step_tiles
     compiled = _Compiled()
 
