@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,3 +128,56 @@ def test_memory_cli_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.count("\n") == 1 and "unknown model 'resnet5000'; valid:" in err and "bert-base-uncased" in err
     assert main(["memory", "--model", "resnet50", "--num-classes", "0"]) == 2
     assert "--num-classes: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def _llama_config(folder: Path) -> Path:
+    """llama-h128-l1's configuration, saved as transformers saves one (config.json in ``folder``)."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(
+        hidden_size=128, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
+        intermediate_size=512, vocab_size=32000, tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
+    )  # fmt: skip
+    config.save_pretrained(folder)
+    return folder / "config.json"
+
+
+def test_memory_cli_reads_a_transformers_config_of_the_users(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A config.json (or its folder) gives the same table as the named architecture it describes; one
+    without ``architectures`` is built as a causal language model."""
+    pytest.importorskip("transformers")
+    file = _llama_config(tmp_path / "llama")
+    named = _json(capsys, "--model", "llama-h128-l1")
+    for model in (str(file), str(file.parent)):
+        assert {**_json(capsys, "--model", model), "model": "llama-h128-l1"} == named
+    from transformers import MistralConfig
+
+    MistralConfig(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=512, vocab_size=1000).save_pretrained(tmp_path / "mistral")  # fmt: skip
+    mistral = _json(capsys, "--model", str(tmp_path / "mistral"))
+    layer = 256 * 256 * 2 + 2 * 256 * 128 + 3 * 256 * 512 + 2 * 256  # q, o; k, v (2 of 4 heads); MLP; norms
+    assert (mistral["parameters"], mistral["tensors"]) == (2 * 1000 * 256 + 2 * layer + 256, 21)
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "needle"),
+    [
+        ("{tmp}/missing.json", [], "--model {tmp}/missing.json: no such file: {tmp}/missing.json"),
+        ("{tmp}", [], "--model {tmp}: no such file: {tmp}/config.json"),
+        ("owner/not-cached", [], "--model owner/not-cached: cannot read a transformers config there (nothing is"),
+        ("{tmp}/bad.json", [], "--model {tmp}/bad.json: cannot read a transformers config there"),
+        ("{tmp}/llama", ["--num-classes", "3"], "--num-classes sets a torchvision or BERT head; a transformers"),
+    ],
+    ids=["no-file", "folder-without-config", "hub-id-not-cached", "not-json", "num-classes"],
+)
+def test_memory_cli_names_what_is_wrong_with_a_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, model: str, extra: list[str], needle: str
+) -> None:
+    pytest.importorskip("transformers")
+    (tmp_path / "bad.json").write_text("{not json")
+    _llama_config(tmp_path / "llama")
+    assert main(["memory", "--model", model.format(tmp=tmp_path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle.format(tmp=tmp_path) in err, err

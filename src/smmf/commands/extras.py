@@ -12,6 +12,7 @@ import importlib.util
 from collections.abc import Iterable
 
 from .common import RunError
+from .models import names_a_config
 
 __all__ = ["EXTRA", "missing", "message", "needs", "bench_needs", "train_bench_needs", "check"]
 
@@ -75,7 +76,7 @@ def train_bench_needs(workloads: Iterable[str], optimizer_names: Iterable[str]) 
 def needs(args: argparse.Namespace) -> tuple[str, list[str]]:
     """What the parsed command line needs: (the options that ask for it, import names)."""
     if args.command == "memory":
-        transformer = args.model.startswith(_TRANSFORMER_PREFIXES)
+        transformer = args.model.startswith(_TRANSFORMER_PREFIXES) or names_a_config(args.model)
         return f"--model {args.model}", ["transformers" if transformer else "torchvision"]
     if args.command == "train":
         model = ["torchvision"] if args.model in ("resnet50", "mobilenet_v2") else []

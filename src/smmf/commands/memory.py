@@ -95,7 +95,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         required=True,
         help=(
             "torchvision name (resnet50, mobilenet_v2, vit_b_16, ...), gpt2[-medium|-large|-xl], "
-            "bert-base-uncased, bert-large-uncased, llama-1b|3b|7b|8b|13b|70b or llama-h<HIDDEN>-l<LAYERS>"
+            "bert-base-uncased, bert-large-uncased, llama-1b|3b|7b|8b|13b|70b, llama-h<HIDDEN>-l<LAYERS>, or a "
+            "transformers config: a config.json, its folder, or a Hub id in the local cache (nothing is downloaded)"
         ),
     )
     p.add_argument(

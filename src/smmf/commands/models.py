@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .common import UnknownNameError
+from .common import UnknownNameError, UsageError
 
 if TYPE_CHECKING:  # transformers is an optional dependency, imported where a model is built
     from transformers import GPT2Config
@@ -31,6 +31,7 @@ __all__ = [
     "TRANSFORMER_NAMES",
     "LLAMA_PRESETS",
     "build_meta_model",
+    "names_a_config",
     "meta_shapes",
     "build_transformer",
 ]
@@ -120,6 +121,7 @@ _GPT2_SIZES = {
     "gpt2-xl": (1600, 48, 25),
 }
 _LLAMA_CUSTOM = re.compile(r"^llama-h(\d+)-l(\d+)$")
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def _llama(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int) -> nn.Module:
@@ -170,20 +172,56 @@ def _transformer_builder(name: str, num_classes: int | None) -> Callable[[], nn.
     return None
 
 
+def names_a_config(name: str) -> bool:
+    """Whether ``name`` stands for a transformers configuration of the user's: a JSON file, a folder (holding
+    a config.json), or a Hub id ("owner/model") whose files are in the local Hugging Face cache."""
+    return name.endswith(".json") or "/" in name or os.path.isdir(name)
+
+
+def _config_builder(name: str, num_classes: int | None) -> Callable[[], nn.Module]:
+    """The model a transformers configuration describes (:func:`names_a_config`), read without any download:
+    the class its ``architectures`` names, else a causal language model, else the bare model."""
+    import transformers
+
+    if num_classes is not None:
+        raise UsageError("--num-classes sets a torchvision or BERT head; a transformers config sets its own")
+    if name.endswith(".json") or os.path.isdir(name) or not _HUB_ID.match(name):  # a file or folder of the user's
+        file = os.path.join(name, "config.json") if os.path.isdir(name) else name
+        if not os.path.isfile(file):
+            raise UnknownNameError(f"--model {name}: no such file: {file}")
+    try:
+        config = transformers.AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise UnknownNameError(
+            f"--model {name}: cannot read a transformers config there (nothing is downloaded: a Hub id must be in "
+            f"the local Hugging Face cache): {str(error).splitlines()[0]}"
+        ) from None
+    architecture = getattr(transformers, (config.architectures or [""])[0], None)
+    if architecture is not None:
+        return lambda: architecture(config)
+    if type(config) in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
+        return lambda: transformers.AutoModelForCausalLM.from_config(config)
+    return lambda: transformers.AutoModel.from_config(config)
+
+
 def build_meta_model(name: str, num_classes: int | None = None) -> nn.Module:
     """Build architecture ``name`` on the meta device: parameter shapes only, no memory, no download.
 
+    ``name`` is one of the named architectures, or a transformers configuration (:func:`names_a_config`).
     ``num_classes`` sets a torchvision classifier's head (default 1000) or a BERT classification head.
     Raises UnknownNameError with the valid names for an unknown one.
     """
     builder = _transformer_builder(name, num_classes)
+    if builder is None and names_a_config(name):
+        builder = _config_builder(name, num_classes)
     if builder is None:
         import torchvision
 
         if name not in torchvision.models.list_models():
             raise UnknownNameError(
                 f"unknown model {name!r}; valid: torchvision names (e.g. resnet50, mobilenet_v2, vit_b_16), "
-                f"{', '.join(TRANSFORMER_NAMES)}, {', '.join(LLAMA_PRESETS)}, llama-h<HIDDEN>-l<LAYERS>"
+                f"{', '.join(TRANSFORMER_NAMES)}, {', '.join(LLAMA_PRESETS)}, llama-h<HIDDEN>-l<LAYERS>, or a "
+                "transformers config (a config.json, its folder, or a Hub id in the local cache)"
             )
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
         builder = lambda: torchvision.models.get_model(name, weights=None, **kwargs)  # noqa: E731
