@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         for compiled in (False, True):
             first, later = time_step(name, compiled, args.width, args.warmup, args.steps)
             way = "torch.compile(opt.step)()" if compiled else "opt.step()"
-            print(f"| {name} | `{way}` | {first:.3f} | {later * 1e3:.3f} |", flush=True)
+            # significant digits: a few warm steps of a small model take well under a millisecond
+            print(f"| {name} | `{way}` | {first:.3g} | {later * 1e3:.3g} |", flush=True)
     return 0
 
 
