@@ -101,8 +101,8 @@ def _params(dtype: torch.dtype) -> list[torch.nn.Parameter]:
     ],
     ids=["fp32", "bf16-stochastic", "8-bit-no-momentum", "queued-pass0"],
 )
+@pytest.mark.usefixtures("recording")
 def test_later_steps_launch_compiled_kernels_directly_with_the_dispatchs_arguments(
-    recording: RecordingDriver,
     monkeypatch: pytest.MonkeyPatch,
     dtype: torch.dtype,
     kwargs: dict[str, Any],

@@ -203,18 +203,18 @@ def _time_steps(
     for _ in range(steps):
         forward_backward()
         sync()
-        before, after = (torch.cuda.Event(enable_timing=True) for _ in range(2)) if cuda else (None, None)
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if cuda else []
         start = time.perf_counter()
-        if before is not None:
-            before.record()  # after ``start``: the span lies inside the wall time
+        if events:
+            events[0].record()  # after ``start``: the span lies inside the wall time
         opt.step()
         host_s.append(time.perf_counter() - start)
-        if after is not None:
-            after.record()
+        if events:
+            events[1].record()
         sync()
         step_s.append(time.perf_counter() - start)
-        if before is not None and after is not None:
-            event_ms.append(before.elapsed_time(after))
+        if events:
+            event_ms.append(events[0].elapsed_time(events[1]))
         opt.zero_grad(set_to_none=True)
     return {
         "step_ms": statistics.median(step_s) * 1e3,

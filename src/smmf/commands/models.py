@@ -185,8 +185,9 @@ def _config_builder(name: str, num_classes: int | None) -> Callable[[], nn.Modul
 
     if num_classes is not None:
         raise UsageError("--num-classes sets a torchvision or BERT head; a transformers config sets its own")
-    if name.endswith(".json") or os.path.isdir(name) or not _HUB_ID.match(name):  # a file or folder of the user's
-        file = os.path.join(name, "config.json") if os.path.isdir(name) else name
+    folder = os.path.isdir(name)
+    if folder or name.endswith(".json") or not _HUB_ID.match(name):  # a file or folder of the user's
+        file = os.path.join(name, "config.json") if folder else name
         if not os.path.isfile(file):
             raise UnknownNameError(f"--model {name}: no such file: {file}")
     try:
