@@ -143,14 +143,20 @@ def _counts(shape: Shape, tile_rows: int, tile_bytes: int) -> tuple[int, int]:
     return math.ceil(n / tile_rows), math.ceil(width / tile_bytes)
 
 
+def _partial_numel(shape: Shape, counts: tuple[int, int], moments: int) -> tuple[int, int]:
+    """(row, column) partial sums of a tensor in ``counts`` (row, column) tiles, for each moment; dense: none."""
+    n, m, _, dense = shape
+    row_tiles, col_tiles = counts
+    return (0, 0) if dense else (moments * n * col_tiles, moments * m * row_tiles)
+
+
 def _extra_numel(shapes: list[Shape], tile_rows: int, tile_bytes: int, moments: int) -> tuple[int, int]:
     """(scratch elements, tiles) of a tiling."""
     scratch = tiles = 0
     for shape in shapes:
-        row_tiles, col_tiles = _counts(shape, tile_rows, tile_bytes)
-        tiles += row_tiles * col_tiles
-        if not shape[3]:
-            scratch += moments * (shape[0] * col_tiles + shape[1] * row_tiles)
+        counts = _counts(shape, tile_rows, tile_bytes)
+        tiles += counts[0] * counts[1]
+        scratch += sum(_partial_numel(shape, counts, moments))
     return scratch, tiles
 
 
@@ -209,17 +215,17 @@ def _table_rows(
     scratch = 0
     vector_columns = (tk.COL_P, tk.COL_SIGN, tk.COL_ROW_M, tk.COL_COL_M, tk.COL_ROW_V, tk.COL_COL_V)
     for (p, _, state), shape, gradient in zip(items, shapes, gradients, strict=True):
-        n, m, _, dense = shape
-        row_tiles, col_tiles = _counts(shape, *tile)
-        entry = _table_entry(p, state, shape, gradient, (row_tiles, col_tiles))
+        _, m, _, dense = shape
+        counts = _counts(shape, *tile)
+        entry = _table_entry(p, state, shape, gradient, counts)
         entry[tk.COL_TILE0] = sum(tile_counts)
-        tile_counts.append(row_tiles * col_tiles)
+        tile_counts.append(counts[0] * counts[1])
         aligned.append(vector_ready([entry[c] for c in vector_columns], m, dense) and not entry[tk.COL_PLACE_K])
+        row_partials, column_partials = _partial_numel(shape, counts, moments)
         if not dense:
             entry[tk.COL_ROW_PART] = scratch
-            scratch += moments * n * col_tiles
-            entry[tk.COL_COL_PART] = scratch
-            scratch += moments * m * row_tiles
+            entry[tk.COL_COL_PART] = scratch + row_partials
+        scratch += row_partials + column_partials
         rows.append(entry)
     for entry, flag in zip(rows, _aligned_column(tuple(aligned), gradients), strict=True):
         entry[tk.COL_ALIGNED] = flag

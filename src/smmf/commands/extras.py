@@ -12,7 +12,7 @@ import importlib.util
 from collections.abc import Iterable
 
 from .common import RunError
-from .models import names_a_config
+from .models import needs_transformers
 
 __all__ = ["EXTRA", "missing", "message", "needs", "bench_needs", "train_bench_needs", "check"]
 
@@ -27,7 +27,6 @@ _DISTRIBUTIONS = {
     "pytorch_optimizer": "pytorch-optimizer",
 }
 _THIRD_PARTY_OPTIMIZERS = ("sm3", "came")
-_TRANSFORMER_PREFIXES = ("gpt2", "bert-", "llama-")
 
 
 def missing(modules: Iterable[str]) -> list[str]:
@@ -76,8 +75,7 @@ def train_bench_needs(workloads: Iterable[str], optimizer_names: Iterable[str]) 
 def needs(args: argparse.Namespace) -> tuple[str, list[str]]:
     """What the parsed command line needs: (the options that ask for it, import names)."""
     if args.command == "memory":
-        transformer = args.model.startswith(_TRANSFORMER_PREFIXES) or names_a_config(args.model)
-        return f"--model {args.model}", ["transformers" if transformer else "torchvision"]
+        return f"--model {args.model}", ["transformers" if needs_transformers(args.model) else "torchvision"]
     if args.command == "train":
         model = ["torchvision"] if args.model in ("resnet50", "mobilenet_v2") else []
         return "this run", ["tqdm", "transformers", *model, *_optimizer_needs([args.optimizer])]

@@ -32,6 +32,7 @@ __all__ = [
     "LLAMA_PRESETS",
     "build_meta_model",
     "names_a_config",
+    "needs_transformers",
     "meta_shapes",
     "build_transformer",
 ]
@@ -122,6 +123,7 @@ _GPT2_SIZES = {
 }
 _LLAMA_CUSTOM = re.compile(r"^llama-h(\d+)-l(\d+)$")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_TRANSFORMER_PREFIXES = ("gpt2", "bert-", "llama-")
 
 
 def _llama(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int) -> nn.Module:
@@ -176,6 +178,11 @@ def names_a_config(name: str) -> bool:
     """Whether ``name`` stands for a transformers configuration of the user's: a JSON file, a folder (holding
     a config.json), or a Hub id ("owner/model") whose files are in the local Hugging Face cache."""
     return name.endswith(".json") or "/" in name or os.path.isdir(name)
+
+
+def needs_transformers(name: str) -> bool:
+    """Whether building ``name`` takes transformers (a GPT-2, BERT or Llama name, or a config), not torchvision."""
+    return name.startswith(_TRANSFORMER_PREFIXES) or names_a_config(name)
 
 
 def _config_builder(name: str, num_classes: int | None) -> Callable[[], nn.Module]:
